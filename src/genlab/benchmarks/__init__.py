@@ -1,0 +1,1 @@
+"""Speed benchmarks: genlab's trainers against plain reference loops, timed in one run."""

@@ -1,0 +1,93 @@
+"""``genlab``: one command line over the registry of experiments.
+
+    genlab list
+    genlab run EXPERIMENT [--option value ...]     options: genlab run EXPERIMENT --help
+    genlab eval RUN_DIR
+    genlab sample RUN_DIR --n N --out FILE.npy
+    genlab bench EXPERIMENT [--steps N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from genlab import experiments
+
+
+def _experiment_of(run_dir: Path) -> experiments.Experiment:
+    config = run_dir / "config.json"
+    if not config.exists():
+        raise SystemExit(f"error: {run_dir} is not a genlab run directory (no config.json)")
+    return experiments.get(json.loads(config.read_text())["experiment"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="genlab", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="the registered experiments")
+    p_run = sub.add_parser("run", help="train an experiment", add_help=False)
+    p_run.add_argument("experiment")
+    p_eval = sub.add_parser("eval", help="evaluate a finished run (FID, KID, IS, ...)")
+    p_eval.add_argument("run_dir", type=Path)
+    p_sample = sub.add_parser("sample", help="draw images from a run's generator into a .npy file")
+    p_sample.add_argument("run_dir", type=Path)
+    p_sample.add_argument("--n", type=int, required=True, help="number of images")
+    p_sample.add_argument("--out", type=Path, required=True, help="output .npy: uint8 (N, 28, 28)")
+    p_sample.add_argument("--seed", type=int, default=0, help="seed of the latent draws")
+    p_bench = sub.add_parser("bench", help="time genlab against a plain reference loop", add_help=False)
+    p_bench.add_argument("experiment")
+    args, rest = parser.parse_known_args(argv)
+
+    try:
+        if args.command == "list":
+            for name in sorted(experiments.REGISTRY):
+                print(f"{name:12s} {experiments.get(name).summary}")
+            return 0
+        if args.command == "run":
+            import tyro
+
+            exp = experiments.get(args.experiment)
+            config = tyro.cli(exp.config, args=rest, prog=f"genlab run {exp.name}", description=exp.summary)
+            path = exp.run(config)
+            print(f"run directory: {path}")
+            return 0
+        if rest and args.command != "bench":
+            parser.error(f"unrecognised arguments: {' '.join(rest)}")
+        if args.command == "eval":
+            exp = _experiment_of(args.run_dir)
+            if exp.evaluate is None:
+                raise SystemExit(f"error: {exp.name} has no evaluation")
+            print(json.dumps(exp.evaluate(args.run_dir), indent=2))
+            return 0
+        if args.command == "sample":
+            if args.n < 1:
+                parser.error("--n must be >= 1")
+            exp = _experiment_of(args.run_dir)
+            if exp.sample is None:
+                raise SystemExit(f"error: {exp.name} does not generate images")
+            images = np.asarray(exp.sample(args.run_dir, args.n, args.seed), dtype=np.uint8)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            np.save(args.out, images)
+            print(f"wrote {args.out}: {images.dtype} {images.shape}")
+            return 0
+        if args.command == "bench":
+            exp = experiments.get(args.experiment)
+            if exp.bench is None:
+                raise SystemExit(f"error: {exp.name} has no benchmark")
+            exp.bench(rest)
+            return 0
+    except (KeyError, ValueError, FileNotFoundError, FileExistsError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # DataError, TrainingDiverged
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,290 @@
+"""The machinery every experiment shares: config, seeding, run directory, metrics,
+checkpoints and RNG state.
+
+A run directory looks like::
+
+    runs/dcgan__42__20261122-101500/
+        config.json         resolved config
+        env.json            versions, device, seed, git commit, host
+        metrics/steps.jsonl per-step scalars   metrics/epochs.csv per-epoch scalars
+        tb/                 TensorBoard events
+        checkpoints/last.pt whole training state (see :func:`save_checkpoint`)
+        figures/            plots and image grids
+        summary.md          what the run produced, written at the end
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as _dt
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+__all__ = [
+    "RunConfig",
+    "RunDir",
+    "TrainingDiverged",
+    "resolve_device",
+    "seed_everything",
+    "rng_state",
+    "set_rng_state",
+    "save_checkpoint",
+    "load_checkpoint",
+    "config_to_dict",
+]
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class RunConfig:
+    """Options every training experiment takes."""
+
+    seed: int = 42
+    """Random seed; the same seed on the same device gives the same losses."""
+    out: Path | None = None
+    """Run directory (default: runs/{experiment}__{seed}__{time})."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train: auto picks cuda when available."""
+    resume: bool = False
+    """Continue the run in --out from its last checkpoint."""
+    epochs: int = 1
+    """Passes over the training set."""
+    data_dir: Path | None = None
+    """Folder holding the official IDX files (overrides GENLAB_DATA_DIR and the defaults)."""
+    max_steps: int | None = None
+    """Stop after this many optimiser steps in total (for smoke runs)."""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"--max-steps must be >= 1, got {self.max_steps}")
+        if self.resume and self.out is None:
+            raise ValueError("--resume needs --out RUN_DIR: the run directory to continue")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A dataclass config as JSON-able primitives (Paths become strings)."""
+    out = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        out[field.name] = str(value) if isinstance(value, Path) else value
+    return out
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> cuda if available else cpu. Raises ValueError for cuda without a GPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG state, as tensors and primitives only (``weights_only`` loadable)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` atomically: to a temporary file in the same folder, then rename.
+
+    A crash mid-write leaves the previous checkpoint intact. ``state`` must hold only
+    tensors, containers and primitives so that :func:`load_checkpoint` can use
+    ``weights_only=True``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` (no arbitrary code from pickles).
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path`` (the message says how to start fresh).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no checkpoint to resume from; drop --resume to start a new run")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device, seed: int) -> dict[str, Any]:
+    """Versions, device, seed and commit, for env.json and the report."""
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("genlab", "torch", "numpy", "torchmetrics", "matplotlib"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    env = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "seed": seed,
+        "git_commit": _git_commit(),
+        "versions": versions,
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+class RunDir:
+    """A run directory: config, environment, metrics (JSONL, CSV, TensorBoard), checkpoints.
+
+    Args:
+        experiment: registry name, used in the default directory name.
+        config: the experiment's config dataclass (a :class:`RunConfig` subclass).
+        device: the resolved device, recorded in env.json.
+    """
+
+    def __init__(self, experiment: str, config: RunConfig, device: torch.device):
+        if config.out is None:
+            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            config.out = Path("runs") / f"{experiment}__{config.seed}__{stamp}"
+        self.path = Path(config.out)
+        if not config.resume and (self.path / "checkpoints" / "last.pt").exists():
+            raise FileExistsError(
+                f"{self.path} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        self.experiment = experiment
+        for sub in ("metrics", "checkpoints", "figures"):
+            (self.path / sub).mkdir(parents=True, exist_ok=True)
+        (self.path / "config.json").write_text(json.dumps({"experiment": experiment, **config_to_dict(config)}, indent=2))
+        (self.path / "env.json").write_text(json.dumps(environment(device, config.seed), indent=2))
+        self.checkpoint = self.path / "checkpoints" / "last.pt"
+        self._tb = None
+
+    @property
+    def tensorboard(self):
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.path / "tb"))
+        return self._tb
+
+    def truncate_metrics(self, step: int, epoch: int) -> None:
+        """On resume: drop metric rows written after the checkpoint (step, epoch)."""
+        steps = self.path / "metrics" / "steps.jsonl"
+        if steps.exists():
+            rows = [line for line in steps.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+            steps.write_text("".join(r + "\n" for r in rows))
+        epochs = self.path / "metrics" / "epochs.csv"
+        if epochs.exists():
+            with epochs.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= epoch]
+            epochs.unlink()
+            for r in rows:
+                self.log_epoch({k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()}, tensorboard=False)
+
+    def log_steps(self, rows: list[dict[str, float]]) -> None:
+        """Append per-step scalars (each row has ``step``) to steps.jsonl and TensorBoard."""
+        with (self.path / "metrics" / "steps.jsonl").open("a") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        for row in rows:
+            for key, value in row.items():
+                if key != "step":
+                    self.tensorboard.add_scalar(f"steps/{key}", value, row["step"])
+
+    def log_epoch(self, row: dict[str, float], tensorboard: bool = True) -> None:
+        """Append one per-epoch row (with ``epoch``) to epochs.csv and TensorBoard."""
+        path = self.path / "metrics" / "epochs.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        if tensorboard:
+            for key, value in row.items():
+                if key != "epoch":
+                    self.tensorboard.add_scalar(f"epochs/{key}", value, row["epoch"])
+            self.tensorboard.flush()
+
+    def read_epochs(self) -> list[dict[str, float]]:
+        path = self.path / "metrics" / "epochs.csv"
+        if not path.exists():
+            return []
+        with path.open() as f:
+            return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+    def write_json(self, name: str, data: dict[str, Any]) -> Path:
+        path = self.path / name
+        path.write_text(json.dumps(data, indent=2))
+        return path
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None

@@ -1,0 +1,49 @@
+"""The registry of experiments: one line per experiment, one module each.
+
+Each module defines ``EXPERIMENT = Experiment(...)``. Modules are imported lazily so that
+``genlab list`` and one experiment's run do not pay for every other one's imports.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REGISTRY: dict[str, str] = {
+    "dcgan": "genlab.experiments.dcgan",
+    "classifier": "genlab.experiments.classifier",
+}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """What the CLI needs of an experiment.
+
+    Attributes:
+        name: the registry key (``genlab run NAME``).
+        summary: one line for ``genlab list``.
+        config: a dataclass (a :class:`genlab.engine.RunConfig` subclass); its fields are
+            the command-line options, its field docstrings their help.
+        run: trains from a config, returns the run directory.
+        evaluate: ``genlab eval RUN_DIR`` -> metrics dict (optional).
+        sample: ``genlab sample RUN_DIR --n N`` -> uint8 (N, 28, 28) (optional).
+        bench: ``genlab bench NAME [args]`` -> dict of figures (optional).
+    """
+
+    name: str
+    summary: str
+    config: type
+    run: Callable[[Any], Path]
+    evaluate: Callable[[Path], dict] | None = None
+    sample: Callable[[Path, int, int], Any] | None = None
+    bench: Callable[[list[str]], dict] | None = None
+
+
+def get(name: str) -> Experiment:
+    """The registered experiment ``name``. Raises KeyError naming the known ones."""
+    if name not in REGISTRY:
+        raise KeyError(f"unknown experiment {name!r}; known: {', '.join(sorted(REGISTRY))} (see `genlab list`)")
+    return importlib.import_module(REGISTRY[name]).EXPERIMENT

@@ -1,0 +1,516 @@
+"""SPEC §1: a DCGAN (Radford et al. 2016) on FashionMNIST.
+
+The architecture is the one of the TensorFlow DCGAN tutorial that the assignment follows:
+a 100-d Gaussian latent, a generator of one dense and three transposed-convolution layers,
+a discriminator of two strided convolutions with dropout, binary cross-entropy on logits
+(Goodfellow et al. 2014, eq. 1) and the non-saturating generator loss (ibid., §3).
+
+    genlab run dcgan                       # 50 epochs, batch 64, seed 42
+    genlab run dcgan --epochs 1 --max-steps 20 --out /tmp/smoke
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from genlab import plots
+from genlab.data import load_split
+from genlab.engine import (RunConfig, RunDir, TrainingDiverged, config_to_dict, load_checkpoint, resolve_device,
+                           rng_state, save_checkpoint, seed_everything, set_rng_state)
+from genlab.experiments import Experiment
+from genlab.layers import FastDropout
+
+DATASET = "fashion-mnist"
+# SPEC §1 reference, "a correct PyTorch solution, batch 64, seed 42": epoch -> (D loss, G loss).
+REFERENCE_LOSSES = {1: (0.594, 2.584), 10: (0.805, 1.791), 30: (1.104, 1.185), 50: (1.222, 0.991)}
+REFERENCE_FINAL_D = {"d_real": 0.58, "d_fake": 0.47}
+
+
+@dataclass
+class DCGANConfig(RunConfig):
+    """SPEC §1 defaults."""
+
+    epochs: int = 50
+    """Passes over the 60,000 training images."""
+    batch_size: int = 64
+    """Minibatch size (the assignment's choices: 16, 32, 64)."""
+    lr: float = 1e-4
+    """Adam learning rate, both networks."""
+    beta1: float = 0.9
+    """Adam beta1, both networks."""
+    beta2: float = 0.999
+    """Adam beta2, both networks."""
+    latent_dim: int = 100
+    """Dimension of z ~ N(0, I)."""
+    leaky_slope: float = 0.3
+    """Negative slope of every LeakyReLU."""
+    dropout: float = 0.3
+    """Dropout probability in the discriminator."""
+    grid_epochs: tuple[int, ...] = (10, 30, 50)
+    """Epochs after which the fixed-noise grid is saved (the last epoch always is)."""
+    precision: str = "auto"
+    """auto (bf16 autocast where the hardware supports it), bf16 or fp32."""
+    fid_samples: int = 10000
+    """Generated images for FID/KID/IS at the end (0 skips the evaluation)."""
+    log_every: int = 50
+    """Optimiser steps between progress-bar and NaN checks."""
+    subset: int | None = None
+    """Train on the first N training images only (quick looks and tests)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.batch_size < 2:
+            raise ValueError(f"--batch-size must be >= 2 (batch norm), got {self.batch_size}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.subset is not None and self.subset < self.batch_size:
+            raise ValueError(f"--subset must be >= --batch-size ({self.batch_size}), got {self.subset}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+
+
+# ---------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------
+
+class Generator(nn.Module):
+    """z (N, latent_dim) float -> images (N, 1, 28, 28) in [-1, 1]. 2,305,472 parameters."""
+
+    def __init__(self, latent_dim: int = 100, leaky_slope: float = 0.3):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.project = nn.Linear(latent_dim, 7 * 7 * 256, bias=False)
+        self.bn0 = nn.BatchNorm1d(7 * 7 * 256)
+        # 'same' transposed convolutions: padding 2, output_padding 1 where the stride is 2.
+        self.deconv1 = nn.ConvTranspose2d(256, 128, 5, stride=1, padding=2, bias=False)
+        self.bn1 = nn.BatchNorm2d(128)
+        self.deconv2 = nn.ConvTranspose2d(128, 64, 5, stride=2, padding=2, output_padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(64)
+        self.deconv3 = nn.ConvTranspose2d(64, 1, 5, stride=2, padding=2, output_padding=1, bias=False)
+        self.leaky_slope = leaky_slope
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        a = self.leaky_slope
+        x = F.leaky_relu(self.bn0(self.project(z)), a)  # (N, 12544)
+        x = x.view(-1, 256, 7, 7)  # (N, 256, 7, 7)
+        x = F.leaky_relu(self.bn1(self.deconv1(x)), a)  # (N, 128, 7, 7)
+        x = F.leaky_relu(self.bn2(self.deconv2(x)), a)  # (N, 64, 14, 14)
+        return torch.tanh(self.deconv3(x))  # (N, 1, 28, 28)
+
+
+class Discriminator(nn.Module):
+    """images (N, 1, 28, 28) in [-1, 1] -> logits (N, 1). 212,865 parameters."""
+
+    def __init__(self, leaky_slope: float = 0.3, dropout: float = 0.3):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 64, 5, stride=2, padding=2), nn.LeakyReLU(leaky_slope), FastDropout(dropout),  # (N, 64, 14, 14)
+            nn.Conv2d(64, 128, 5, stride=2, padding=2), nn.LeakyReLU(leaky_slope), FastDropout(dropout),  # (N, 128, 7, 7)
+            nn.Flatten(),  # (N, 6272)
+            nn.Linear(128 * 7 * 7, 1),  # (N, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+# ---------------------------------------------------------------------------------------
+# Losses (Goodfellow et al. 2014)
+# ---------------------------------------------------------------------------------------
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """-E[log D(x)] - E[log(1 - D(G(z)))], D = sigmoid(logit): BCE with real -> 1, fake -> 0.
+
+    Args: logits of shape (N, 1) (any float dtype). Returns: a scalar in nats (float32).
+    The sum of the two means, as in the reference (2 log 2 = 1.386 at D = 1/2).
+    """
+    real_logits, fake_logits = real_logits.float(), fake_logits.float()
+    return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+
+
+def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating generator loss -E[log D(G(z))] (Goodfellow et al. 2014, §3), nats."""
+    fake_logits = fake_logits.float()
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+# ---------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------
+
+def bf16_supported(device: torch.device) -> bool:
+    """True where bf16 matrix work is native: CUDA with bf16, or a CPU with AVX512-BF16/AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # older torch
+        return False
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    use_bf16 = precision == "bf16" or (precision == "auto" and bf16_supported(device))
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+def train_step(generator: Generator, discriminator: Discriminator, opt_g: torch.optim.Optimizer,
+               opt_d: torch.optim.Optimizer, real: torch.Tensor, autocast) -> torch.Tensor:
+    """One alternating DCGAN step on a batch ``real`` (N, 1, 28, 28) in [-1, 1].
+
+    Returns a float32 tensor (4,): D loss, G loss, mean D(x), mean D(G(z)) (both measured
+    in the discriminator step). One generator forward per step: the fake batch of the
+    discriminator step is reused for the generator step.
+    """
+    n = real.shape[0]
+    z = torch.randn(n, generator.latent_dim, device=real.device)
+    # (1) Update D: maximise log D(x) + log(1 - D(G(z))). Real and fake in one forward.
+    with autocast:
+        fake = generator(z)  # (N, 1, 28, 28)
+        logits = discriminator(torch.cat([real, fake.detach().to(real.dtype)]))  # (2N, 1)
+        real_logits, fake_logits = logits[:n], logits[n:]
+        loss_d = discriminator_loss(real_logits, fake_logits)
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+    # (2) Update G: maximise log D(G(z)) (non-saturating), D's parameters frozen.
+    discriminator.requires_grad_(False)
+    with autocast:
+        loss_g = generator_loss(discriminator(fake))
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_g.step()
+    discriminator.requires_grad_(True)
+    with torch.no_grad():
+        d_real = torch.sigmoid(real_logits.float()).mean()
+        d_fake = torch.sigmoid(fake_logits.float()).mean()
+    return torch.stack([loss_d.detach(), loss_g.detach(), d_real, d_fake])
+
+
+def build(config: DCGANConfig, device: torch.device):
+    """Models and optimisers of a config, on ``device``."""
+    generator = Generator(config.latent_dim, config.leaky_slope).to(device)
+    discriminator = Discriminator(config.leaky_slope, config.dropout).to(device)
+    betas = (config.beta1, config.beta2)
+    fused = device.type in ("cpu", "cuda")
+    opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=betas, fused=fused)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=betas, fused=fused)
+    return generator, discriminator, opt_g, opt_d
+
+
+def load_images(data_dir: Path | None, split: str, device: torch.device) -> torch.Tensor:
+    """The FashionMNIST split as one float32 tensor (N, 1, 28, 28) in [-1, 1] on ``device``."""
+    images, _ = load_split(DATASET, split, data_dir)
+    return torch.from_numpy(images.copy()).to(device).unsqueeze(1).float().div_(127.5).sub_(1.0)
+
+
+@torch.no_grad()
+def generate(generator: Generator, z: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """uint8 images (N, 28, 28) from latents z (N, latent_dim), generator in eval mode."""
+    was_training = generator.training
+    generator.eval()
+    out = [generator(z[i:i + batch_size]).float().cpu() for i in range(0, len(z), batch_size)]
+    generator.train(was_training)
+    return ((torch.cat(out).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).squeeze(1)
+
+
+def _checkpoint_state(config, generator, discriminator, opt_g, opt_d, fixed_z, epoch, batch, step, sums) -> dict:
+    return {
+        "config": config_to_dict(config),
+        "generator": generator.state_dict(),
+        "discriminator": discriminator.state_dict(),
+        "opt_g": opt_g.state_dict(),
+        "opt_d": opt_d.state_dict(),
+        "fixed_z": fixed_z,
+        "epoch": epoch,  # epochs completed
+        "batch": batch,  # batches done in the current epoch
+        "step": step,  # optimiser steps done in total
+        "epoch_sums": sums,  # running sums of the 4 step metrics in the current epoch
+        "rng": rng_state(),
+    }
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def run(config: DCGANConfig) -> Path:
+    """Train the DCGAN; returns the run directory. See the module docstring."""
+    device = resolve_device(config.device)
+    run_dir = RunDir("dcgan", config, device)
+    autocast = autocast_for(device, config.precision)
+    data = load_images(config.data_dir, "train", device)[:config.subset]  # (60000, 1, 28, 28)
+    n_data = data.shape[0]
+    steps_per_epoch = math.ceil(n_data / config.batch_size)
+
+    seed_everything(config.seed)
+    generator, discriminator, opt_g, opt_d = build(config, device)
+    fixed_z = torch.randn(64, config.latent_dim, generator=torch.Generator().manual_seed(config.seed + 1))
+    epoch, batch, step = 0, 0, 0
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    if config.resume:
+        ckpt = load_checkpoint(run_dir.checkpoint, device)
+        generator.load_state_dict(ckpt["generator"])
+        discriminator.load_state_dict(ckpt["discriminator"])
+        opt_g.load_state_dict(ckpt["opt_g"])
+        opt_d.load_state_dict(ckpt["opt_d"])
+        fixed_z, epoch, batch, step = ckpt["fixed_z"].cpu(), ckpt["epoch"], ckpt["batch"], ckpt["step"]
+        sums = ckpt["epoch_sums"].to(device)
+        set_rng_state(ckpt["rng"])
+        run_dir.truncate_metrics(step, epoch)
+        print(f"resuming {run_dir.path} at epoch {epoch + 1}, batch {batch}, step {step}")
+
+    def checkpoint() -> None:
+        save_checkpoint(run_dir.checkpoint, _checkpoint_state(
+            config, generator, discriminator, opt_g, opt_d, fixed_z, epoch, batch, step, sums))
+
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    start_time = time.time()
+    bar = tqdm(total=total_steps * config.batch_size, initial=step * config.batch_size, unit="img",
+               unit_scale=True, desc="dcgan", dynamic_ncols=True, disable=None)
+    pending: list[torch.Tensor] = []  # per-step metrics not yet written
+
+    def flush_steps() -> None:
+        if not pending:
+            return
+        values = torch.stack(pending).cpu().tolist()
+        first = step - len(values) + 1
+        if not all(math.isfinite(v) for row in values for v in row[:2]):
+            bad = next(first + i for i, row in enumerate(values) if not all(map(math.isfinite, row[:2])))
+            pending.clear()
+            raise TrainingDiverged(
+                f"non-finite loss at step {bad} (epoch {epoch + 1}); the last good checkpoint "
+                f"{run_dir.checkpoint} is kept. Lower --lr or use --precision fp32."
+            )
+        run_dir.log_steps([{"step": first + i, "loss_d": r[0], "loss_g": r[1], "d_real": r[2], "d_fake": r[3]}
+                           for i, r in enumerate(values)])
+        pending.clear()
+
+    # Ctrl-C (SIGINT) asks for a stop at the next step boundary: checkpoint, then exit.
+    stop_requested = {"flag": False}
+
+    def on_sigint(signum, frame):
+        if stop_requested["flag"]:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        stop_requested["flag"] = True
+
+    previous_handler = signal.signal(signal.SIGINT, on_sigint) if _in_main_thread() else None
+    try:
+        while epoch < config.epochs and step < total_steps:
+            order = torch.randperm(n_data, generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+            order = order.to(device)
+            while batch < steps_per_epoch and step < total_steps:
+                idx = order[batch * config.batch_size:(batch + 1) * config.batch_size]
+                metrics = train_step(generator, discriminator, opt_g, opt_d, data[idx], autocast)
+                pending.append(metrics)
+                sums += metrics.double()
+                batch += 1
+                step += 1
+                if step % config.log_every == 0:
+                    flush_steps()
+                    bar.update(config.log_every * config.batch_size)
+                    bar.set_postfix(epoch=epoch + 1, loss_d=f"{sums[0] / batch:.3f}", loss_g=f"{sums[1] / batch:.3f}")
+                if stop_requested["flag"]:
+                    flush_steps()
+                    checkpoint()
+                    bar.close()
+                    run_dir.close()
+                    print(f"\ninterrupted at step {step}; checkpoint written. Resume with "
+                          f"`genlab run dcgan --out {run_dir.path} --resume`")
+                    raise SystemExit(130)
+            flush_steps()
+            if batch < steps_per_epoch:  # stopped by --max-steps inside the epoch
+                break
+            mean = (sums / batch).tolist()
+            row = {"epoch": epoch + 1, "loss_d": mean[0], "loss_g": mean[1], "d_real": mean[2], "d_fake": mean[3],
+                   "steps": step, "seconds": time.time() - start_time}
+            run_dir.log_epoch(row)
+            epoch, batch = epoch + 1, 0
+            sums = torch.zeros(4, dtype=torch.float64, device=device)
+            if epoch in config.grid_epochs or epoch == config.epochs:
+                grid = generate(generator, fixed_z.to(device)).numpy()
+                plots.save_image_grid(grid, run_dir.path / "figures" / f"grid_epoch{epoch:03d}.png", 8, 8,
+                                      title=f"DCGAN, FashionMNIST, epoch {epoch}")
+            checkpoint()
+            tqdm.write(f"epoch {epoch}: D {mean[0]:.3f}  G {mean[1]:.3f}  D(x) {mean[2]:.3f}  D(G(z)) {mean[3]:.3f}")
+    finally:
+        bar.close()
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
+    checkpoint()
+    elapsed = time.time() - start_time
+    finish(run_dir, config, generator, fixed_z, device, elapsed)
+    run_dir.close()
+    return run_dir.path
+
+
+# ---------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------
+
+def _read_steps(run_dir: RunDir) -> list[dict]:
+    path = run_dir.path / "metrics" / "steps.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
+
+def _moving_average(values: list[float], window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_run(run_dir: RunDir) -> list[Path]:
+    """losses.png and d_outputs.png per epoch (per step before the first epoch ends), and
+    losses_steps.png: per-step losses with a moving average."""
+    figs = run_dir.path / "figures"
+    rows, steps = run_dir.read_epochs(), _read_steps(run_dir)
+    out = []
+    if steps:
+        x = [r["step"] for r in steps]
+        window = max(1, min(200, len(steps) // 10))
+        out.append(plots.plot_curves(
+            x, {"discriminator": _moving_average([r["loss_d"] for r in steps], window),
+                "generator": _moving_average([r["loss_g"] for r in steps], window)},
+            figs / "losses_steps.png", "optimiser step", "loss (nats)",
+            f"DCGAN losses per step (moving average over {window})"))
+    if rows:
+        x, unit, source = [r["epoch"] for r in rows], "epoch", rows
+    elif steps:
+        x, unit, source = [r["step"] for r in steps], "step", steps
+    else:
+        return out
+    ref = rows and {"discriminator": {e: v[0] for e, v in REFERENCE_LOSSES.items()},
+                    "generator": {e: v[1] for e, v in REFERENCE_LOSSES.items()}}
+    out.append(plots.plot_curves(
+        x, {"discriminator": [r["loss_d"] for r in source], "generator": [r["loss_g"] for r in source]},
+        figs / "losses.png", unit, "loss (nats)", f"DCGAN losses per {unit}", reference=ref or None,
+        hlines={"D at equilibrium: 2 log 2": 2 * math.log(2), "G at equilibrium: log 2": math.log(2)}))
+    ref = rows and {"D(x)": {50: REFERENCE_FINAL_D["d_real"]}, "D(G(z))": {50: REFERENCE_FINAL_D["d_fake"]}}
+    out.append(plots.plot_curves(
+        x, {"D(x)": [r["d_real"] for r in source], "D(G(z))": [r["d_fake"] for r in source]},
+        figs / "d_outputs.png", unit, "mean discriminator output", f"Mean D(x) and D(G(z)) per {unit}",
+        reference=ref or None, hlines={"1/2": 0.5}))
+    return out
+
+
+def evaluate_generator(generator: Generator, device: torch.device, seed: int, n: int,
+                       data_dir: Path | None = None) -> dict:
+    """FID/KID/IS of ``n`` generated images against the 10,000 FashionMNIST test images."""
+    from genlab.quality import image_quality
+
+    real = torch.from_numpy(load_split(DATASET, "test", data_dir)[0].copy()).unsqueeze(1)
+    z = torch.randn(n, generator.latent_dim, generator=torch.Generator().manual_seed(seed + 2)).to(device)
+    fake = generate(generator, z).unsqueeze(1)
+    return image_quality(fake, real, DATASET)
+
+
+def write_summary(run_dir: RunDir, config: DCGANConfig, metrics: dict | None, elapsed: float | None) -> Path:
+    rows = {int(r["epoch"]): r for r in run_dir.read_epochs()}
+    lines = [f"# DCGAN on FashionMNIST: `{run_dir.path.name}`", "",
+             f"seed {config.seed}, batch {config.batch_size}, lr {config.lr}, {len(rows)} of {config.epochs} epochs"
+             + (f", {elapsed / 60:.1f} min" if elapsed else ""), "",
+             "| epoch | D loss | G loss | D(x) | D(G(z)) | ref D loss | ref G loss |", "|---|---|---|---|---|---|---|"]
+    for e in sorted(set(rows) | set(REFERENCE_LOSSES)):
+        r = rows.get(e)
+        ref = REFERENCE_LOSSES.get(e, ("", ""))
+        cells = [f"{r[k]:.3f}" for k in ("loss_d", "loss_g", "d_real", "d_fake")] if r else ["", "", "", ""]
+        if r is None and e not in REFERENCE_LOSSES:
+            continue
+        if e in REFERENCE_LOSSES or e in (1, len(rows)) or e % 10 == 0:
+            lines.append(f"| {e} | " + " | ".join(cells) + f" | {ref[0]} | {ref[1]} |")
+    if metrics:
+        lines += ["", f"FID {metrics['fid']:.3f}, KID {metrics['kid_mean']:.5f} +/- {metrics['kid_std']:.5f}, "
+                      f"classifier IS {metrics['inception_score']:.3f} +/- {metrics['inception_score_std']:.3f} "
+                      f"({metrics['n_generated']} generated vs {metrics['n_real']} test images).",
+                  f"Extractor: {metrics['extractor']}."]
+    figures = sorted(p.name for p in (run_dir.path / "figures").glob("*.png"))
+    lines += ["", "Figures: " + ", ".join(f"[{f}](figures/{f})" for f in figures)]
+    path = run_dir.path / "summary.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def finish(run_dir: RunDir, config: DCGANConfig, generator: Generator, fixed_z: torch.Tensor,
+           device: torch.device, elapsed: float | None) -> dict | None:
+    """Figures, FID/KID/IS and summary.md at the end of a run (also used by ``genlab eval``)."""
+    plot_run(run_dir)
+    last = sorted((run_dir.path / "figures").glob("grid_epoch*.png"))
+    if not last:  # a run stopped by --max-steps before an epoch ended still shows its samples
+        plots.save_image_grid(generate(generator, fixed_z.to(device)).numpy(),
+                              run_dir.path / "figures" / "grid_final.png", 8, 8, title="DCGAN, end of run")
+    metrics = None
+    if config.fid_samples > 0:
+        metrics = evaluate_generator(generator, device, config.seed, config.fid_samples, config.data_dir)
+        metrics.update(n_generated=config.fid_samples, n_real=10000)
+    run_dir.write_json("metrics.json", {"final_epoch": run_dir.read_epochs()[-1] if run_dir.read_epochs() else None,
+                                        "quality": metrics, "elapsed_s": elapsed,
+                                        "reference": {"losses": REFERENCE_LOSSES, **REFERENCE_FINAL_D}})
+    write_summary(run_dir, config, metrics, elapsed)
+    return metrics
+
+
+def _restore(run_path: Path, device: torch.device):
+    ckpt = load_checkpoint(Path(run_path) / "checkpoints" / "last.pt", device)
+    cfg = ckpt["config"]
+    generator = Generator(cfg["latent_dim"], cfg["leaky_slope"]).to(device)
+    generator.load_state_dict(ckpt["generator"])
+    return ckpt, generator
+
+
+def evaluate(run_path: Path) -> dict:
+    """``genlab eval RUN_DIR``: FID/KID/IS written into metrics.json and summary.md."""
+    device = resolve_device("auto")
+    ckpt, generator = _restore(run_path, device)
+    fields = {k: v for k, v in ckpt["config"].items() if k in DCGANConfig.__dataclass_fields__}
+    fields.update(out=Path(run_path), resume=True, grid_epochs=tuple(fields.get("grid_epochs", ())))
+    if fields.get("data_dir"):
+        fields["data_dir"] = Path(fields["data_dir"])
+    config = DCGANConfig(**fields)
+    if config.fid_samples == 0:
+        config.fid_samples = 10000
+    run_dir = RunDir("dcgan", config, device)
+    metrics = finish(run_dir, config, generator, ckpt["fixed_z"], device, None)
+    run_dir.close()
+    return metrics
+
+
+def sample(run_path: Path, n: int, seed: int = 0) -> np.ndarray:
+    """``genlab sample``: ``n`` images from a run's generator, uint8 (n, 28, 28)."""
+    device = resolve_device("auto")
+    _, generator = _restore(run_path, device)
+    z = torch.randn(n, generator.latent_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+    return generate(generator, z).numpy()
+
+
+def bench(argv: list[str]) -> dict:
+    from genlab.benchmarks import dcgan as bench_dcgan
+
+    return bench_dcgan.main(argv)
+
+
+EXPERIMENT = Experiment(
+    name="dcgan",
+    summary="SPEC §1: DCGAN on FashionMNIST (50 epochs, batch 64, Adam 1e-4), FID/KID at the end",
+    config=DCGANConfig,
+    run=run,
+    evaluate=evaluate,
+    sample=sample,
+    bench=bench,
+)

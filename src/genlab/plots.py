@@ -1,0 +1,77 @@
+"""Figures: image grids and metric curves (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["tile_images", "save_image_grid", "plot_curves"]
+
+
+def tile_images(images: np.ndarray, nrow: int, ncol: int, pad: int = 1) -> np.ndarray:
+    """Tile uint8 images (N, H, W) into one (nrow*(H+pad)+pad, ncol*(W+pad)+pad) array.
+
+    Raises:
+        ValueError: fewer than nrow * ncol images.
+    """
+    images = np.asarray(images)
+    n, h, w = images.shape
+    if n < nrow * ncol:
+        raise ValueError(f"need {nrow * ncol} images for a {nrow}x{ncol} grid, got {n}")
+    canvas = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad), 255, dtype=np.uint8)
+    for k in range(nrow * ncol):
+        r, c = divmod(k, ncol)
+        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = images[k]
+    return canvas
+
+
+def save_image_grid(images: np.ndarray, path: str | Path, nrow: int, ncol: int, title: str | None = None) -> Path:
+    """Save uint8 images (N, 28, 28) as an nrow x ncol grid PNG."""
+    canvas = tile_images(images, nrow, ncol)
+    scale = 0.3
+    fig, ax = plt.subplots(figsize=(max(2.0, ncol * scale * 1.1), max(2.0, nrow * scale * 1.1 + (0.3 if title else 0))))
+    ax.imshow(canvas, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_curves(x: Sequence[float], series: dict[str, Sequence[float]], path: str | Path, xlabel: str, ylabel: str,
+                title: str, reference: dict[str, dict[float, float]] | None = None,
+                hlines: dict[str, float] | None = None, logy: bool = False) -> Path:
+    """Line plot of several series against x, with optional reference points and lines.
+
+    Args:
+        reference: per series name, {x: value} drawn as markers (e.g. SPEC reference losses).
+        hlines: label -> y of dashed horizontal lines (e.g. the equilibrium value log 2).
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, ys in series.items():
+        (line,) = ax.plot(x, ys, label=name)
+        if reference and name in reference:
+            rx, ry = zip(*sorted(reference[name].items()))
+            ax.scatter(rx, ry, marker="x", s=50, color=line.get_color(), label=f"{name} (reference)", zorder=3)
+    for label, y in (hlines or {}).items():
+        ax.axhline(y, ls="--", lw=0.8, color="gray")
+        ax.text(x[0], y, f" {label}", va="bottom", fontsize=8, color="gray")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
