@@ -15,6 +15,17 @@ from typing import Any
 REGISTRY: dict[str, str] = {
     "dcgan": "genlab.experiments.dcgan",
     "classifier": "genlab.experiments.classifier",
+    "minimax": "genlab.experiments.minimax",
+    "bandit": "genlab.experiments.bandit",
+    "divergence": "genlab.experiments.divergence",
+    "gan": "genlab.experiments.gan",
+    "wgan": "genlab.experiments.wgan",
+    "vae": "genlab.experiments.vae",
+    "continual": "genlab.experiments.continual",
+    "reinforce": "genlab.experiments.reinforce",
+    "optimizers": "genlab.experiments.optimizers",
+    "summarize": "genlab.experiments.summarize",
+    "t5-finetune": "genlab.experiments.t5_finetune",
 }
 
 

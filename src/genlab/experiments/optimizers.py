@@ -1,0 +1,541 @@
+"""SPEC §6: the optimisers of :mod:`genlab.optim` compared on MNIST.
+
+The grid is every optimiser x learning rate (0.5, 1e-2, 1e-5) x 3 seeds, 15 epochs each,
+on one fixed classifier: an MLP 784-50-10 with a ReLU (39,760 parameters; small so that
+the 54 runs fit a shared CPU), minibatches of 128, mean cross-entropy, pixels scaled to [0, 1], PyTorch's default ``nn.Linear``
+initialisation. Runs with the same seed share their initial weights and their minibatch
+order (common random numbers), so the optimisers are compared on the same draws.
+
+All runs of the grid train together as one stacked model (:class:`StackedGrid`): run r's
+weights are slice r of tensors of shape (R, fan_in, fan_out) and the forward pass is a
+batched matmul. Each (optimiser, learning rate) cell owns leaf tensors stacked over its
+seeds and is stepped by its own optimiser; the rules are elementwise, so this is the same
+computation as R separate runs (``tests/test_optimizers_experiment.py`` checks it against
+a plain per-run loop). A run whose loss becomes NaN or infinite is recorded as diverged,
+with its last finite loss; its slice turns to NaN without touching the other runs.
+
+    genlab run optimizers                                   # the full grid: 54 runs, 15 epochs
+    genlab run optimizers --epochs 1 --subset 2000 --out /tmp/smoke
+    genlab run optimizers --out runs/optimizers --resume    # continue from the last epoch
+    genlab bench optimizers                                 # grid vs the runs one after another
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from genlab import plots
+from genlab.data import load_split
+from genlab.engine import (RunConfig, RunDir, config_to_dict, load_checkpoint, resolve_device, save_checkpoint)
+from genlab.experiments import Experiment
+from genlab.optim import OPTIMIZERS
+
+DATASET = "mnist"
+IMAGE_DIM = 28 * 28
+N_CLASSES = 10
+# The fields that define the grid: a resumed run must have the same ones.
+GRID_FIELDS = ("optimizers", "lrs", "repeats", "seed", "hidden", "batch_size", "subset", "test_subset",
+               "momentum", "rmsprop_decay", "beta1", "beta2")
+
+
+@dataclass
+class OptimizersConfig(RunConfig):
+    """SPEC §6 protocol: all optimisers, learning rates 0.5, 1e-2, 1e-5, 15 epochs, 3 seeds."""
+
+    epochs: int = 15
+    """Passes over the 60,000 MNIST training images, every run."""
+    optimizers: tuple[str, ...] = tuple(OPTIMIZERS)
+    """Optimisers to compare (genlab.optim): sgd momentum rmsprop amsgrad adam adagrad."""
+    lrs: tuple[float, ...] = (0.5, 1e-2, 1e-5)
+    """Learning rates γ, each tried with every optimiser."""
+    repeats: int = 3
+    """Runs per (optimiser, learning rate), with seeds seed, seed+1, ..."""
+    batch_size: int = 128
+    """Minibatch size."""
+    hidden: tuple[int, ...] = (50,)
+    """Widths of the classifier's hidden layers (ReLU after each)."""
+    momentum: float = 0.9
+    """ρ of the heavy-ball momentum optimiser."""
+    rmsprop_decay: float = 0.99
+    """τ of RMSProp (torch's alpha)."""
+    beta1: float = 0.9
+    """β1 of Adam and AMSGrad."""
+    beta2: float = 0.999
+    """β2 of Adam and AMSGrad."""
+    subset: int | None = None
+    """Train on the first N training images only (quick looks and tests)."""
+    test_subset: int | None = None
+    """Evaluate on the first N test images only (quick looks and tests)."""
+    log_every: int = 50
+    """Optimiser steps per point of the training-loss curves."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unknown = [o for o in self.optimizers if o not in OPTIMIZERS]
+        if unknown or not self.optimizers:
+            raise ValueError(f"--optimizers must be among {' '.join(OPTIMIZERS)}, got {' '.join(self.optimizers)}")
+        if len(set(self.optimizers)) != len(self.optimizers) or len(set(self.lrs)) != len(self.lrs):
+            raise ValueError("--optimizers and --lrs must not repeat a value")
+        if not self.lrs or not all(0 < lr < math.inf for lr in self.lrs):
+            raise ValueError(f"--lrs must be positive and finite, got {self.lrs}")
+        if self.repeats < 1:
+            raise ValueError(f"--repeats must be >= 1, got {self.repeats}")
+        if self.batch_size < 1 or not all(h >= 1 for h in self.hidden):
+            raise ValueError("--batch-size and every --hidden width must be >= 1")
+        if self.subset is not None and self.subset < self.batch_size:
+            raise ValueError(f"--subset must be >= --batch-size ({self.batch_size}), got {self.subset}")
+        if self.test_subset is not None and self.test_subset < 1:
+            raise ValueError(f"--test-subset must be >= 1, got {self.test_subset}")
+        if self.log_every < 1:
+            raise ValueError(f"--log-every must be >= 1, got {self.log_every}")
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.repeats)]
+
+    def hyperparameters(self, name: str) -> dict:
+        """Keyword arguments of optimiser ``name`` other than the learning rate."""
+        return {"momentum": {"momentum": self.momentum}, "rmsprop": {"decay": self.rmsprop_decay},
+                "amsgrad": {"betas": (self.beta1, self.beta2)}, "adam": {"betas": (self.beta1, self.beta2)},
+                }.get(name, {})
+
+
+# ---------------------------------------------------------------------------------------
+# The classifier, plain and stacked
+# ---------------------------------------------------------------------------------------
+
+def make_classifier(hidden: tuple[int, ...] = (50,)) -> nn.Sequential:
+    """The fixed MNIST classifier: images (N, 784) float -> logits (N, 10).
+
+    784-50-10 with the default ``hidden``: 39,250 + 510 = 39,760 parameters.
+    """
+    widths = [IMAGE_DIM, *hidden, N_CLASSES]
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def initial_weights(seed: int, hidden: tuple[int, ...]) -> list[torch.Tensor]:
+    """The weights :func:`make_classifier` draws after ``torch.manual_seed(seed)``, in the
+    stacked layout: per layer W (fan_in, fan_out) and b (1, fan_out), float32."""
+    torch.manual_seed(seed)
+    model = make_classifier(hidden)
+    out = []
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            out += [layer.weight.detach().T.contiguous(), layer.bias.detach()[None]]
+    return out
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (optimiser, learning rate) pair of the grid."""
+
+    optimizer: str
+    lr: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.optimizer}@{self.lr:g}"
+
+
+class StackedGrid:
+    """R = C x S classifiers trained at once: C (optimiser, lr) cells times S seeds.
+
+    Run r is cell ``r // S`` with seed ``seeds[r % S]``. Per cell, each layer is a leaf W of
+    shape (S, fan_in, fan_out) and b of shape (S, 1, fan_out); one optimiser per optimiser
+    name holds one parameter group per learning rate.
+
+    Args:
+        cells: the (optimiser, lr) pairs.
+        seeds: one initialisation per seed, shared by every cell.
+        hidden: hidden widths of :func:`make_classifier`.
+        hyperparameters: optimiser name -> keyword arguments other than lr.
+        device: where the tensors live.
+    """
+
+    def __init__(self, cells: list[Cell], seeds: list[int], hidden: tuple[int, ...],
+                 hyperparameters: dict[str, dict], device: torch.device):
+        self.cells, self.seeds = list(cells), list(seeds)
+        inits = [initial_weights(seed, hidden) for seed in seeds]  # per seed: [W0, b0, W1, b1, ...]
+        self.params = {cell: [torch.stack([init[i] for init in inits]).to(device).requires_grad_()  # (S, ...)
+                              for i in range(len(inits[0]))] for cell in self.cells}
+        self.optimizers = {}
+        for name in dict.fromkeys(cell.optimizer for cell in self.cells):
+            groups = [{"params": self.params[c], "lr": c.lr} for c in self.cells if c.optimizer == name]
+            self.optimizers[name] = OPTIMIZERS[name](groups, **hyperparameters.get(name, {}))
+
+    @property
+    def n_runs(self) -> int:
+        return len(self.cells) * len(self.seeds)
+
+    def run_labels(self) -> list[tuple[str, float, int]]:
+        """(optimiser, lr, seed) of each run r, in stacking order."""
+        return [(c.optimizer, c.lr, s) for c in self.cells for s in self.seeds]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (S, B, 784): one batch per seed -> logits (R, B, 10); run r sees x[r % S]."""
+        h = x.repeat(len(self.cells), 1, 1)  # (R, B, 784)
+        n_layers = len(self.params[self.cells[0]]) // 2
+        for i in range(n_layers):
+            w = torch.cat([self.params[c][2 * i] for c in self.cells])  # (R, fan_in, fan_out)
+            b = torch.cat([self.params[c][2 * i + 1] for c in self.cells])  # (R, 1, fan_out)
+            h = torch.baddbmm(b, h, w)  # (R, B, fan_out)
+            if i < n_layers - 1:
+                h = torch.relu(h)
+        return h
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One step of every run on its seed's batch: x (S, B, 784) float, y (S, B) int64.
+
+        Returns the R minibatch losses (mean cross-entropy, nats) before the step, float32.
+        """
+        logits = self.forward(x)  # (R, B, 10)
+        n_runs, batch, n_classes = logits.shape
+        targets = y.repeat(len(self.cells), 1).reshape(-1)  # (R * B,)
+        losses = F.cross_entropy(logits.reshape(-1, n_classes), targets, reduction="none").view(n_runs, batch).mean(1)
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        losses.sum().backward()  # the runs share no parameter: each gets the gradient of its own loss
+        for opt in self.optimizers.values():
+            opt.step()
+        return losses.detach()
+
+    @torch.no_grad()
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
+        """Top-1 accuracy in [0, 1] of every run on x (N, 784), y (N,): float64 (R,)."""
+        correct = torch.zeros(self.n_runs, dtype=torch.float64, device=x.device)
+        for i in range(0, len(x), chunk):
+            xb = x[i:i + chunk].expand(len(self.seeds), -1, -1)  # (S, n, 784), no copy
+            pred = self.forward(xb).argmax(-1)  # (R, n)
+            correct += (pred == y[i:i + chunk]).sum(1)
+        return correct / len(x)
+
+    def state_dict(self) -> dict:
+        return {"params": {c.key: [p.detach() for p in self.params[c]] for c in self.cells},
+                "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for c in self.cells:
+                for p, saved in zip(self.params[c], state["params"][c.key]):
+                    p.copy_(saved)
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+
+
+def epoch_order(seeds: list[int], n: int, epoch: int, device: torch.device) -> torch.Tensor:
+    """Each seed's shuffle of range(n) for ``epoch`` (0-based): int64 (S, n)."""
+    return torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+                        for seed in seeds]).to(device)
+
+
+def load_mnist(split: str, data_dir: Path | None, limit: int | None, device: torch.device):
+    """MNIST ``split`` as images float32 (N, 784) in [0, 1] and labels int64 (N,) on ``device``."""
+    images, labels = load_split(DATASET, split, data_dir)
+    x = torch.from_numpy(images[:limit].reshape(-1, IMAGE_DIM).astype(np.float32) / 255.0)
+    return x.to(device), torch.from_numpy(labels[:limit].copy()).to(device)
+
+
+# ---------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------
+
+RUN_FIELDS = ["epoch", "optimizer", "lr", "seed", "train_loss", "test_accuracy", "diverged", "last_finite_loss",
+              "diverged_at_step"]
+STEP_FIELDS = ["step", "epoch", "optimizer", "lr", "seed", "train_loss"]
+
+
+def _append_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def _truncate_csv(path: Path, fields: list[str], keep) -> None:
+    rows = [r for r in _read_csv(path) if keep(r)]
+    if path.exists():
+        path.unlink()
+    _append_csv(path, fields, rows)
+
+
+def run(config: OptimizersConfig) -> Path:
+    """Train the whole grid; returns the run directory. See the module docstring."""
+    device = resolve_device(config.device)
+    run_dir = RunDir("optimizers", config, device)
+    metrics_dir = run_dir.path / "metrics"
+    x_train, y_train = load_mnist("train", config.data_dir, config.subset, device)  # (60000, 784), (60000,)
+    x_test, y_test = load_mnist("test", config.data_dir, config.test_subset, device)  # (10000, 784), (10000,)
+    n_train, seeds = len(x_train), config.seeds
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
+
+    cells = [Cell(name, lr) for name in config.optimizers for lr in config.lrs]
+    grid = StackedGrid(cells, seeds, config.hidden, {n: config.hyperparameters(n) for n in config.optimizers}, device)
+    labels = grid.run_labels()
+    n_runs = grid.n_runs
+    last_finite = torch.full((n_runs,), math.nan, device=device)  # last finite minibatch loss of each run
+    diverged_at = torch.full((n_runs,), -1, dtype=torch.int64, device=device)  # first non-finite step, or -1
+    epoch, step, elapsed = 0, 0, 0.0
+    if config.resume:
+        ckpt = load_checkpoint(run_dir.checkpoint, device)
+        saved = {k: ckpt["config"][k] for k in GRID_FIELDS}
+        wanted = {k: v for k, v in config_to_dict(config).items() if k in GRID_FIELDS}
+        if json.loads(json.dumps(saved)) != json.loads(json.dumps(wanted)):
+            raise ValueError(f"--resume with a different grid: checkpoint has {saved}, options ask for {wanted}")
+        grid.load_state_dict(ckpt["grid"])
+        last_finite, diverged_at = ckpt["last_finite"].to(device), ckpt["diverged_at"].to(device)
+        epoch, step, elapsed = ckpt["epoch"], ckpt["step"], ckpt["seconds"]
+        run_dir.truncate_metrics(step, epoch)
+        _truncate_csv(metrics_dir / "runs.csv", RUN_FIELDS, lambda r: int(r["epoch"]) <= epoch)
+        _truncate_csv(metrics_dir / "steps.csv", STEP_FIELDS, lambda r: int(r["step"]) <= step)
+        print(f"resuming {run_dir.path} after epoch {epoch} (step {step})")
+
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    print(f"optimizers: {n_runs} runs ({len(config.optimizers)} optimisers x {len(config.lrs)} learning rates x "
+          f"{len(seeds)} seeds), {config.epochs} epochs of {steps_per_epoch} steps, trained as one stacked model")
+    start = time.time() - elapsed
+    while epoch < config.epochs and step < total_steps:
+        order = epoch_order(seeds, n_train, epoch, device)  # (S, n_train)
+        epoch_sum = torch.zeros(n_runs, dtype=torch.float64, device=device)
+        block_sum = torch.zeros(n_runs, dtype=torch.float64, device=device)
+        block_len, batches = 0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False, disable=None)
+        for batch in bar:
+            if step >= total_steps:
+                break
+            idx = order[:, batch * config.batch_size:(batch + 1) * config.batch_size]  # (S, B)
+            losses = grid.train_step(x_train[idx], y_train[idx])  # (R,)
+            # A run diverges at its first non-finite loss; its last finite loss is kept.
+            finite = torch.isfinite(losses)
+            last_finite = torch.where(finite, losses, last_finite)
+            diverged_at = torch.where(~finite & (diverged_at < 0), step + 1, diverged_at)
+            epoch_sum += losses
+            block_sum += losses
+            step, batches, block_len = step + 1, batches + 1, block_len + 1
+            if block_len == config.log_every or batch == steps_per_epoch - 1 or step == total_steps:
+                mean = (block_sum / block_len).tolist()
+                _append_csv(metrics_dir / "steps.csv", STEP_FIELDS, [
+                    {"step": step, "epoch": round(epoch + (batch + 1) / steps_per_epoch, 4), "optimizer": o,
+                     "lr": lr, "seed": s, "train_loss": mean[r]} for r, (o, lr, s) in enumerate(labels)])
+                block_sum.zero_()
+                block_len = 0
+        bar.close()
+        # End of epoch: test accuracy of every run; a diverged run has none.
+        epoch += 1
+        accuracy = grid.accuracy(x_test, y_test)
+        diverged = (diverged_at >= 0).tolist()
+        train_loss, acc = (epoch_sum / batches).tolist(), accuracy.tolist()
+        last, at = last_finite.tolist(), diverged_at.tolist()
+        _append_csv(metrics_dir / "runs.csv", RUN_FIELDS, [
+            {"epoch": epoch, "optimizer": o, "lr": lr, "seed": s, "train_loss": train_loss[r],
+             "test_accuracy": math.nan if diverged[r] else acc[r], "diverged": int(diverged[r]),
+             "last_finite_loss": last[r], "diverged_at_step": at[r]} for r, (o, lr, s) in enumerate(labels)])
+        elapsed = time.time() - start
+        run_dir.log_epoch({"epoch": epoch, "steps": step, "seconds": elapsed, "diverged_runs": sum(diverged),
+                           "best_test_accuracy": max((a for a, d in zip(acc, diverged) if not d), default=math.nan)},
+                          tensorboard=False)
+        save_checkpoint(run_dir.checkpoint, {
+            "config": config_to_dict(config), "grid": grid.state_dict(), "epoch": epoch, "step": step,
+            "seconds": elapsed, "last_finite": last_finite.cpu(), "diverged_at": diverged_at.cpu()})
+        tqdm.write(f"epoch {epoch}: {elapsed:7.1f} s, {sum(diverged)} of {n_runs} runs diverged, best test accuracy "
+                   f"{max((a for a, d in zip(acc, diverged) if not d), default=math.nan):.4f}")
+    summarise(run_dir.path)
+    run_dir.close()
+    return run_dir.path
+
+
+# ---------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------
+
+def final_table(runs: list[dict]) -> dict[str, dict[str, dict]]:
+    """optimiser -> lr (as written in the CSV) -> final-epoch statistics over the seeds.
+
+    Each entry: ``mean`` and ``std`` (sample std, ddof=1; 0 for one run) of the test
+    accuracy of the runs that did not diverge (None if all did), ``n`` runs, ``diverged``
+    runs, their ``last_finite_loss`` and ``diverged_at_step``, and ``accuracies`` per seed.
+    """
+    if not runs:
+        return {}
+    last_epoch = max(int(r["epoch"]) for r in runs)
+    table: dict[str, dict[str, dict]] = {}
+    for r in runs:
+        if int(r["epoch"]) != last_epoch:
+            continue
+        entry = table.setdefault(r["optimizer"], {}).setdefault(f"{float(r['lr']):g}", {
+            "accuracies": {}, "n": 0, "diverged": 0, "last_finite_loss": {}, "diverged_at_step": {}})
+        entry["n"] += 1
+        if int(r["diverged"]):
+            entry["diverged"] += 1
+            entry["last_finite_loss"][r["seed"]] = float(r["last_finite_loss"])
+            entry["diverged_at_step"][r["seed"]] = int(r["diverged_at_step"])
+        else:
+            entry["accuracies"][r["seed"]] = float(r["test_accuracy"])
+    for per_lr in table.values():
+        for entry in per_lr.values():
+            acc = np.array(list(entry["accuracies"].values()))
+            entry["mean"] = float(acc.mean()) if len(acc) else None
+            entry["std"] = float(acc.std(ddof=1)) if len(acc) > 1 else (0.0 if len(acc) else None)
+    return table
+
+
+def format_cell(entry: dict) -> str:
+    """'97.12 ± 0.08' (%), with the diverged runs named."""
+    if entry["mean"] is None:
+        losses = ", ".join(f"{v:.3g}" for v in entry["last_finite_loss"].values())
+        return f"diverged ({entry['diverged']}/{entry['n']}; last finite loss {losses})"
+    text = f"{100 * entry['mean']:.2f} ± {100 * entry['std']:.2f}"
+    if entry["diverged"]:
+        text += f" ({entry['diverged']}/{entry['n']} diverged)"
+    return text
+
+
+def markdown_table(table: dict, lrs: list[str]) -> list[str]:
+    lines = ["| optimiser | " + " | ".join(f"lr {lr}" for lr in lrs) + " |", "|---" * (len(lrs) + 1) + "|"]
+    for name, per_lr in table.items():
+        lines.append(f"| {name} | " + " | ".join(format_cell(per_lr[lr]) if lr in per_lr else "" for lr in lrs) + " |")
+    return lines
+
+
+def plot_losses(steps: list[dict], runs: list[dict], figures: Path) -> list[Path]:
+    """figures/loss_lr{lr}.png: training loss against epoch, one line per optimiser (mean over
+    seeds, min-max band), a cross where a run diverged."""
+    import matplotlib.pyplot as plt
+
+    out = []
+    for lr in dict.fromkeys(f"{float(r['lr']):g}" for r in steps):
+        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        for name in dict.fromkeys(r["optimizer"] for r in steps):
+            rows = [r for r in steps if r["optimizer"] == name and f"{float(r['lr']):g}" == lr]
+            by_seed: dict[str, list[tuple[float, float]]] = {}
+            for r in rows:
+                by_seed.setdefault(r["seed"], []).append((float(r["epoch"]), float(r["train_loss"])))
+            x = np.array([e for e, _ in next(iter(by_seed.values()))])
+            y = np.array([[v for _, v in series] for series in by_seed.values()])  # (S, T)
+            with np.errstate(all="ignore"):
+                y = np.where(np.isfinite(y), y, np.nan)
+                (line,) = ax.plot(x, np.nanmean(y, 0) if np.isfinite(y).any() else y[0], label=name)
+                ax.fill_between(x, np.nanmin(y, 0), np.nanmax(y, 0), color=line.get_color(), alpha=0.2, lw=0)
+            for series in y:  # mark each diverged run at its last finite point
+                bad = ~np.isfinite(series)
+                if bad.any() and (~bad).any():
+                    last = np.flatnonzero(~bad)[-1]
+                    ax.scatter(x[last], series[last], marker="x", color=line.get_color(), zorder=3)
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("training loss (cross-entropy, nats)")
+        ax.set_title(f"MNIST MLP, learning rate {lr}: mean over seeds, min-max band, x = diverged")
+        ax.title.set_fontsize(9)
+        ax.axhline(math.log(N_CLASSES), ls="--", lw=0.8, color="gray")
+        ax.text(x[0], math.log(N_CLASSES), " chance: ln 10", va="bottom", fontsize=8, color="gray")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = figures / f"loss_lr{lr}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        out.append(path)
+    return out
+
+
+def plot_accuracy(runs: list[dict], figures: Path) -> Path:
+    """figures/test_accuracy.png: test accuracy against epoch, one panel per learning rate."""
+    import matplotlib.pyplot as plt
+
+    lrs = list(dict.fromkeys(f"{float(r['lr']):g}" for r in runs))
+    fig, axes = plt.subplots(1, len(lrs), figsize=(4.2 * len(lrs), 3.6), squeeze=False, sharey=True)
+    for ax, lr in zip(axes[0], lrs):
+        for name in dict.fromkeys(r["optimizer"] for r in runs):
+            rows = [r for r in runs if r["optimizer"] == name and f"{float(r['lr']):g}" == lr]
+            epochs = sorted({int(r["epoch"]) for r in rows})
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all seeds diverged: nanmean of nothing
+                mean = [np.nanmean([float(r["test_accuracy"]) for r in rows if int(r["epoch"]) == e]) for e in epochs]
+            ax.plot(epochs, 100 * np.array(mean), marker=".", label=name)
+        ax.set_title(f"learning rate {lr}", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (%), mean over seeds")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    path = figures / "test_accuracy.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def summarise(path: Path) -> dict:
+    """Write metrics.json, the figures and summary.md of the run directory ``path`` from its
+    metrics CSVs (also ``genlab eval RUN_DIR``, for a run stopped part-way). Returns metrics."""
+    path = Path(path)
+    config = json.loads((path / "config.json").read_text())
+    runs, steps = _read_csv(path / "metrics" / "runs.csv"), _read_csv(path / "metrics" / "steps.csv")
+    epochs = _read_csv(path / "metrics" / "epochs.csv")
+    table = final_table(runs)
+    lrs = [f"{float(lr):g}" for lr in config["lrs"]]
+    n_params = sum(p.numel() for p in make_classifier(tuple(config["hidden"])).parameters())
+    done = max((int(r["epoch"]) for r in runs), default=0)
+    metrics = {"epochs_done": done, "epochs": config["epochs"], "seconds": float(epochs[-1]["seconds"]) if epochs else None,
+               "runs": len({(r["optimizer"], r["lr"], r["seed"]) for r in runs}),
+               "classifier": f"MLP {'-'.join(map(str, [IMAGE_DIM, *config['hidden'], N_CLASSES]))}, {n_params} parameters",
+               "final_test_accuracy": table}
+    (path / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    figures = path / "figures"
+    figures.mkdir(exist_ok=True)
+    if steps:
+        plot_losses(steps, runs, figures)
+    if runs:
+        plot_accuracy(runs, figures)
+    lines = [f"# Optimisers on MNIST (SPEC §6): `{path.name}`", "",
+             f"{metrics['classifier']}; batch {config['batch_size']}; seeds {config['seed']}..."
+             f"{config['seed'] + config['repeats'] - 1}; {done} of {config['epochs']} epochs"
+             + (f"; {metrics['seconds'] / 60:.1f} min" if metrics["seconds"] else "") + ".", "",
+             f"Final test accuracy (%), mean ± std over {config['repeats']} seeds (sample std):", "",
+             *markdown_table(table, lrs), ""]
+    names = sorted(p.name for p in figures.glob("*.png"))
+    lines += ["Figures: " + ", ".join(f"[{n}](figures/{n})" for n in names)]
+    (path / "summary.md").write_text("\n".join(lines) + "\n")
+    return metrics
+
+
+def _bench(argv: list[str]) -> dict:
+    from genlab.benchmarks.optimizers import main
+
+    return main(argv)
+
+
+EXPERIMENT = Experiment(
+    name="optimizers",
+    summary="SPEC §6: SGD, momentum, RMSProp, AMSGrad, Adam, AdaGrad on MNIST (lr x seed grid)",
+    config=OptimizersConfig,
+    run=run,
+    evaluate=summarise,
+    bench=_bench,
+)
