@@ -1,0 +1,184 @@
+"""SPEC §9: EWC's Fisher diagonal and penalty, the replay memory, the forgetting measures, and
+the experiment through the real CLI on MNIST."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import genlab
+from genlab.experiments import continual as cl
+
+
+def test_fisher_diagonal_matches_logistic_regression_closed_form():
+    # Multinomial logistic regression p(y | x) = softmax(W x + b): the gradient of
+    # log p(y | x) is (e_y - p) x^T for W and (e_y - p) for b, so the empirical Fisher
+    # diagonal is the mean of their squares.
+    torch.manual_seed(0)
+    model = nn.Linear(5, 3).double()
+    x, y = torch.randn(37, 5, dtype=torch.float64), torch.randint(0, 3, (37,))
+    residual = F.one_hot(y, 3).double() - torch.softmax(model(x), dim=1)  # (N, 3)
+    expected_w = (residual.pow(2).unsqueeze(2) * x.pow(2).unsqueeze(1)).mean(0)  # (3, 5)
+    expected_b = residual.pow(2).mean(0)
+    fisher = cl.fisher_diagonal(model, x, y, chunk_size=10)  # chunks of 10 and a ragged last one
+    torch.testing.assert_close(fisher["weight"], expected_w, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fisher["bias"], expected_b, rtol=1e-10, atol=1e-12)
+
+
+def test_fisher_diagonal_of_a_network_matches_per_sample_autograd():
+    torch.manual_seed(1)
+    model = cl.CNN()
+    x, y = torch.randn(6, 784), torch.randint(0, 10, (6,))
+    expected = {k: torch.zeros_like(p) for k, p in model.named_parameters()}
+    for xi, yi in zip(x, y):
+        model.zero_grad()
+        F.log_softmax(model(xi[None]), dim=1)[0, yi].backward()
+        for k, p in model.named_parameters():
+            expected[k] += p.grad.pow(2) / len(x)
+    fisher = cl.fisher_diagonal(model, x, y)
+    for k in expected:
+        torch.testing.assert_close(fisher[k], expected[k], rtol=1e-4, atol=1e-9)
+
+
+def _anchors(model, tasks, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [({k: torch.rand(p.shape, generator=gen, dtype=p.dtype) for k, p in model.named_parameters()},
+             {k: torch.randn(p.shape, generator=gen, dtype=p.dtype) for k, p in model.named_parameters()})
+            for _ in range(tasks)]
+
+
+def test_ewc_penalty_by_hand():
+    params = {"w": torch.tensor([1.0, 2.0])}
+    anchors = [({"w": torch.tensor([0.5, 2.0])}, {"w": torch.tensor([0.0, 1.0])}),
+               ({"w": torch.tensor([1.0, 0.0])}, {"w": torch.tensor([3.0, 5.0])})]
+    # λ/2 [0.5·1² + 2·1² + 1·(−2)² + 0] = 3 · 6.5 / 2
+    assert float(cl.ewc_penalty(params, anchors, 3.0)) == pytest.approx(3.0 * 6.5 / 2)
+    assert float(cl.ewc_penalty(params, [], 3.0)) == 0.0
+
+
+def test_consolidated_ewc_penalty_and_gradient_match_the_per_task_sum():
+    torch.manual_seed(2)
+    model = cl.MLP(hidden=8).double()
+    anchors = _anchors(model, tasks=3)
+    ewc = cl.EWC(model)
+    with torch.no_grad():  # consolidate each task at its own θ*
+        for fisher, star in anchors:
+            for k, p in model.named_parameters():
+                p.copy_(star[k])
+            ewc.consolidate(fisher)
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p))
+    lam = 7.5
+    params = dict(model.named_parameters())
+    penalty = cl.ewc_penalty(params, anchors, lam)
+    assert ewc.tasks == 3
+    assert ewc.penalty(lam) == pytest.approx(float(penalty), rel=1e-10)
+    penalty.backward()
+    expected = {k: p.grad.clone() for k, p in params.items()}
+    model.zero_grad(set_to_none=True)
+    ewc.add_gradient_(lam)
+    for k, p in params.items():
+        torch.testing.assert_close(p.grad, expected[k], rtol=1e-10, atol=1e-12)
+    # The penalty vanishes at θ*, when only one task is stored.
+    single = cl.EWC(model)
+    single.consolidate(anchors[0][0])
+    assert single.penalty(lam) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_replay_memory_is_balanced_across_tasks():
+    gen = torch.Generator().manual_seed(0)
+    memory = cl.ReplayMemory(per_task=50)
+    with pytest.raises(ValueError, match="empty"):
+        memory.sample(4, gen)
+    for _ in range(3):
+        memory.add_task(1000, gen)
+    assert len(memory) == 150 and memory.tasks == 3
+    for stored in memory.indices:
+        assert len(torch.unique(stored)) == 50 and int(stored.max()) < 1000
+    for n in (300, 10, 2):
+        tasks, idx = memory.sample(n, gen)
+        counts = torch.bincount(tasks, minlength=3)
+        assert int(counts.sum()) == n and int(counts.max() - counts.min()) <= 1
+        for t in range(3):  # every index replayed for task t was stored for task t
+            assert bool(torch.isin(idx[tasks == t], memory.indices[t]).all())
+    # The remainder goes to different tasks over draws, so no task is favoured.
+    extra = torch.zeros(3)
+    for _ in range(300):
+        extra += torch.bincount(memory.sample(4, gen)[0], minlength=3) - 1
+    assert extra.min() > 60
+
+
+def test_forgetting_measures_by_hand():
+    r = np.array([[0.9, np.nan, np.nan],
+                  [0.7, 0.95, np.nan],
+                  [0.6, 0.9, 0.97]])
+    assert cl.average_accuracy(r) == pytest.approx((0.6 + 0.9 + 0.97) / 3)
+    assert cl.backward_transfer(r) == pytest.approx(((0.6 - 0.9) + (0.9 - 0.95)) / 2)
+    assert cl.forgetting(r) == pytest.approx(((0.9 - 0.6) + (0.95 - 0.9)) / 2)
+    assert cl.plasticity(r) == pytest.approx((0.9 + 0.95 + 0.97) / 3)
+    assert cl.backward_transfer(r[:1, :1]) == 0.0 and cl.forgetting(r[:1, :1]) == 0.0
+
+
+def test_permutations_are_permutations_fixed_by_the_seed():
+    perms = cl.permutations(4, seed=3)
+    assert perms.shape == (4, 784) and perms.dtype == torch.int64
+    for p in perms:
+        assert torch.equal(torch.sort(p).values, torch.arange(784))
+    assert torch.equal(perms, cl.permutations(4, seed=3))
+    assert not torch.equal(perms[0], perms[1]) and not torch.equal(perms, cl.permutations(4, seed=4))
+
+
+def _small_data():
+    train_x, train_y = cl.load_mnist("train", None, torch.device("cpu"))
+    test_x, test_y = cl.load_mnist("test", None, torch.device("cpu"))
+    return {"train_x": train_x[:1024], "train_y": train_y[:1024], "test_x": test_x[:1000], "test_y": test_y[:1000]}
+
+
+@pytest.mark.parametrize("method", ["ewc", "rehearsal"])
+def test_a_job_resumed_from_a_task_checkpoint_ends_where_the_whole_job_does(method):
+    config = cl.ContinualConfig(tasks=3, batch_size=64, replay_batch=32, memory_per_task=64, fisher_samples=64,
+                                eval_samples=200, probe_every=5, ewc_lambda=50.0, lr=0.05)
+    data = _small_data()
+    job = cl.Job("mlp", method, 50.0 if method == "ewc" else None, 42)
+    states = []
+    whole = cl.run_job(job, config, data, torch.device("cpu"), None, lambda s: states.append(copy.deepcopy(s)),
+                       lambda row: None)
+    assert whole["steps"] == 3 * (1024 // 64) and [s["task"] for s in states] == [1, 2, 3]
+    resumed = cl.run_job(job, config, data, torch.device("cpu"), states[0], lambda s: None, lambda row: None)
+    np.testing.assert_array_equal(np.array(resumed["r"], dtype=float), np.array(whole["r"], dtype=float))
+    assert resumed["probes"] == whole["probes"]
+
+
+@pytest.mark.slow
+def test_cli_smoke_run_writes_every_output_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    common = ["--tasks", "2", "--max-steps", "16", "--batch-size", "32", "--replay-batch", "16",
+              "--memory-per-task", "32", "--fisher-samples", "32", "--eval-samples", "200", "--probe-every", "4",
+              "--model", "mlp", "cnn", "--hidden", "32", "--out", str(out)]
+    genlab("run", "continual", *common, "--methods", "naive", "ewc", "rehearsal", "--ewc-lambdas", "1", "100")
+    for name in ("config.json", "env.json", "metrics.json", "summary.md", "checkpoints/last.pt",
+                 "metrics/results.jsonl", "metrics/tasks.csv", "metrics/summary.csv"):
+        assert (out / name).is_file(), name
+    labels = ["naive", "ewc1", "ewc100", "rehearsal"]
+    for model in ("mlp", "cnn"):
+        for label in labels:
+            assert (out / "metrics" / f"accuracy_{model}_{label}.csv").is_file()
+            assert (out / "figures" / f"accuracy_{model}_{label}.png").is_file()
+        for fig in ("task1_accuracy", "average_accuracy", "ewc_lambda_sweep"):
+            assert (out / "figures" / f"{fig}_{model}.png").is_file()
+    results = [json.loads(line) for line in (out / "metrics" / "results.jsonl").read_text().splitlines()]
+    assert len(results) == 8 and all(res["steps"] == 16 for res in results)
+    r = np.loadtxt(out / "metrics" / "accuracy_mlp_naive.csv", delimiter=",", skiprows=1)
+    assert r.shape == (2, 2) and np.isnan(r[0, 1]) and 0.1 < r[1, 1] <= 1.0
+    summary = (out / "summary.md").read_text()
+    assert "MLP vs CNN" in summary and "| mlp | rehearsal |" in summary
+    # A finished run resumed does no work again and rebuilds the same table.
+    table = json.loads((out / "metrics.json").read_text())["table"]
+    proc = genlab("run", "continual", *common, "--methods", "naive", "ewc", "rehearsal", "--ewc-lambdas", "1", "100",
+                  "--resume")
+    assert "8 jobs done" in proc.stdout
+    assert json.loads((out / "metrics.json").read_text())["table"] == table

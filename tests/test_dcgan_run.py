@@ -1,0 +1,151 @@
+"""The DCGAN run end to end on the real FashionMNIST: CLI smoke run, determinism, resume,
+Ctrl-C, divergence handling, sampling and evaluation."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import genlab
+from genlab.engine import TrainingDiverged, load_checkpoint
+from genlab.experiments import dcgan
+
+SMALL = dict(subset=320, batch_size=64, fid_samples=0, log_every=1)  # 5 steps per epoch
+
+
+def _steps(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics" / "steps.jsonl").read_text().splitlines()]
+
+
+def _epochs(run: Path) -> list[dict]:
+    import csv
+
+    with (run / "metrics" / "epochs.csv").open() as f:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    genlab("run", "dcgan", "--epochs", "1", "--max-steps", "20", "--out", str(out))
+    return out
+
+
+def test_smoke_run_writes_every_output(smoke_run):
+    for name in ("config.json", "env.json", "metrics.json", "summary.md", "checkpoints/last.pt",
+                 "metrics/steps.jsonl", "figures/losses.png", "figures/d_outputs.png",
+                 "figures/losses_steps.png", "figures/grid_final.png"):
+        assert (smoke_run / name).is_file(), name
+    assert list((smoke_run / "tb").glob("events.out.tfevents.*"))
+    config = json.loads((smoke_run / "config.json").read_text())
+    assert config["experiment"] == "dcgan" and config["lr"] == 1e-4 and config["batch_size"] == 64
+    env = json.loads((smoke_run / "env.json").read_text())
+    assert env["seed"] == 42 and env["device"] == "cpu" and env["versions"]["torch"]
+    steps = _steps(smoke_run)
+    assert [r["step"] for r in steps] == list(range(1, 21))
+    assert all(0 < r["d_real"] < 1 and 0 < r["d_fake"] < 1 for r in steps)
+    # at initialisation D outputs about 1/2, so the losses start near 2 log 2 and log 2
+    assert abs(steps[0]["loss_d"] - 2 * np.log(2)) < 0.3 and abs(steps[0]["loss_g"] - np.log(2)) < 0.3
+    quality = json.loads((smoke_run / "metrics.json").read_text())["quality"]
+    assert quality["fid"] > 0 and quality["n_generated"] == 10000 and "DomainClassifier" in quality["extractor"]
+    ckpt = load_checkpoint(smoke_run / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 20 and ckpt["epoch"] == 0 and ckpt["batch"] == 20
+    assert "FID" in (smoke_run / "summary.md").read_text()
+
+
+def test_sample_and_eval_commands(smoke_run, tmp_path):
+    out = tmp_path / "samples.npy"
+    genlab("sample", str(smoke_run), "--n", "12", "--out", str(out))
+    images = np.load(out)
+    assert images.shape == (12, 28, 28) and images.dtype == np.uint8
+    again = tmp_path / "again.npy"
+    genlab("sample", str(smoke_run), "--n", "12", "--out", str(again))
+    assert np.array_equal(images, np.load(again))  # same seed, same samples
+    proc = genlab("eval", str(smoke_run))
+    first = json.loads((smoke_run / "metrics.json").read_text())["quality"]["fid"]
+    assert json.loads(proc.stdout)["fid"] == pytest.approx(first, rel=1e-6)
+
+
+def test_same_seed_same_losses(tmp_path):
+    a = dcgan.run(dcgan.DCGANConfig(out=tmp_path / "a", epochs=2, **SMALL))
+    b = dcgan.run(dcgan.DCGANConfig(out=tmp_path / "b", epochs=2, **SMALL))
+    c = dcgan.run(dcgan.DCGANConfig(out=tmp_path / "c", epochs=2, seed=7, **SMALL))
+    assert _steps(a) == _steps(b) and len(_steps(a)) == 10
+    assert _steps(a) != _steps(c)
+
+
+def test_resume_gives_the_same_run(tmp_path):
+    full = dcgan.run(dcgan.DCGANConfig(out=tmp_path / "full", epochs=3, **SMALL))
+    part = tmp_path / "part"
+    dcgan.run(dcgan.DCGANConfig(out=part, epochs=3, max_steps=7, **SMALL))  # stops inside epoch 2
+    assert load_checkpoint(part / "checkpoints" / "last.pt")["step"] == 7
+    dcgan.run(dcgan.DCGANConfig(out=part, epochs=3, resume=True, **SMALL))
+    assert _steps(part) == _steps(full)
+    assert _epochs(part) == _epochs(full)
+    g_full = load_checkpoint(full / "checkpoints" / "last.pt")["generator"]
+    g_part = load_checkpoint(part / "checkpoints" / "last.pt")["generator"]
+    assert all(torch.equal(g_full[k], g_part[k]) for k in g_full)
+
+
+def test_ctrl_c_checkpoints_and_resumes(tmp_path):
+    args = ["--subset", "640", "--epochs", "2", "--fid-samples", "0", "--log-every", "1"]
+    reference = tmp_path / "ref"
+    genlab("run", "dcgan", *args, "--out", str(reference))
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "genlab", "run", "dcgan", *args, "--out", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    steps = run / "metrics" / "steps.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (steps.exists() and len(steps.read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in out and "--resume" in out
+    stopped_at = load_checkpoint(run / "checkpoints" / "last.pt")["step"]
+    assert 3 <= stopped_at < 20
+    genlab("run", "dcgan", *args, "--out", str(run), "--resume")
+    assert _steps(run) == _steps(reference)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_loss = dcgan.generator_loss
+
+    def poisoned(logits):
+        calls["n"] += 1
+        loss = real_loss(logits)
+        return loss * float("nan") if calls["n"] >= 8 else loss
+
+    monkeypatch.setattr(dcgan, "generator_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match="non-finite loss at step 8.*last good checkpoint"):
+        dcgan.run(dcgan.DCGANConfig(out=tmp_path / "nan", epochs=3, **SMALL))
+    ckpt = load_checkpoint(tmp_path / "nan" / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 5 and ckpt["epoch"] == 1  # end of epoch 1, before the NaN
+    assert all(torch.isfinite(v).all() for v in ckpt["generator"].values() if v.is_floating_point())
+
+
+def test_existing_run_is_not_overwritten(smoke_run):
+    proc = genlab("run", "dcgan", "--max-steps", "1", "--out", str(smoke_run), check=False)
+    assert proc.returncode == 2 and "--resume" in proc.stderr
+
+
+def test_bad_options_are_refused_with_the_fix():
+    proc = genlab("run", "dcgan", "--batch-size", "1", check=False)
+    assert proc.returncode == 2 and "--batch-size must be >= 2" in proc.stderr
+    proc = genlab("run", "no-such-experiment", check=False)
+    assert proc.returncode == 2 and "unknown experiment" in proc.stderr and "dcgan" in proc.stderr
+    assert "dcgan" in genlab("list").stdout
+
+
+def test_bench_prints_the_promised_json():
+    proc = genlab("bench", "dcgan", "--steps", "2", "--warmup", "1", "--json")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["reference_images_per_s"] > 0 and result["genlab_images_per_s"] > 0
+    assert result["ratio"] == pytest.approx(result["genlab_images_per_s"] / result["reference_images_per_s"], rel=0.01)

@@ -1,0 +1,45 @@
+"""Domain-classifier FID/KID/IS through torchmetrics, on the real FashionMNIST."""
+
+import numpy as np
+import pytest
+import torch
+
+from genlab.data import load_split
+from genlab.experiments.classifier import accuracy
+from genlab.quality import image_quality, load_classifier, to_uint8
+
+
+@pytest.fixture(scope="module")
+def test_images():
+    return torch.from_numpy(load_split("fashion-mnist", "test")[0].copy()).unsqueeze(1)
+
+
+def test_shipped_classifier_meets_the_spec(test_images):
+    model, meta = load_classifier("fashion-mnist")
+    labels = torch.from_numpy(load_split("fashion-mnist", "test")[1])
+    acc = accuracy(model, test_images.float() / 127.5 - 1, labels)
+    assert acc >= 0.90 and acc == pytest.approx(meta["test_accuracy"], abs=1e-4)
+
+
+def test_fid_of_real_images_against_themselves_is_near_zero(test_images):
+    q = image_quality(test_images, test_images, "fashion-mnist", kid_subsets=10)
+    assert abs(q["fid"]) < 1e-3
+    assert abs(q["kid_mean"]) < 1e-3
+
+
+def test_fid_orders_real_shuffled_and_noise(test_images):
+    train = torch.from_numpy(load_split("fashion-mnist", "train")[0][:10000].copy()).unsqueeze(1)
+    noise = torch.randint(0, 256, test_images.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    q_train = image_quality(train, test_images, "fashion-mnist", kid_subsets=10)
+    q_noise = image_quality(noise, test_images, "fashion-mnist", kid_subsets=10)
+    assert q_train["fid"] < 1.0 < 100 * q_train["fid"] < q_noise["fid"]
+    assert q_noise["kid_mean"] > 10 * abs(q_train["kid_mean"])
+    # real images are classified confidently into 10 balanced classes: IS close to 10; noise is not
+    assert q_train["inception_score"] > 7 > q_noise["inception_score"]
+
+
+def test_to_uint8_maps_the_range():
+    x = torch.tensor([-1.0, 0.0, 1.0, 2.0]).repeat(196).view(1, 28, 28)
+    out = to_uint8(x)
+    assert out.shape == (1, 1, 28, 28) and out.dtype == torch.uint8
+    assert out.flatten()[:4].tolist() == [0, 128, 255, 255]

@@ -1,0 +1,211 @@
+"""SPEC §4 VAE: the maths against torch.distributions, closed forms and autograd; the stacked
+models against nn.Linear and torch.func; a smoke run, resume, sample and eval through the CLI."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
+
+from conftest import genlab
+from genlab.experiments import vae
+from genlab.experiments.vae import VAE, StackedLinear, kl_normal, log_normal, sample_gaussian
+
+
+def _reference_nelbo(model: VAE, x: torch.Tensor, eps: torch.Tensor, i: int = 0):
+    """Model i's negative ELBO written with plain nn.Linear layers and torch.distributions."""
+    def mlp(stack):
+        layers = []
+        for fc in (stack.fc1, stack.fc2, stack.fc3):
+            lin = nn.Linear(fc.weight.shape[1], fc.weight.shape[2])
+            lin.weight.data, lin.bias.data = fc.weight[i].T.clone(), fc.bias[i, 0].clone()
+            layers += [lin, nn.ELU()]
+        return nn.Sequential(*layers[:-1])
+
+    m, h = mlp(model.encoder)(x).chunk(2, dim=-1)
+    v = torch.nn.functional.softplus(h) + vae.VARIANCE_FLOOR
+    q = Independent(Normal(m, v.sqrt()), 1)
+    prior = Independent(Normal(torch.zeros_like(m), torch.ones_like(v)), 1)
+    kl = kl_divergence(q, prior)
+    rec = -Independent(Bernoulli(logits=mlp(model.decoder)(m + v.sqrt() * eps)), 1).log_prob(x)
+    return (kl + rec).mean(), kl.mean(), rec.mean()
+
+
+def test_kl_normal_matches_torch_distributions():
+    g = torch.Generator().manual_seed(0)
+    qm, pm = torch.randn(7, 10, generator=g), torch.randn(7, 10, generator=g)
+    qv, pv = torch.rand(7, 10, generator=g) + 0.1, torch.rand(7, 10, generator=g) + 0.1
+    expected = kl_divergence(Independent(Normal(qm, qv.sqrt()), 1), Independent(Normal(pm, pv.sqrt()), 1))
+    torch.testing.assert_close(kl_normal(qm, qv, pm, pv), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(log_normal(qm, pm, pv), Independent(Normal(pm, pv.sqrt()), 1).log_prob(qm))
+
+
+def test_negative_elbo_bound_hand_computed_case():
+    # All weights zero: q(z|x) = N(0.5, 2) and logits = 1 for every image, whatever x and z.
+    model = VAE(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.encoder.fc3.bias[0, 0, :10] = 0.5
+        model.encoder.fc3.bias[0, 0, 10:] = math.log(math.expm1(2.0))  # softplus^-1(2)
+        model.decoder.fc3.bias.fill_(1.0)
+    x = torch.zeros(2, 784)
+    x[0, :100] = 1  # 100 ones, 684 zeros
+    x[1, :300] = 1  # 300 ones, 484 zeros
+    nelbo, kl, rec = model.negative_elbo_bound(x, torch.randn(1, 2, 10))
+    kl_hand = 10 * 0.5 * (2.0 + 0.25 - 1 - math.log(2.0))  # 10 dims of (v + m^2 - 1 - log v) / 2
+    log1pexp = lambda a: math.log1p(math.exp(a))  # noqa: E731
+    rec_hand = ((100 + 300) * log1pexp(-1.0) + (684 + 484) * log1pexp(1.0)) / 2  # -log sigmoid(+-1), batch mean
+    assert kl.item() == pytest.approx(kl_hand, rel=1e-6)
+    assert rec.item() == pytest.approx(rec_hand, rel=1e-6)
+    assert nelbo.item() == pytest.approx(kl_hand + rec_hand, rel=1e-6)
+    assert nelbo.shape == kl.shape == rec.shape == (1,)
+
+
+def test_negative_elbo_bound_matches_torch_distributions_and_its_gradients():
+    torch.manual_seed(0)
+    model = VAE(2)
+    x = torch.bernoulli(torch.rand(2, 5, 784))
+    eps = torch.randn(2, 5, 10)
+    nelbo, kl, rec = model.negative_elbo_bound(x, eps)
+    for i in range(2):
+        ref = _reference_nelbo(model, x[i], eps[i], i)
+        torch.testing.assert_close(torch.stack([nelbo[i], kl[i], rec[i]]), torch.stack(ref), rtol=1e-5, atol=1e-4)
+    # the summed loss gives each model exactly the gradient of its own loss
+    nelbo.sum().backward()
+    grad_both = model.encoder.fc1.weight.grad[1].clone()
+    model.zero_grad()
+    model.negative_elbo_bound(x, eps)[0][1].backward()
+    torch.testing.assert_close(model.encoder.fc1.weight.grad[1], grad_both)
+    assert model.encoder.fc1.weight.grad[0].abs().max() == 0
+
+
+def test_sample_gaussian_mean_variance_and_gradients():
+    torch.manual_seed(0)
+    m = torch.tensor([1.0, -2.0, 0.5], requires_grad=True)
+    v = torch.tensor([0.25, 4.0, 1.0], requires_grad=True)
+    eps = torch.randn(200_000, 3)
+    z = sample_gaussian(m, v, eps)  # (200000, 3)
+    se_mean = (v.detach() / len(z)).sqrt()
+    assert ((z.mean(0) - m).abs() < 4 * se_mean).all()
+    assert ((z.var(0) / v - 1).abs() < 4 * math.sqrt(2 / len(z))).all()
+    z.sum().backward()  # dz/dm = 1, dz/dv = eps / (2 sqrt v)
+    torch.testing.assert_close(m.grad, torch.full((3,), float(len(z))))
+    torch.testing.assert_close(v.grad, eps.sum(0) / (2 * v.detach().sqrt()), rtol=1e-4, atol=1e-2)
+
+
+def test_stacked_linear_matches_nn_linear_and_torch_func():
+    torch.manual_seed(3)
+    reference = nn.Linear(784, 300)
+    stacked = StackedLinear(1, 784, 300, [torch.Generator().manual_seed(3)])
+    torch.testing.assert_close(stacked.weight[0], reference.weight.T)  # the nn.Linear initialisation
+    torch.testing.assert_close(stacked.bias[0, 0], reference.bias)
+    layers = [nn.Linear(20, 30) for _ in range(3)]
+    params, _ = torch.func.stack_module_state(layers)
+    x = torch.randn(3, 8, 20)
+    expected = torch.func.vmap(lambda p, xi: torch.func.functional_call(layers[0], p, (xi,)))(params, x)
+    stacked = StackedLinear(3, 20, 30)
+    with torch.no_grad():
+        stacked.weight.copy_(params["weight"].transpose(1, 2))
+        stacked.bias.copy_(params["bias"].unsqueeze(1))
+    torch.testing.assert_close(stacked(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_seed_trains_the_same_alone_and_stacked_with_others():
+    images = torch.randint(0, 256, (500, 784), dtype=torch.uint8)
+
+    def train(seed, seeds, steps=5):
+        config = vae.VAEConfig(seed=seed, seeds=seeds, batch_size=50)
+        model, optimizer, gens = vae.build(config, torch.device("cpu"))
+        stream = vae.BatchStream(images, config.batch_size, gens)
+        for _ in range(steps):
+            vae.train_step(model, optimizer, stream.next(), vae.draw_noise(gens, 50, 10, torch.device("cpu")))
+        return model
+
+    stacked, alone = train(42, 2), train(43, 1)
+    for (name, p), q in zip(stacked.named_parameters(), alone.parameters()):
+        torch.testing.assert_close(p[1], q[0], rtol=1e-4, atol=1e-5, msg=name)
+    assert not torch.allclose(stacked.decoder.fc3.bias[0], stacked.decoder.fc3.bias[1])
+
+
+def _trained_tiny_model():
+    """A VAE fitted for 150 steps to 2,000 MNIST digits: far enough from its prior that the bounds differ."""
+    config = vae.VAEConfig(seed=0, batch_size=100)
+    model, optimizer, gens = vae.build(config, torch.device("cpu"))
+    stream = vae.BatchStream(vae.load_train(None, torch.device("cpu"), 2000), 100, gens)
+    for _ in range(150):
+        vae.train_step(model, optimizer, stream.next(), vae.draw_noise(gens, 100, 10, torch.device("cpu")))
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny_model_and_test():
+    torch.manual_seed(0)
+    return _trained_tiny_model(), vae.load_test_binarised(None, torch.device("cpu"), 40)
+
+
+def test_iwae_with_one_sample_is_the_elbo_in_expectation(tiny_model_and_test):
+    model, x = tiny_model_and_test
+    x = x[:5]
+    g = torch.Generator().manual_seed(1)
+    draws = torch.stack([model.negative_iwae_bound(x, 1, g)[0] for _ in range(2000)])  # (2000, 5)
+    with torch.no_grad():  # the ELBO: analytic KL + reconstruction averaged over 20,000 samples
+        m, v = model.encode(x)
+        kl = kl_normal(m, v, torch.zeros_like(m), torch.ones_like(v))[0]  # (5,)
+        z = sample_gaussian(m, v, torch.randn(20000, 1, 5, 10, generator=g)).squeeze(1)  # (20000, 5, 10)
+        rec = -vae.log_bernoulli_with_logits(x, model.decode(z.view(1, -1, 10)).view(20000, 5, 784)).mean(0)
+    se = draws.std(0) / math.sqrt(len(draws))
+    assert ((draws.mean(0) - (kl + rec)).abs() < 4 * se + 0.05).all()
+
+
+def test_iwae_bound_tightens_with_k(tiny_model_and_test):
+    model, x = tiny_model_and_test
+    g = torch.Generator().manual_seed(2)
+    bounds = [model.negative_iwae_bound(x, k, g).mean().item() for k in (1, 10, 100, 1000)]
+    assert bounds[0] > bounds[1] > bounds[2] > bounds[3]
+    assert bounds[0] - bounds[3] > 1.0  # nats: a real gap, not noise
+    elbo = vae.evaluate_terms(model, x, [0])[0, 0].item()
+    assert elbo == pytest.approx(bounds[0], abs=3.0)
+
+
+def test_mean_and_standard_error():
+    assert vae.mean_and_standard_error([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1.0 / math.sqrt(3)))
+    assert vae.mean_and_standard_error([5.0]) == (5.0, 0.0)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="--seeds"):
+        vae.VAEConfig(seeds=0)
+    with pytest.raises(ValueError, match="--iw-samples"):
+        vae.VAEConfig(iw_samples=-1)
+
+
+@pytest.mark.slow
+def test_smoke_resume_sample_and_eval_through_the_cli(tmp_path):
+    small = ["--seeds", "2", "--iterations", "20", "--batch-size", "50", "--subset", "1000", "--test-subset", "100",
+             "--iw-samples", "5", "--eval-every", "10", "--log-every", "5", "--checkpoint-every", "10"]
+    straight = tmp_path / "straight"
+    genlab("run", "vae", *small, "--out", str(straight))
+    for name in ("config.json", "env.json", "metrics.json", "summary.md", "metrics/steps.jsonl", "metrics/eval.jsonl",
+                 "checkpoints/last.pt", "figures/samples_seed42.png", "figures/samples_seed43.png",
+                 "figures/reconstructions.png", "figures/training_curves.png", "figures/test_curves.png"):
+        assert (straight / name).is_file(), name
+    metrics = json.loads((straight / "metrics.json").read_text())
+    assert set(metrics["per_seed"]) == {"42", "43"}
+    assert metrics["test"]["nelbo"]["mean"] == pytest.approx(
+        np.mean([metrics["per_seed"][s]["kl"] + metrics["per_seed"][s]["rec"] for s in ("42", "43")]), rel=1e-6)
+
+    resumed = tmp_path / "resumed"
+    genlab("run", "vae", *small, "--max-steps", "10", "--out", str(resumed))
+    genlab("run", "vae", *small, "--resume", "--out", str(resumed))
+    assert (resumed / "metrics/steps.jsonl").read_text() == (straight / "metrics/steps.jsonl").read_text()
+    assert json.loads((resumed / "metrics.json").read_text())["per_seed"] == metrics["per_seed"]
+
+    genlab("sample", str(straight), "--n", "7", "--out", str(tmp_path / "s.npy"))
+    images = np.load(tmp_path / "s.npy")
+    assert images.dtype == np.uint8 and images.shape == (7, 28, 28) and images.max() > 0
+    out = genlab("eval", str(straight)).stdout
+    assert json.loads(out)["per_seed"]["42"]["nelbo"] == pytest.approx(metrics["per_seed"]["42"]["nelbo"], rel=1e-6)
