@@ -1,0 +1,245 @@
+"""SPEC §10: the Transformer's masks, cached decoding, beam search, ROUGE, data; a CLI smoke run."""
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import genlab
+from genlab.summaries import (DataError, hash_split, lead_1, load_pairs, rouge_scores, shared_data_dir,
+                              split_pairs, split_sentences)
+from genlab.transformer import (Transformer, TransformerConfig, beam_search, greedy_decode, label_smoothed_nll,
+                                sinusoidal_positions)
+
+XSUM = shared_data_dir() / "xsum" / "xsum_subset.jsonl"
+needs_xsum = pytest.mark.skipif(not XSUM.exists(), reason=f"{XSUM} not present")
+
+
+def tiny(vocab: int = 40, dropout: float = 0.0, seed: int = 0, **kw) -> Transformer:
+    torch.manual_seed(seed)
+    c = TransformerConfig(vocab_size=vocab, d_model=32, n_heads=4, n_encoder_layers=2, n_decoder_layers=2, d_ff=64,
+                          dropout=dropout, max_len=64, **kw)
+    return Transformer(c).double().eval()
+
+
+def sources(b: int = 3, s: int = 9, vocab: int = 40, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(3, vocab, (b, s), generator=g)
+    src[0, 5:] = 0  # row 0: 5 tokens then padding
+    src[1, 7:] = 0
+    return src
+
+
+# -- masks --------------------------------------------------------------------------------
+
+def test_positions_are_vaswani_sinusoids():
+    pe = sinusoidal_positions(10, 8)
+    assert pe[3, 2] == pytest.approx(math.sin(3 / 10000 ** (2 / 8)), abs=1e-6)
+    assert pe[3, 3] == pytest.approx(math.cos(3 / 10000 ** (2 / 8)), abs=1e-6)
+
+
+def test_no_attention_to_source_padding():
+    """Changing the tokens at padding positions (the mask still says padding) changes
+    neither the encoder states of real tokens nor any decoder logit."""
+    model = tiny()
+    src = sources()
+    padding = src == 0
+    noisy = src.clone()
+    noisy[padding] = torch.randint(3, 40, (int(padding.sum()),), generator=torch.Generator().manual_seed(5))
+    tgt = torch.randint(3, 40, (3, 6), generator=torch.Generator().manual_seed(2))
+    m1, m2 = model.encode(src, padding), model.encode(noisy, padding)
+    assert torch.allclose(m1[~padding], m2[~padding], atol=1e-12)
+    assert not torch.allclose(m1[padding], m2[padding])  # the perturbation did reach the padded positions
+    assert torch.allclose(model(src, tgt, padding), model(noisy, tgt, padding), atol=1e-12)
+    # and without the mask the same perturbation does change the output: the test can fail
+    assert not torch.allclose(model(src, tgt, torch.zeros_like(padding)), model(noisy, tgt, torch.zeros_like(padding)))
+
+
+def test_no_attention_to_future_positions():
+    """Logits at decoder positions <= t do not depend on tokens after t."""
+    model = tiny()
+    src = sources()
+    tgt = torch.randint(3, 40, (3, 8), generator=torch.Generator().manual_seed(3))
+    base = model(src, tgt)
+    for t in range(7):
+        changed = tgt.clone()
+        changed[:, t + 1:] = torch.randint(3, 40, changed[:, t + 1:].shape, generator=torch.Generator().manual_seed(t))
+        out = model(src, changed)
+        assert torch.allclose(out[:, :t + 1], base[:, :t + 1], atol=1e-12)
+        assert not torch.allclose(out[:, t + 1:], base[:, t + 1:])
+
+
+def test_no_attention_to_target_padding():
+    """A decoder position marked as padding is invisible to the later positions."""
+    model = tiny()
+    src = sources()
+    tgt = torch.randint(3, 40, (3, 8), generator=torch.Generator().manual_seed(4))
+    tgt_padding = torch.zeros_like(tgt, dtype=torch.bool)
+    tgt_padding[:, 3] = True
+    changed = tgt.clone()
+    changed[:, 3] = (changed[:, 3] + 7) % 37 + 3
+    a, b = model(src, tgt, None, tgt_padding), model(src, changed, None, tgt_padding)
+    keep = [0, 1, 2, 4, 5, 6, 7]
+    assert torch.allclose(a[:, keep], b[:, keep], atol=1e-12)
+
+
+def test_label_smoothing_matches_closed_form():
+    """(1 - eps) NLL + eps * mean over the vocabulary of -log p, padding ignored."""
+    torch.manual_seed(0)
+    logits, labels = torch.randn(2, 5, 11), torch.randint(1, 11, (2, 5))
+    labels[1, 3:] = 0
+    eps = 0.1
+    logp = torch.log_softmax(logits, -1)
+    keep = labels != 0
+    nll = -logp.gather(-1, labels[..., None]).squeeze(-1)
+    expected = ((1 - eps) * nll - eps * logp.mean(-1))[keep].mean()
+    assert label_smoothed_nll(logits, labels, 0, eps).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert label_smoothed_nll(logits, labels, 0).item() == pytest.approx(nll[keep].mean().item(), rel=1e-6)
+
+
+# -- generation ---------------------------------------------------------------------------
+
+def test_cached_step_logits_equal_full_decoding():
+    model = tiny()
+    src = sources()
+    padding = src == 0
+    memory = model.encode(src, padding)
+    from genlab.transformer import KVCache
+
+    c = model.config
+    cache = KVCache(c.n_decoder_layers, 3, c.n_heads, 10, c.d_model // c.n_heads, memory.device, memory.dtype)
+    cross = model.cross_kv(memory)
+    prefix = torch.zeros(3, 1, dtype=torch.long)
+    for t in range(6):
+        cached = model.decode_step(prefix[:, -1:], cache, cross, padding)
+        full = model.logits(model.decode(prefix, memory, padding))[:, -1]
+        assert torch.allclose(cached, full, atol=1e-10)
+        prefix = torch.cat([prefix, torch.randint(3, 40, (3, 1))], 1)
+
+
+@pytest.mark.parametrize("no_repeat", [0, 2])
+def test_cached_and_uncached_decoding_give_the_same_tokens(no_repeat):
+    model = tiny(eos_id=1)
+    src = sources()
+    for kwargs in ({"stop_at_eos": False}, {}):
+        cached = greedy_decode(model, src, 20, True, no_repeat, **kwargs)
+        plain = greedy_decode(model, src, 20, False, no_repeat, **kwargs)
+        assert cached == plain
+    assert all(len(r) == 20 for r in greedy_decode(model, src, 20, stop_at_eos=False))
+    assert beam_search(model, src, 3, 12, 0.8, no_repeat, True) == beam_search(model, src, 3, 12, 0.8, no_repeat, False)
+
+
+@pytest.mark.parametrize("no_repeat", [0, 2])
+def test_beam_one_is_greedy(no_repeat):
+    for seed in range(3):
+        model = tiny(seed=seed, eos_id=1)
+        src = sources(seed=seed)
+        assert beam_search(model, src, 1, 15, 1.0, no_repeat) == greedy_decode(model, src, 15, no_repeat_ngram_size=no_repeat)
+
+
+def test_no_repeat_ngram_rule_holds():
+    model = tiny()
+    for row in greedy_decode(model, sources(), 30, no_repeat_ngram_size=2, stop_at_eos=False):
+        bigrams = list(zip(row, row[1:]))
+        assert len(bigrams) == len(set(bigrams))
+
+
+def _sequence_logprob(model, src_row, seq):
+    tgt_in = torch.tensor([[0] + seq[:-1]])
+    logp = torch.log_softmax(model(src_row[None], tgt_in), -1)[0]
+    return sum(logp[i, tok].item() for i, tok in enumerate(seq))
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_wide_beam_finds_the_exhaustive_optimum(alpha):
+    """With a beam wider than every hypothesis, beam search returns the argmax over all
+    sequences of at most 3 tokens (ending in EOS, or 3 long) of log p / len^alpha."""
+    vocab, max_new = 5, 3
+    model = tiny(vocab=vocab, eos_id=1, seed=7)
+    src = torch.randint(2, vocab, (2, 6), generator=torch.Generator().manual_seed(8))
+    got = beam_search(model, src, vocab ** max_new, max_new, alpha)
+    for b in range(2):
+        candidates = []
+        for n in range(1, max_new + 1):
+            for seq in itertools.product(range(vocab), repeat=n):
+                if 1 in seq[:-1] or (n < max_new and seq[-1] != 1):
+                    continue
+                candidates.append((_sequence_logprob(model, src[b], list(seq)) / n ** alpha, list(seq)))
+        assert got[b] == max(candidates)[1]
+
+
+# -- ROUGE, LEAD-1 --------------------------------------------------------------------------
+
+def test_rouge_identical_and_disjoint():
+    s = rouge_scores(["The cat sat on the mat."], ["The cat sat on the mat."], bootstrap=0)
+    assert all(s[k]["f"] == pytest.approx(100.0) for k in s)
+    s = rouge_scores(["dogs bark loudly"], ["the cat sat"], bootstrap=0)
+    assert all(s[k]["f"] == 0.0 for k in s)
+
+
+def test_rouge_worked_bigram_case():
+    """Reference "the cat sat on the mat", prediction "the cat sat": 2 of the reference's 5
+    bigrams, both of the prediction's 2: P = 1, R = 2/5, F = 2PR/(P+R) = 4/7. Unigrams: P = 1,
+    R = 3/6, F = 2/3; LCS 3: the same as ROUGE-1."""
+    s = rouge_scores(["the cat sat"], ["the cat sat on the mat"], bootstrap=0)
+    assert s["rouge2"]["f"] == pytest.approx(400 / 7)
+    assert s["rouge1"]["f"] == pytest.approx(200 / 3)
+    assert s["rougeL"]["f"] == pytest.approx(200 / 3)
+    assert rouge_scores(["cats sat"], ["the cat sits"], bootstrap=0)["rouge1"]["f"] == pytest.approx(80.0)  # stemming
+
+
+def test_rouge_bootstrap_interval_brackets_the_mean():
+    s = rouge_scores(["a b c", "a x y", "q r s", "a b"], ["a b c", "a b c", "a b c", "a b c"], bootstrap=200)
+    assert s["rouge1"]["low"] <= s["rouge1"]["f"] <= s["rouge1"]["high"]
+
+
+def test_sentences_and_lead_1():
+    assert split_sentences("First one. Second one! \"Third?\" Yes.\nNew line") == [
+        "First one.", "Second one!", "\"Third?\"", "Yes.", "New line"]
+    assert lead_1("It rained in 2019. Then it stopped.") == "It rained in 2019."
+
+
+# -- data ---------------------------------------------------------------------------------
+
+@needs_xsum
+def test_hash_split_of_the_xsum_subset():
+    """3,740 pairs -> 3,349 / 178 / 213 (sha256 of the id); a different hash would move these."""
+    parts = split_pairs(load_pairs(XSUM))
+    assert {k: len(v) for k, v in parts.items()} == {"train": 3349, "validation": 178, "test": 213}
+    assert hash_split("10001244") == hash_split("10001244")
+    ids = [set(p.id for p in v) for v in parts.values()]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+
+
+def test_bad_files_are_refused_by_name(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        load_pairs(tmp_path / "missing.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"document": "a", "summary": "b"}\n{"document": "trunc')
+    with pytest.raises(DataError, match="bad.jsonl, line 2"):
+        load_pairs(bad)
+    bad.write_text('{"text": "a"}\n')
+    with pytest.raises(DataError, match="document"):
+        load_pairs(bad)
+
+
+# -- the command line ---------------------------------------------------------------------
+
+@needs_xsum
+@pytest.mark.slow
+def test_cli_smoke_on_real_pairs(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(line for line in XSUM.read_text().splitlines(keepends=True)[:200]))
+    out = tmp_path / "run"
+    genlab("run", "summarize", "--data", str(data), "--max-steps", "3", "--epochs", "1", "--test-limit", "3",
+           "--d-model", "32", "--d-ff", "64", "--n-layers", "1", "--batch-size", "8", "--max-source-len", "64",
+           "--max-target-len", "12", "--precision", "fp32", "--out", str(out))
+    for name in ("config.json", "env.json", "metrics.json", "summary.md", "test_summaries.jsonl",
+                 "metrics/steps.jsonl", "checkpoints/last.pt", "figures/loss_steps.png", "figures/rouge.png"):
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_test"] == 3 and set(metrics["rouge"]["lead_1"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
+    assert len((out / "test_summaries.jsonl").read_text().splitlines()) == 3

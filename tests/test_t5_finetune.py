@@ -1,0 +1,95 @@
+"""SPEC §10 T5 fine-tuning: the tokenizer is the real t5-small one, the batches are what T5
+expects, one step lowers the loss, and a CLI smoke run on real pairs writes every output."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import genlab
+from genlab.summaries import Pair, SentencePieceTokenizer, shared_data_dir, tokenizer_dir
+
+pytest.importorskip("transformers")
+TOKENIZER = tokenizer_dir()
+XSUM = shared_data_dir() / "xsum" / "xsum_subset.jsonl"
+pytestmark = pytest.mark.skipif(not (TOKENIZER / "spiece.model").exists() or not XSUM.exists(),
+                                reason="the shared t5-small tokenizer / XSum subset are not present")
+
+
+def _config(**kw):
+    from genlab.experiments.t5_finetune import T5FinetuneConfig
+
+    return T5FinetuneConfig(random_init=True, max_source_len=32, max_target_len=8, **kw)
+
+
+def test_transformers_tokenizer_equals_sentencepiece():
+    """The transformers T5 tokenizer and our SentencePiece wrapper give the same ids (+ EOS)."""
+    from genlab.experiments.t5_finetune import PREFIX, load_tokenizer
+
+    tok = load_tokenizer(_config())
+    text = PREFIX + "The London trio are up for best UK act, costing £600m (76%)."
+    assert tok(text).input_ids == SentencePieceTokenizer(TOKENIZER).encode([text], 1000)[0]
+    assert tok.pad_token_id == 0 and tok.eos_token_id == 1
+
+
+def test_batches_have_prefix_padding_and_ignored_labels():
+    from genlab.experiments.t5_finetune import collate, load_tokenizer, tokenize
+
+    config = _config()
+    tok = load_tokenizer(config)
+    pairs = [Pair("a", "A short document.", "Short."), Pair("b", "A much longer document " * 10, "Longer summary here.")]
+    src, tgt = tokenize(tok, pairs, config)
+    assert tok.decode(src[0], skip_special_tokens=True).startswith("summarize: A short")
+    assert len(src[1]) == 32 and src[1][-1] == tok.eos_token_id  # truncated, EOS kept
+    input_ids, mask, labels = collate(src, tgt, [0, 1], tok.pad_token_id, torch.device("cpu"))
+    assert mask[0].sum() == len(src[0]) and (input_ids[0, len(src[0]):] == 0).all()
+    assert (labels[0, len(tgt[0]):] == -100).all() and labels[0, len(tgt[0]) - 1] == tok.eos_token_id
+
+
+def test_random_init_rejects_both_or_neither(tmp_path):
+    from genlab.experiments.t5_finetune import T5FinetuneConfig
+
+    with pytest.raises(ValueError, match="exactly one"):
+        T5FinetuneConfig()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        T5FinetuneConfig(init=tmp_path)
+
+
+def test_loss_is_the_token_mean_cross_entropy_and_falls():
+    """T5's loss is the mean NLL of the non-ignored labels (checked against F.cross_entropy);
+    a few AdamW steps on one batch lower it."""
+    from genlab.experiments.t5_finetune import collate, load_model, load_tokenizer, tokenize
+
+    config = _config()
+    tok = load_tokenizer(config)
+    model = load_model(config, tok, seed=0)
+    pairs = [Pair("a", "Rain fell on the town all day.", "It rained."), Pair("b", "The team won the cup.", "A win.")]
+    src, tgt = tokenize(tok, pairs, config)
+    input_ids, mask, labels = collate(src, tgt, [0, 1], tok.pad_token_id, torch.device("cpu"))
+    out = model(input_ids=input_ids, attention_mask=mask, labels=labels)
+    expected = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = out.loss.item()
+    for _ in range(5):
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first - 0.5
+
+
+@pytest.mark.slow
+def test_cli_smoke_on_real_pairs(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(XSUM.read_text().splitlines(keepends=True)[:200]))
+    out = tmp_path / "run"
+    genlab("run", "t5-finetune", "--random-init", "--data", str(data), "--max-steps", "2", "--test-limit", "3",
+           "--batch-size", "4", "--max-source-len", "64", "--max-target-len", "12", "--beam-size", "2",
+           "--out", str(out))
+    for name in ("config.json", "env.json", "metrics.json", "summary.md", "test_summaries.jsonl",
+                 "metrics/steps.jsonl", "checkpoints/last.pt", "figures/loss_steps.png", "figures/rouge.png",
+                 "model/config.json"):
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_test"] == 3 and metrics["system"] == "T5 (this run)"
