@@ -1,0 +1,466 @@
+"""SPEC §3: a Wasserstein GAN (Arjovsky et al. 2017) on a 2-D mixture of Gaussians, with
+the critic's Lipschitz constant controlled four ways (see :mod:`genlab.lipschitz`).
+
+    generator  h(w) = X2 relu(X1 w + x1) + x2,   w ~ N(0, I)
+    critic     d(a) = Y2 relu(Y1 a + y1) + y2
+    min_h max_d  E[d(a)] - E[d(h(w))]
+
+The critic is updated every iteration k, the generator when k mod 5 == 0, each with Adam,
+betas (0.0, 0.9). After each critic step its weights are spectrally normalised in place
+(``spectral-norm``) or clipped (``weight-clip``); ``gradient-penalty`` and
+``spectral-regularization`` add a penalty to the critic's loss instead. Every method in
+``--lipschitz`` trains from the same initial weights, noise and target sample (one seed),
+and the run ends with a table comparing them by exact Wasserstein-1 distance to the target
+(``ot.emd2``, 2,000 vs 2,000 samples), modes covered and the share of samples within 3
+standard deviations of a mode.
+
+    genlab run wgan                                     # the three SPEC methods, 20,000 iterations
+    genlab run wgan --lipschitz spectral-norm --iterations 200 --out /tmp/smoke
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import tyro
+from torch import nn
+from tqdm.auto import tqdm
+
+from genlab.engine import (RunConfig, RunDir, config_to_dict, load_checkpoint, resolve_device, rng_state,
+                           save_checkpoint, seed_everything, set_rng_state)
+from genlab.experiments import Experiment
+from genlab.lipschitz import SpectralNormalizer, clip_weights_, gradient_penalty
+
+Lipschitz = Literal["spectral-norm", "weight-clip", "gradient-penalty", "spectral-regularization"]
+METHODS = ("spectral-norm", "weight-clip", "gradient-penalty", "spectral-regularization")
+
+
+@dataclass
+class WGANConfig(RunConfig):
+    """SPEC §3 defaults."""
+
+    lipschitz: tuple[Lipschitz, ...] = ("spectral-norm", "weight-clip", "gradient-penalty")
+    """Lipschitz control(s) of the critic; each one trains its own generator and critic from
+    the same seed (spectral-regularization is the fourth, beyond SPEC §3)."""
+    target: Literal["circle", "grid"] = "circle"
+    """Mixture: modes evenly on a circle, or a 5 x 5 grid at {-2, ..., 2}^2."""
+    modes: int = 8
+    """Number of modes on the circle (the grid always has 25)."""
+    radius: float = 2.0
+    """Radius of the circle of modes."""
+    std: float = 0.02
+    """Standard deviation of each mode (isotropic)."""
+    target_samples: int = 10000
+    """Size of the fixed empirical target sample that training draws minibatches from."""
+    latent_dim: int = 2
+    """Dimension of w ~ N(0, I)."""
+    generator_hidden: int = 128
+    """Hidden width of the generator."""
+    critic_hidden: int = 128
+    """Hidden width of the critic."""
+    iterations: int = 20000
+    """Critic iterations k (the generator steps when k mod n_critic == 0)."""
+    n_critic: int = 5
+    """Critic steps per generator step."""
+    batch_size: int = 256
+    """Samples per minibatch (target and generated)."""
+    lr_generator: float = 1e-4
+    """Adam learning rate of the generator."""
+    lr_critic: float = 1e-4
+    """Adam learning rate of the critic."""
+    betas: tuple[float, float] = (0.0, 0.9)
+    """Adam betas, both optimisers."""
+    clip: float = 0.01
+    """weight-clip: every critic parameter clamped to [-clip, clip] (Arjovsky et al.)."""
+    gp_weight: float = 10.0
+    """gradient-penalty: lambda (Gulrajani et al.)."""
+    sr_weight: float = 1.0
+    """spectral-regularization: lambda of (lambda / 2) sum_l sigma_l^2."""
+    power_iterations: int = 1
+    """Power-iteration steps per critic step (spectral norm and regularisation)."""
+    eval_samples: int = 2000
+    """Generated and held-out target samples for the final exact W1 (ot.emd2) and mode counts."""
+    curve_samples: int = 500
+    """Samples per side for the exact W1 tracked during training (cheaper than eval_samples)."""
+    w1_every: int = 1000
+    """Iterations between exact W1 measurements during training."""
+    snapshots: int = 5
+    """Points in training shown in the figure (evenly spaced, first and last included)."""
+    min_mode_samples: int = 20
+    """A mode counts as covered when at least this many of the eval samples are within 3 std of it."""
+    log_every: int = 50
+    """Iterations averaged into one row of metrics/steps.jsonl."""
+    epochs: tyro.conf.Suppress[int] = 1
+    data_dir: tyro.conf.Suppress[Path | None] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.lipschitz or any(m not in METHODS for m in self.lipschitz):
+            raise ValueError(f"--lipschitz must be one or more of {', '.join(METHODS)}, got {self.lipschitz}")
+        if len(set(self.lipschitz)) != len(self.lipschitz):
+            raise ValueError(f"--lipschitz lists a method twice: {self.lipschitz}")
+        if self.target not in ("circle", "grid"):
+            raise ValueError(f"--target must be circle or grid, got {self.target!r}")
+        for name in ("modes", "target_samples", "latent_dim", "generator_hidden", "critic_hidden", "iterations",
+                     "n_critic", "batch_size", "eval_samples", "curve_samples", "w1_every", "log_every",
+                     "power_iterations", "min_mode_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.std <= 0 or self.clip <= 0:
+            raise ValueError(f"--std and --clip must be > 0, got {self.std} and {self.clip}")
+        if self.snapshots < 2:
+            raise ValueError(f"--snapshots must be >= 2, got {self.snapshots}")
+        if self.max_steps is not None:
+            self.iterations = min(self.iterations, self.max_steps)
+
+
+# ---------------------------------------------------------------------------------------
+# Target and models
+# ---------------------------------------------------------------------------------------
+
+def mode_centres(config: WGANConfig) -> torch.Tensor:
+    """(K, 2) float32 mode centres: K points on the circle (angle 2 pi k / K) or the 5 x 5 grid."""
+    if config.target == "grid":
+        g = torch.arange(-2.0, 3.0)
+        return torch.cartesian_prod(g, g)  # (25, 2)
+    angles = 2 * math.pi * torch.arange(config.modes) / config.modes
+    return config.radius * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)  # (K, 2)
+
+
+def target_distribution(config: WGANConfig) -> torch.distributions.Distribution:
+    """The mixture: equal weights, N(centre_k, std^2 I) components, event shape (2,)."""
+    centres = mode_centres(config)
+    return torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(torch.ones(len(centres))),
+        torch.distributions.Independent(torch.distributions.Normal(centres, config.std), 1))
+
+
+class MLP(nn.Module):
+    """One hidden layer: (N, d_in) -> W2 relu(W1 x + b1) + b2 -> (N, d_out)."""
+
+    def __init__(self, d_in: int, hidden: int, d_out: int):
+        super().__init__()
+        self.hidden = nn.Linear(d_in, hidden)  # W1, b1: X1, x1 (generator) or Y1, y1 (critic)
+        self.out = nn.Linear(hidden, d_out)  # W2, b2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.hidden(x)))  # (N, d_out)
+
+
+def build(config: WGANConfig, method: str, device: torch.device):
+    """Generator (latent_dim -> 2), critic (2 -> 1), their Adam optimisers and, for the
+    spectral methods, the :class:`SpectralNormalizer` of the critic's two weights."""
+    generator = MLP(config.latent_dim, config.generator_hidden, 2).to(device)
+    critic = MLP(2, config.critic_hidden, 1).to(device)
+    fused = device.type in ("cpu", "cuda")
+    opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_generator, betas=config.betas, fused=fused)
+    opt_c = torch.optim.Adam(critic.parameters(), lr=config.lr_critic, betas=config.betas, fused=fused)
+    normalizer = None
+    if method in ("spectral-norm", "spectral-regularization"):
+        normalizer = SpectralNormalizer([critic.hidden, critic.out], config.power_iterations,
+                                        torch.Generator().manual_seed(config.seed + 7))
+    if method == "spectral-norm":
+        normalizer.normalize_()  # start 1-Lipschitz
+    elif method == "weight-clip":
+        clip_weights_(critic.parameters(), config.clip)
+    return generator, critic, opt_g, opt_c, normalizer
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation: exact W1, modes
+# ---------------------------------------------------------------------------------------
+
+def wasserstein1(x: np.ndarray, y: np.ndarray) -> float:
+    """Exact W1 between the empirical measures of x (N, 2) and y (M, 2), uniform weights,
+    Euclidean ground cost: the optimal-transport linear program solved by ``ot.emd2``."""
+    import ot
+
+    cost = ot.dist(x.astype(np.float64), y.astype(np.float64), metric="euclidean")
+    return float(ot.emd2(np.full(len(x), 1 / len(x)), np.full(len(y), 1 / len(y)), cost, numItermax=10**7))
+
+
+def mode_statistics(samples: torch.Tensor, centres: torch.Tensor, std: float, min_samples: int) -> dict:
+    """High-quality share (distance to the nearest centre <= 3 std), modes covered (at least
+    ``min_samples`` high-quality samples) and samples per mode. samples (N, 2), centres (K, 2)."""
+    dist = torch.cdist(samples.float(), centres.float())  # (N, K)
+    nearest, which = dist.min(dim=1)
+    good = nearest <= 3 * std
+    counts = torch.bincount(which[good], minlength=len(centres))
+    return {"high_quality_share": float(good.float().mean()), "modes_covered": int((counts >= min_samples).sum()),
+            "modes": len(centres), "samples_per_mode": counts.tolist()}
+
+
+# ---------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------
+
+def critic_step(generator, critic, opt_c, normalizer, real, latent, method: str, config: WGANConfig) -> torch.Tensor:
+    """One critic step: maximise E[d(a)] - E[d(h(w))] (minus the penalty), then the in-place
+    Lipschitz projection. Returns the Wasserstein estimate E[d(a)] - E[d(h(w))] before the step."""
+    n = real.shape[0]
+    with torch.no_grad():
+        fake = generator(latent.sample((n,)))  # (N, 2)
+    out = critic(torch.cat([real, fake]))  # (2N, 1)
+    estimate = out[:n].mean() - out[n:].mean()
+    loss = -estimate
+    if method == "gradient-penalty":
+        loss = loss + config.gp_weight * gradient_penalty(critic, real, fake)
+    elif method == "spectral-regularization":
+        loss = loss + 0.5 * config.sr_weight * sum(s ** 2 for s in normalizer.sigmas())
+    opt_c.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_c.step()
+    if method == "spectral-norm":
+        normalizer.normalize_()
+    elif method == "weight-clip":
+        clip_weights_(critic.parameters(), config.clip)
+    return estimate.detach()
+
+
+def generator_step(generator, critic, opt_g, latent, n: int) -> torch.Tensor:
+    """One generator step: minimise -E[d(h(w))] (the only term of the objective that depends on h)."""
+    critic.requires_grad_(False)
+    loss = -critic(generator(latent.sample((n,)))).mean()
+    opt_g.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_g.step()
+    critic.requires_grad_(True)
+    return loss.detach()
+
+
+@torch.no_grad()
+def critic_on_grid(critic: nn.Module, lim: float, n: int = 120) -> np.ndarray:
+    """Critic values on an n x n grid over [-lim, lim]^2 (rows: y, columns: x), float (n, n)."""
+    device = next(critic.parameters()).device
+    g = torch.linspace(-lim, lim, n, device=device)
+    yy, xx = torch.meshgrid(g, g, indexing="ij")
+    return critic(torch.stack([xx.flatten(), yy.flatten()], dim=1)).reshape(n, n).cpu().numpy()
+
+
+def train_method(config: WGANConfig, method: str, data: torch.Tensor, holdout: torch.Tensor, lim: float,
+                 device: torch.device, run_dir: RunDir) -> dict:
+    """Train one generator/critic pair with the Lipschitz control ``method``. Returns its
+    state and results (tensors and primitives, checkpointable with weights_only)."""
+    seed_everything(config.seed)  # the same initial weights, noise and minibatches for every method
+    generator, critic, opt_g, opt_c, normalizer = build(config, method, device)
+    latent = torch.distributions.Normal(torch.zeros(config.latent_dim, device=device),
+                                        torch.ones(config.latent_dim, device=device))
+    latent = torch.distributions.Independent(latent, 1)  # samples (N, latent_dim)
+    snap_at = sorted({round(i * config.iterations / (config.snapshots - 1)) for i in range(config.snapshots)})
+    eval_z = torch.randn(config.eval_samples, config.latent_dim, generator=torch.Generator().manual_seed(config.seed + 3))
+    estimates = torch.zeros(config.iterations)
+    snapshots, w1_curve, rows = {}, [], []
+    held = holdout[:config.curve_samples].numpy()
+    start = time.time()
+
+    def snapshot(k: int) -> None:
+        with torch.no_grad():
+            fake = generator(eval_z[:1000].to(device)).cpu()
+        snapshots[k] = {"fake": fake, "critic": torch.from_numpy(critic_on_grid(critic, lim)).float()}
+
+    def exact_w1(k: int) -> None:
+        with torch.no_grad():
+            fake = generator(eval_z[:config.curve_samples].to(device)).cpu().numpy()
+        w1_curve.append((k, wasserstein1(fake, held)))
+
+    bar = tqdm(range(config.iterations), desc=f"wgan {method}", dynamic_ncols=True, disable=None, mininterval=2)
+    for k in bar:
+        if k in snap_at:
+            snapshot(k)
+        if k % config.w1_every == 0:
+            exact_w1(k)
+        real = data[torch.randint(len(data), (config.batch_size,), device=device)]  # (B, 2)
+        estimates[k] = critic_step(generator, critic, opt_c, normalizer, real, latent, method, config)
+        if k % config.n_critic == 0:
+            generator_step(generator, critic, opt_g, latent, config.batch_size)
+        if (k + 1) % config.log_every == 0:
+            window = estimates[k + 1 - config.log_every:k + 1]
+            if not torch.isfinite(window).all():
+                raise RuntimeError(f"{method}: non-finite Wasserstein estimate at iteration {k}; lower the learning rates")
+            rows.append({"step": k + 1, f"{method}/wasserstein_estimate": float(window.mean())})
+    snapshot(config.iterations)
+    exact_w1(config.iterations)
+    run_dir.log_steps(rows + [{"step": k, f"{method}/w1_exact_{config.curve_samples}": w} for k, w in w1_curve])
+    elapsed = time.time() - start
+
+    with torch.no_grad():
+        fake = generator(eval_z.to(device)).cpu()  # (eval_samples, 2)
+    centres = mode_centres(config)
+    result = {
+        "method": method,
+        "w1": wasserstein1(fake.numpy(), holdout.numpy()),
+        **mode_statistics(fake, centres, config.std, config.min_mode_samples),
+        "final_estimate": float(estimates[-config.log_every:].mean()),
+        "seconds": elapsed,
+        "iterations_per_s": config.iterations / elapsed,
+    }
+    if normalizer is not None:
+        with torch.no_grad():
+            result["critic_spectral_norms"] = [float(torch.linalg.matrix_norm(m.weight, 2)) for m in normalizer.modules]
+    tqdm.write(f"{method}: W1 {result['w1']:.4f}, modes {result['modes_covered']}/{result['modes']}, "
+               f"high quality {result['high_quality_share']:.3f}, {result['iterations_per_s']:.0f} it/s")
+    return {
+        "generator": generator.state_dict(), "critic": critic.state_dict(), "opt_g": opt_g.state_dict(),
+        "opt_c": opt_c.state_dict(), "normalizer": normalizer.state_dict() if normalizer else None,
+        "estimates": estimates, "snapshots": snapshots,
+        "w1_curve": torch.tensor(w1_curve, dtype=torch.float64), "result": result,
+    }
+
+
+def run(config: WGANConfig) -> Path:
+    """Train every method of ``--lipschitz`` in turn; returns the run directory. The
+    checkpoint is written after each method; ``--resume`` skips the methods it holds."""
+    device = resolve_device(config.device)
+    run_dir = RunDir("wgan", config, device)
+    seed_everything(config.seed)
+    target = target_distribution(config)
+    data = target.sample((config.target_samples,)).to(device)  # (target_samples, 2), the fixed empirical target
+    holdout = target.sample((config.eval_samples,))  # (eval_samples, 2), fresh target samples for evaluation
+    lim = (2.0 if config.target == "grid" else config.radius) + 1.0
+    done: dict = {}
+    if config.resume:
+        ckpt = load_checkpoint(run_dir.checkpoint)
+        done, data, holdout = ckpt["methods"], ckpt["data"].to(device), ckpt["holdout"]
+        set_rng_state(ckpt["rng"])
+        print(f"resuming {run_dir.path}: {', '.join(done) or 'no method'} done")
+    start = time.time()
+    for method in config.lipschitz:
+        if method in done:
+            continue
+        done[method] = train_method(config, method, data, holdout, lim, device, run_dir)
+        save_checkpoint(run_dir.checkpoint, {"config": config_to_dict(config), "data": data.cpu(),
+                                             "holdout": holdout, "methods": done, "rng": rng_state()})
+    finish(run_dir, config, done, data.cpu(), holdout, lim, time.time() - start)
+    run_dir.close()
+    return run_dir.path
+
+
+# ---------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------
+
+def plot_snapshots(done: dict, data: torch.Tensor, lim: float, path: Path) -> Path:
+    """One row per method, one column per snapshot: critic contours, target (grey) and
+    generated (red) samples."""
+    methods = list(done)
+    iters = sorted(done[methods[0]]["snapshots"])
+    fig, axes = plt.subplots(len(methods), len(iters), figsize=(2.3 * len(iters), 2.3 * len(methods)),
+                             squeeze=False)
+    g = np.linspace(-lim, lim, 120)
+    shown = data[:2000].numpy()
+    for i, method in enumerate(methods):
+        for j, k in enumerate(iters):
+            ax, snap = axes[i, j], done[method]["snapshots"][k]
+            ax.contourf(g, g, snap["critic"].numpy(), levels=20, cmap="coolwarm", alpha=0.8)
+            ax.scatter(shown[:, 0], shown[:, 1], s=1, c="0.2", alpha=0.5, linewidths=0)
+            fake = snap["fake"].numpy()
+            ax.scatter(fake[:, 0], fake[:, 1], s=1.5, c="gold", alpha=0.8, linewidths=0)
+            ax.set_xlim(-lim, lim)
+            ax.set_ylim(-lim, lim)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_aspect("equal")
+            if i == 0:
+                ax.set_title(f"iteration {k}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(method, fontsize=9)
+    fig.suptitle("Critic d (colour: blue low, red high), target (dark) and generated (yellow) samples", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_wasserstein(done: dict, config: WGANConfig, floor: float, path: Path) -> Path:
+    """Left: the critic's estimate E[d(a)] - E[d(h(w))] per iteration (moving average);
+    right: the exact W1 to the target (ot.emd2) during training, log scale."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    window = max(1, min(500, config.iterations // 20))
+    kernel = np.ones(window) / window
+    for method, state in done.items():
+        est = state["estimates"].numpy()
+        smooth = np.convolve(est, kernel, mode="valid")
+        (line,) = left.plot(np.arange(window, len(est) + 1), smooth, lw=1, label=method)
+        curve = state["w1_curve"].numpy()
+        right.plot(curve[:, 0], curve[:, 1], marker="o", ms=3, lw=1, color=line.get_color(), label=method)
+    right.axhline(floor, ls="--", lw=0.8, color="gray")
+    right.text(0, floor, " target vs target (sampling floor)", va="bottom", fontsize=8, color="gray")
+    left.set_title(f"Critic's Wasserstein estimate (moving average over {window})")
+    left.set_xlabel("critic iteration")
+    left.set_ylabel("E[d(a)] - E[d(h(w))]")
+    right.set_title(f"Exact W1 to the target, {config.curve_samples} vs {config.curve_samples} samples")
+    right.set_xlabel("critic iteration")
+    right.set_ylabel("W1 (ot.emd2)")
+    right.set_yscale("log")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def finish(run_dir: RunDir, config: WGANConfig, done: dict, data: torch.Tensor, holdout: torch.Tensor,
+           lim: float, elapsed: float | None) -> dict:
+    """Figures, the comparison table, metrics.json and summary.md."""
+    figs = run_dir.path / "figures"
+    n = config.eval_samples
+    # The floor: W1 and mode statistics of target samples themselves (n training vs n held-out samples).
+    floor = wasserstein1(data[:n].numpy(), holdout.numpy())
+    curve_floor = wasserstein1(data[:config.curve_samples].numpy(), holdout[:config.curve_samples].numpy())
+    target_stats = mode_statistics(holdout, mode_centres(config), config.std, config.min_mode_samples)
+    plot_snapshots(done, data, lim, figs / "snapshots.png")
+    plot_wasserstein(done, config, curve_floor, figs / "wasserstein.png")
+    results = [state["result"] for state in done.values()]
+    metrics = {"methods": results, "target_vs_target": {"w1": floor, **target_stats},
+               "eval_samples": n, "elapsed_s": elapsed}
+    run_dir.write_json("metrics.json", metrics)
+    lines = [f"# WGAN on a 2-D mixture of Gaussians: `{run_dir.path.name}`", "",
+             f"target: {config.target} ({target_stats['modes']} modes, std {config.std}), seed {config.seed}, "
+             f"{config.iterations} critic iterations ({config.n_critic} per generator step), batch {config.batch_size}, "
+             f"Adam lr {config.lr_critic} / {config.lr_generator}, betas {config.betas}"
+             + (f", {elapsed / 60:.1f} min" if elapsed else ""), "",
+             f"| method | exact W1 ({n} vs {n}, ot.emd2) | modes covered | high-quality share (<= 3 std) | "
+             "critic's final estimate | iterations/s |", "|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['method']} | {r['w1']:.4f} | {r['modes_covered']}/{r['modes']} | "
+                     f"{r['high_quality_share']:.3f} | {r['final_estimate']:.4f} | {r['iterations_per_s']:.0f} |")
+    lines.append(f"| target vs target | {floor:.4f} | {target_stats['modes_covered']}/{target_stats['modes']} | "
+                 f"{target_stats['high_quality_share']:.3f} | | |")
+    figures = sorted(p.name for p in figs.glob("*.png"))
+    lines += ["", "Figures: " + ", ".join(f"[{f}](figures/{f})" for f in figures)]
+    (run_dir.path / "summary.md").write_text("\n".join(lines) + "\n")
+    return metrics
+
+
+def evaluate(run_path: Path) -> dict:
+    """``genlab eval RUN_DIR``: the comparison table of a finished run (from metrics.json)."""
+    path = Path(run_path) / "metrics.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the run has not finished; resume it with --resume")
+    return json.loads(path.read_text())
+
+
+def bench(argv: list[str]) -> dict:
+    from genlab.benchmarks import wgan as bench_wgan
+
+    return bench_wgan.main(argv)
+
+
+EXPERIMENT = Experiment(
+    name="wgan",
+    summary="SPEC §3: WGAN on a 2-D Gaussian mixture; spectral norm vs weight clipping vs gradient penalty",
+    config=WGANConfig,
+    run=run,
+    evaluate=evaluate,
+    bench=bench,
+)
