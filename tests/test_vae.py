@@ -132,11 +132,11 @@ def test_a_seed_trains_the_same_alone_and_stacked_with_others():
 
 
 def _trained_tiny_model():
-    """A VAE fitted for 150 steps to 2,000 MNIST digits: far enough from its prior that the bounds differ."""
+    """A VAE fitted for 100 steps to 1,000 MNIST digits: far enough from its prior that the bounds differ."""
     config = vae.VAEConfig(seed=0, batch_size=100)
     model, optimizer, gens = vae.build(config, torch.device("cpu"))
-    stream = vae.BatchStream(vae.load_train(None, torch.device("cpu"), 2000), 100, gens)
-    for _ in range(150):
+    stream = vae.BatchStream(vae.load_train(None, torch.device("cpu"), 1000), 100, gens)
+    for _ in range(100):
         vae.train_step(model, optimizer, stream.next(), vae.draw_noise(gens, 100, 10, torch.device("cpu")))
     return model
 
@@ -144,31 +144,32 @@ def _trained_tiny_model():
 @pytest.fixture(scope="module")
 def tiny_model_and_test():
     torch.manual_seed(0)
-    return _trained_tiny_model(), vae.load_test_binarised(None, torch.device("cpu"), 40)
+    return _trained_tiny_model(), vae.load_test_binarised(None, torch.device("cpu"), 8)
 
 
 def test_iwae_with_one_sample_is_the_elbo_in_expectation(tiny_model_and_test):
     model, x = tiny_model_and_test
-    x = x[:5]
+    x, n = x[:5], 2000
     g = torch.Generator().manual_seed(1)
-    draws = torch.stack([model.negative_iwae_bound(x, 1, g)[0] for _ in range(2000)])  # (2000, 5)
-    with torch.no_grad():  # the ELBO: analytic KL + reconstruction averaged over 20,000 samples
+    draws = model.negative_iwae_bound(x.repeat(n, 1), 1, g)[0].view(n, 5)  # n single-sample bounds per image
+    with torch.no_grad():  # the ELBO: analytic KL + reconstruction averaged over n samples
         m, v = model.encode(x)
         kl = kl_normal(m, v, torch.zeros_like(m), torch.ones_like(v))[0]  # (5,)
-        z = sample_gaussian(m, v, torch.randn(20000, 1, 5, 10, generator=g)).squeeze(1)  # (20000, 5, 10)
-        rec = -vae.log_bernoulli_with_logits(x, model.decode(z.view(1, -1, 10)).view(20000, 5, 784)).mean(0)
-    se = draws.std(0) / math.sqrt(len(draws))
-    assert ((draws.mean(0) - (kl + rec)).abs() < 4 * se + 0.05).all()
+        z = sample_gaussian(m, v, torch.randn(n, 1, 5, 10, generator=g)).squeeze(1)  # (n, 5, 10)
+        rec = -vae.log_bernoulli_with_logits(x, model.decode(z.view(1, -1, 10)).view(n, 5, 784))  # (n, 5)
+    se = (draws.var(0) / n + rec.var(0) / n).sqrt()
+    assert ((draws.mean(0) - (kl + rec.mean(0))).abs() < 4 * se).all()
+    assert (draws.std(0) > 0.5).all()  # the single-sample bound is a noisy estimate, not a constant
 
 
 def test_iwae_bound_tightens_with_k(tiny_model_and_test):
     model, x = tiny_model_and_test
     g = torch.Generator().manual_seed(2)
-    bounds = [model.negative_iwae_bound(x, k, g).mean().item() for k in (1, 10, 100, 1000)]
+    bounds = [model.negative_iwae_bound(x, k, g).mean().item() for k in (1, 10, 100, 500)]
     assert bounds[0] > bounds[1] > bounds[2] > bounds[3]
     assert bounds[0] - bounds[3] > 1.0  # nats: a real gap, not noise
     elbo = vae.evaluate_terms(model, x, [0])[0, 0].item()
-    assert elbo == pytest.approx(bounds[0], abs=3.0)
+    assert elbo == pytest.approx(bounds[0], abs=5.0)
 
 
 def test_mean_and_standard_error():

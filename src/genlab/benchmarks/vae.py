@@ -1,0 +1,159 @@
+"""VAE training speed: genlab's stacked trainer against a plain-PyTorch reference loop.
+
+The reference is the loop a course solution writes (the CS236 homework's shape): a
+per-sample ``Dataset`` that scales each uint8 image to [0, 1] and flattens it, a shuffling
+``DataLoader`` at batch 100, ``torch.bernoulli`` on each batch, ``nn.Sequential`` encoder and
+decoder of ``nn.Linear`` + ``nn.ELU``, the negative ELBO from the same formulas, and the
+default ``torch.optim.Adam``; several seeds are several runs of that loop, one after the
+other. genlab's step is :func:`genlab.experiments.vae.train_step`: the data set held as one
+uint8 tensor indexed per batch, fused Adam, and ``--seeds`` models stacked into batched
+GEMMs (one optimiser step for all of them).
+
+Rounds alternate reference and genlab so that both see the same background load; the
+figure of each side is its median round.
+
+    genlab bench vae --steps 300 --seeds 3 --json
+    python benchmarks/bench_vae.py --steps 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from genlab.engine import resolve_device
+from genlab.experiments import vae
+
+
+class _PerSampleMNIST(Dataset):
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(self.images[i].copy()).float().div(255.0).view(-1)  # ToTensor, flatten -> (784,)
+
+
+class ReferenceVAE(nn.Module):
+    """The SPEC §4 VAE written plainly, with the assignment's negative_elbo_bound."""
+
+    def __init__(self, latent_dim: int = 10, hidden_dim: int = 300):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.encoder = nn.Sequential(nn.Linear(784, hidden_dim), nn.ELU(), nn.Linear(hidden_dim, hidden_dim), nn.ELU(),
+                                     nn.Linear(hidden_dim, 2 * latent_dim))
+        self.decoder = nn.Sequential(nn.Linear(latent_dim, hidden_dim), nn.ELU(), nn.Linear(hidden_dim, hidden_dim),
+                                     nn.ELU(), nn.Linear(hidden_dim, 784))
+
+    def negative_elbo_bound(self, x):
+        m, h = torch.split(self.encoder(x), self.latent_dim, dim=-1)
+        v = F.softplus(h) + 1e-8
+        z = m + torch.sqrt(v) * torch.randn_like(m)
+        logits = self.decoder(z)
+        kl = 0.5 * (v + m.pow(2) - 1 - torch.log(v)).sum(-1)
+        rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+        return (kl + rec).mean(), kl.mean(), rec.mean()
+
+
+def time_reference(images, steps: int, warmup: int, batch_size: int, device: torch.device) -> float:
+    """Seconds per iteration of the reference loop (one model) over ``steps`` after ``warmup``."""
+    model = ReferenceVAE().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = DataLoader(_PerSampleMNIST(images), batch_size=batch_size, shuffle=True, drop_last=True)
+    it = iter(loader)
+    start = None
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(device)
+            start = time.perf_counter()
+        try:
+            x = next(it)
+        except StopIteration:
+            it = iter(loader)
+            x = next(it)
+        x = torch.bernoulli(x.to(device))
+        loss, kl, rec = model.negative_elbo_bound(x)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    _sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def time_genlab(images, steps: int, warmup: int, batch_size: int, device: torch.device, seeds: int) -> float:
+    """Seconds per iteration of genlab's trainer with ``seeds`` stacked models."""
+    config = vae.VAEConfig(seeds=seeds, batch_size=batch_size)
+    model, optimizer, gens = vae.build(config, device)
+    stream = vae.BatchStream(torch.from_numpy(images.reshape(-1, 784).copy()).to(device), batch_size, gens)
+    start = None
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(device)
+            start = time.perf_counter()
+        eps = vae.draw_noise(gens, batch_size, config.latent_dim, device)
+        vae.train_step(model, optimizer, stream.next(), eps)
+    _sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="genlab bench vae", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=300, help="timed iterations per loop and round")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed iterations first")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
+    parser.add_argument("--seeds", type=int, default=3, help="models trained together by genlab")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--iterations", type=int, default=10000, help="run length the projections are for")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    images, _ = vae.load_split(vae.DATASET, "train")
+    ref, one, many = [], [], []
+    for _ in range(args.rounds):
+        ref.append(time_reference(images, args.steps, args.warmup, args.batch_size, device))
+        one.append(time_genlab(images, args.steps, args.warmup, args.batch_size, device, 1))
+        many.append(time_genlab(images, args.steps, args.warmup, args.batch_size, device, args.seeds))
+    ref, one, many = statistics.median(ref), statistics.median(one), statistics.median(many)
+    n = args.iterations
+    result = {
+        "reference_ms_per_iteration": round(ref * 1e3, 3),
+        "genlab_ms_per_iteration": round(one * 1e3, 3),
+        f"genlab_{args.seeds}_seeds_ms_per_iteration": round(many * 1e3, 3),
+        "speedup_one_seed": round(ref / one, 2),
+        f"speedup_{args.seeds}_seeds": round(args.seeds * ref / many, 2),
+        f"reference_s_for_{n}_iterations_per_seed": round(ref * n, 1),
+        f"genlab_s_for_{n}_iterations_one_seed": round(one * n, 1),
+        f"genlab_s_for_{n}_iterations_per_seed_with_{args.seeds}_stacked": round(many * n / args.seeds, 1),
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "batch_size": args.batch_size,
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "torch_threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"reference          {ref * 1e3:8.2f} ms/iteration   {ref * n:7.1f} s per seed for {n}\n"
+              f"genlab, 1 seed     {one * 1e3:8.2f} ms/iteration   {one * n:7.1f} s per seed\n"
+              f"genlab, {args.seeds} stacked  {many * 1e3:8.2f} ms/iteration   {many * n / args.seeds:7.1f} s per seed\n"
+              f"speed-up {ref / one:.2f}x (one seed), {args.seeds * ref / many:.2f}x ({args.seeds} seeds)")
+    return result

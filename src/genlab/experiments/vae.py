@@ -1,0 +1,650 @@
+"""SPEC §4: a variational autoencoder (Kingma & Welling 2014) on binarised MNIST.
+
+A Gaussian encoder q(z|x) = N(m(x), diag v(x)) and a Bernoulli decoder p(x|z) over the 784
+pixels, both MLPs 784-300-300 with ELU, z in R^10 and the prior p(z) = N(0, I). Training
+minimises the negative evidence lower bound (Kingma & Welling 2014, eq. 3)
+
+    -ELBO(x) = KL(q(z|x) || p(z)) - E_q[log p(x|z)]   (nats per image)
+
+with the KL in closed form (ibid., appendix B) and the reconstruction term estimated from
+one reparameterised sample z = m + sqrt(v) * eps, eps ~ N(0, I) (ibid., §2.4). The test NLL
+is also bounded more tightly by the importance-weighted bound of Burda et al. (2016, eq. 8).
+
+Several seeds train together: ``--seeds N`` stacks N independent VAEs along a leading model
+dimension (every weight is (N, fan_in, fan_out), every matrix product one batched GEMM).
+Each model has its own initialisation, data order, binarisation and noise (its own
+generators, derived from its seed), the loss is the sum of the N per-model losses, so
+its gradients are the per-model gradients, and Adam is elementwise: model i follows the
+trajectory it would follow alone with seed ``seed + i``.
+
+    genlab run vae                                   # 10,000 iterations, seed 42
+    genlab run vae --seeds 3 --iw-samples 1000       # the docs/results/vae.md run
+    genlab run vae --iterations 20 --test-subset 200 --iw-samples 10 --out /tmp/smoke
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from genlab import plots
+from genlab.data import load_split
+from genlab.engine import (RunConfig, RunDir, TrainingDiverged, config_to_dict, load_checkpoint, resolve_device,
+                           save_checkpoint, seed_everything)
+from genlab.experiments import Experiment
+
+DATASET = "mnist"
+PIXELS = 28 * 28
+TEST_BINARIZATION_SEED = 0
+"""The test set is binarised once, with this seed, for every run and every model seed."""
+VARIANCE_FLOOR = 1e-8
+"""v = softplus(h) + VARIANCE_FLOOR keeps the encoder variance positive (as in the assignment)."""
+# SPEC §4 reference: test-set mean +/- standard error over seeds, nats per image.
+REFERENCE = {"nelbo": (98.12, 0.77), "kl": (20.38, 0.38), "rec": (77.93, 0.65)}
+TERMS = ("nelbo", "kl", "rec")
+TERM_NAMES = {"nelbo": "negative ELBO", "kl": "KL", "rec": "reconstruction"}
+
+
+@dataclass
+class VAEConfig(RunConfig):
+    """SPEC §4 defaults."""
+
+    iterations: int = 10000
+    """Adam steps per model (one minibatch each)."""
+    seeds: int = 1
+    """Number of models trained together, with seeds seed, seed+1, ...; results are mean +/- standard error."""
+    batch_size: int = 100
+    """Training minibatch size."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    latent_dim: int = 10
+    """Dimension of z; the prior is N(0, I)."""
+    hidden_dim: int = 300
+    """Width of the two hidden ELU layers of the encoder and of the decoder."""
+    iw_samples: int = 1000
+    """k of the importance-weighted test NLL bound (Burda et al. 2016); 0 skips it."""
+    iw_test_subset: int | None = None
+    """IWAE bound on the first N test images only (it costs k decoder passes per image and model)."""
+    iw_batch: int = 10
+    """Test images per chunk of the IWAE bound (memory ~ seeds * iw_samples * iw_batch * 3 KB)."""
+    eval_every: int = 1000
+    """Iterations between test-set evaluations of the three terms (the test curves)."""
+    log_every: int = 100
+    """Iterations averaged into one training-curve point (and between NaN checks)."""
+    checkpoint_every: int = 2000
+    """Iterations between checkpoints (--resume continues from the last one)."""
+    subset: int | None = None
+    """Train on the first N training images only (quick looks and tests)."""
+    test_subset: int | None = None
+    """Evaluate on the first N test images only (quick looks and tests)."""
+    epochs: int = 1
+    """Not used: the VAE counts --iterations."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("iterations", "seeds", "batch_size", "latent_dim", "hidden_dim", "iw_batch", "eval_every",
+                     "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.iw_samples < 0:
+            raise ValueError(f"--iw-samples must be >= 0, got {self.iw_samples}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be > 0, got {self.lr}")
+        if self.subset is not None and self.subset < self.batch_size:
+            raise ValueError(f"--subset must be >= --batch-size ({self.batch_size}), got {self.subset}")
+        for name in ("test_subset", "iw_test_subset"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def seed_list(self) -> list[int]:
+        return [self.seed + i for i in range(self.seeds)]
+
+
+# ---------------------------------------------------------------------------------------
+# Distributions (nats)
+# ---------------------------------------------------------------------------------------
+
+def sample_gaussian(m: torch.Tensor, v: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
+    """The reparameterisation trick (Kingma & Welling 2014, §2.4): z = m + sqrt(v) * eps.
+
+    Args:
+        m: means, any shape (..., D), float.
+        v: variances, the shape of ``m``, > 0.
+        eps: standard normal noise of that shape; drawn from the global torch RNG if None.
+
+    Returns:
+        z ~ N(m, diag v), the shape of ``m``, differentiable in ``m`` and ``v``.
+    """
+    if eps is None:
+        eps = torch.randn_like(m)
+    return m + v.sqrt() * eps
+
+
+def log_normal(x: torch.Tensor, m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """log N(x; m, diag v), summed over the last dimension (nats); broadcasts, shape (...)."""
+    return -0.5 * (math.log(2 * math.pi) + v.log() + (x - m).square() / v).sum(-1)
+
+
+def kl_normal(qm: torch.Tensor, qv: torch.Tensor, pm: torch.Tensor, pv: torch.Tensor) -> torch.Tensor:
+    """KL(N(qm, diag qv) || N(pm, diag pv)) in closed form, summed over the last dimension.
+
+    KL = 1/2 sum_d [log(pv/qv) + (qv + (qm - pm)^2) / pv - 1] (Kingma & Welling 2014, app. B
+    for pm = 0, pv = 1). Broadcasts; returns shape (...), nats.
+    """
+    return 0.5 * (pv.log() - qv.log() + (qv + (qm - pm).square()) / pv - 1).sum(-1)
+
+
+def log_bernoulli_with_logits(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """log p(x | logits) = sum_j x_j log sigmoid(l_j) + (1 - x_j) log sigmoid(-l_j), over the last dim.
+
+    Args: x in {0, 1} (or [0, 1]) and logits, broadcastable (..., 784). Returns shape (...), nats.
+    """
+    return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+
+
+# ---------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------
+
+class StackedLinear(nn.Module):
+    """S independent ``nn.Linear(fan_in, fan_out)`` layers applied in one batched GEMM.
+
+    weight (S, fan_in, fan_out), bias (S, 1, fan_out); input (S, B, fan_in) -> (S, B, fan_out).
+    Each model's slice is initialised as ``nn.Linear`` does (U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    for weight and bias) from that model's generator, so model i's values depend on its seed only.
+    """
+
+    def __init__(self, n_models: int, fan_in: int, fan_out: int, generators: list[torch.Generator] | None = None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_models, fan_in, fan_out))
+        self.bias = nn.Parameter(torch.empty(n_models, 1, fan_out))
+        bound = 1.0 / math.sqrt(fan_in)
+        with torch.no_grad():
+            for i in range(n_models):
+                g = generators[i] if generators else None
+                # nn.Linear draws its (fan_out, fan_in) weight, then its bias.
+                self.weight[i].copy_(torch.empty(fan_out, fan_in).uniform_(-bound, bound, generator=g).T)
+                self.bias[i].uniform_(-bound, bound, generator=g)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class StackedMLP(nn.Module):
+    """fan_in -> hidden -> ELU -> hidden -> ELU -> fan_out for S models: (S, B, fan_in) -> (S, B, fan_out)."""
+
+    def __init__(self, n_models: int, fan_in: int, hidden: int, fan_out: int, generators=None):
+        super().__init__()
+        self.fc1 = StackedLinear(n_models, fan_in, hidden, generators)
+        self.fc2 = StackedLinear(n_models, hidden, hidden, generators)
+        self.fc3 = StackedLinear(n_models, hidden, fan_out, generators)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(F.elu(self.fc2(F.elu(self.fc1(x)))))
+
+
+class VAE(nn.Module):
+    """S independent VAEs of SPEC §4 (S = 1 for one model): per model the encoder
+    784-300-300-(10 means, 10 variances) (331,820 parameters) and the decoder 10-300-300-784
+    Bernoulli logits (329,584), 661,404 in all.
+
+    Args:
+        n_models: S.
+        latent_dim, hidden_dim: 10 and 300 in SPEC §4.
+        generators: S CPU generators for the initialisation (None: the global RNG).
+    """
+
+    def __init__(self, n_models: int = 1, latent_dim: int = 10, hidden_dim: int = 300,
+                 generators: list[torch.Generator] | None = None):
+        super().__init__()
+        self.n_models, self.latent_dim = n_models, latent_dim
+        self.encoder = StackedMLP(n_models, PIXELS, hidden_dim, 2 * latent_dim, generators)
+        self.decoder = StackedMLP(n_models, latent_dim, hidden_dim, PIXELS, generators)
+
+    def _per_model(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 784) shared by all models -> (S, B, 784); (S, B, 784) passes through."""
+        return x.expand(self.n_models, *x.shape) if x.dim() == 2 else x
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (S, B, 784) or (B, 784) in [0, 1] -> mean and variance of q(z|x), each (S, B, latent_dim)."""
+        m, h = self.encoder(self._per_model(x)).chunk(2, dim=-1)
+        return m, F.softplus(h) + VARIANCE_FLOOR
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z (S, B, latent_dim) -> Bernoulli logits of p(x|z), (S, B, 784)."""
+        return self.decoder(z)
+
+    def negative_elbo_bound(self, x: torch.Tensor, eps: torch.Tensor | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The negative ELBO and its two terms, each averaged over the batch (nats per image).
+
+        nelbo = kl + rec with kl = KL(q(z|x) || N(0, I)) analytic and rec = -log p(x|z) at one
+        reparameterised z ~ q(z|x) per image (Kingma & Welling 2014, eq. 10).
+
+        Args:
+            x: binary images (S, B, 784), one batch per model, or (B, 784) shared by all.
+            eps: the N(0, I) noise of z, (S, B, latent_dim); drawn from the global RNG if None.
+
+        Returns:
+            (nelbo, kl, rec), float tensors of shape (S,): one value per model. Their sum over
+            models is the training loss.
+        """
+        x = self._per_model(x)
+        m, v = self.encode(x)  # (S, B, z)
+        z = sample_gaussian(m, v, eps)  # (S, B, z)
+        logits = self.decode(z)  # (S, B, 784)
+        kl = kl_normal(m, v, torch.zeros_like(m), torch.ones_like(v))  # (S, B)
+        rec = -log_bernoulli_with_logits(x, logits)  # (S, B)
+        kl, rec = kl.mean(-1), rec.mean(-1)
+        return kl + rec, kl, rec
+
+    @torch.no_grad()
+    def negative_iwae_bound(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The importance-weighted bound on -log p(x) (Burda et al. 2016, eq. 8), per image.
+
+        -log p(x) <= -log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x), computed with
+        logsumexp. k = 1 is an unbiased estimate of the negative ELBO; the bound tightens as k grows.
+
+        Args:
+            x: binary images (B, 784), shared by all models (keep B * k * S modest: memory
+               is about 3 KB per (image, sample, model)).
+            k: importance samples per image, >= 1.
+            generator: for the noise (on x's device); None uses the global RNG.
+
+        Returns:
+            (S, B) float tensor, nats per image.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        s, b = self.n_models, x.shape[0]
+        m, v = self.encode(x)  # (S, B, z)
+        eps = torch.randn(s, k, b, self.latent_dim, generator=generator, device=x.device, dtype=m.dtype)
+        z = sample_gaussian(m.unsqueeze(1), v.unsqueeze(1), eps)  # (S, k, B, z)
+        logits = self.decode(z.view(s, k * b, -1)).view(s, k, b, PIXELS)  # (S, k, B, 784)
+        log_px_z = log_bernoulli_with_logits(x, logits)  # (S, k, B)
+        log_pz = log_normal(z, torch.zeros_like(z), torch.ones_like(z))  # (S, k, B)
+        log_qz_x = log_normal(z, m.unsqueeze(1), v.unsqueeze(1))  # (S, k, B)
+        log_w = log_px_z + log_pz - log_qz_x
+        return -(torch.logsumexp(log_w, dim=1) - math.log(k))  # (S, B)
+
+
+# ---------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------
+
+def load_train(data_dir: Path | None, device: torch.device, subset: int | None = None) -> torch.Tensor:
+    """MNIST train intensities as uint8 (N, 784) on ``device`` (binarised per batch in training)."""
+    images, _ = load_split(DATASET, "train", data_dir)
+    return torch.from_numpy(images[:subset].reshape(-1, PIXELS).copy()).to(device)
+
+
+def load_test_binarised(data_dir: Path | None, device: torch.device, subset: int | None = None) -> torch.Tensor:
+    """The MNIST test set binarised once: x ~ Bernoulli(intensity / 255) drawn with
+    :data:`TEST_BINARIZATION_SEED`, float32 (N, 784) in {0, 1} on ``device``.
+
+    The draw covers all 10,000 images, so a ``subset`` is a prefix of the full binarised set.
+    """
+    images, _ = load_split(DATASET, "test", data_dir)
+    probs = torch.from_numpy(images.reshape(-1, PIXELS).astype(np.float32) / 255.0)
+    binary = torch.bernoulli(probs, generator=torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
+    return binary[:subset].to(device)
+
+
+def model_seeds(seed: int) -> tuple[int, int, int]:
+    """Three independent 63-bit seeds (initialisation, training noise, evaluation noise) of one model seed."""
+    children = np.random.SeedSequence(seed).spawn(3)
+    return tuple(int(c.generate_state(2, np.uint64)[0] >> np.uint64(1)) for c in children)
+
+
+# ---------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------
+
+def build(config: VAEConfig, device: torch.device) -> tuple[VAE, torch.optim.Optimizer, list[torch.Generator]]:
+    """The stacked model, its Adam and one training-noise generator per model, from the seeds."""
+    seeds = [model_seeds(s) for s in config.seed_list]
+    init = [torch.Generator().manual_seed(s[0]) for s in seeds]
+    model = VAE(config.seeds, config.latent_dim, config.hidden_dim, init).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type in ("cpu", "cuda"))
+    train_gens = [torch.Generator(device).manual_seed(s[1]) for s in seeds]
+    return model, optimizer, train_gens
+
+
+class BatchStream:
+    """Per-model minibatches: model i reshuffles the training set each epoch with its generator
+    and binarises each batch afresh (x ~ Bernoulli(intensity / 255)).
+
+    ``next()`` -> (S, B, 784) float32 in {0, 1}. Its state is the generators' (saved in the
+    checkpoint) plus the position, so a resumed stream continues exactly.
+    """
+
+    def __init__(self, images: torch.Tensor, batch_size: int, generators: list[torch.Generator]):
+        self.images, self.batch_size, self.generators = images, batch_size, generators
+        self.per_epoch = len(images) // batch_size  # the last partial batch is dropped
+        self.orders: torch.Tensor | None = None  # (S, N) permutation of this epoch
+        self.position = 0  # batches taken in this epoch
+
+    def next(self) -> torch.Tensor:
+        device = self.images.device
+        if self.orders is None or self.position == self.per_epoch:
+            self.orders = torch.stack([torch.randperm(len(self.images), generator=g, device=device)
+                                       for g in self.generators])
+            self.position = 0
+        idx = self.orders[:, self.position * self.batch_size:(self.position + 1) * self.batch_size]  # (S, B)
+        self.position += 1
+        probs = self.images[idx].float().div_(255.0)  # (S, B, 784)
+        return torch.stack([torch.bernoulli(p, generator=g) for p, g in zip(probs, self.generators)])
+
+    def state_dict(self) -> dict:
+        return {"orders": self.orders, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.orders, self.position = state["orders"], state["position"]
+
+
+def draw_noise(generators: list[torch.Generator], batch_size: int, latent_dim: int, device: torch.device) -> torch.Tensor:
+    """eps ~ N(0, I) of shape (S, B, latent_dim), model i's slice from generator i."""
+    return torch.stack([torch.randn(batch_size, latent_dim, generator=g, device=device) for g in generators])
+
+
+def train_step(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """One Adam step on every model: minimise sum_i nelbo_i on x (S, B, 784) with noise eps.
+
+    Returns the detached (3, S) float32 tensor of (nelbo, kl, rec) per model, nats per image.
+    """
+    nelbo, kl, rec = model.negative_elbo_bound(x, eps)
+    optimizer.zero_grad(set_to_none=True)
+    nelbo.sum().backward()
+    optimizer.step()
+    return torch.stack([nelbo, kl, rec]).detach()
+
+
+@torch.no_grad()
+def evaluate_terms(model: VAE, x: torch.Tensor, seeds: list[int], chunk: int = 2000) -> torch.Tensor:
+    """Test (nelbo, kl, rec) per model over the images x (N, 784): (3, S) float64, nats per image.
+
+    One reparameterised sample per image, drawn from each model's evaluation generator (so a
+    model's numbers do not depend on which other models it was trained with).
+    """
+    gens = [torch.Generator(x.device).manual_seed(model_seeds(s)[2]) for s in seeds]
+    sums = torch.zeros(3, model.n_models, dtype=torch.float64, device=x.device)
+    for i in range(0, len(x), chunk):
+        xb = x[i:i + chunk]
+        eps = draw_noise(gens, len(xb), model.latent_dim, x.device)
+        sums += torch.stack(model.negative_elbo_bound(xb, eps)).double() * len(xb)
+    return sums / len(x)
+
+
+@torch.no_grad()
+def evaluate_iwae(model: VAE, x: torch.Tensor, k: int, seed: int, chunk: int = 10) -> torch.Tensor:
+    """Mean IWAE bound on the test NLL per model (S,) float64, nats per image, k samples per image."""
+    g = torch.Generator(x.device).manual_seed(model_seeds(seed)[2] + 1)
+    total = torch.zeros(model.n_models, dtype=torch.float64, device=x.device)
+    for i in range(0, len(x), chunk):
+        total += model.negative_iwae_bound(x[i:i + chunk], k, g).double().sum(-1)
+    return total / len(x)
+
+
+def _checkpoint_state(config, model, optimizer, stream, train_gens, step, elapsed) -> dict:
+    return {
+        "config": config_to_dict(config),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "stream": stream.state_dict(),
+        "train_generators": [g.get_state() for g in train_gens],
+        "step": step,
+        "train_seconds": elapsed,  # training time so far, excluding evaluation
+    }
+
+
+def run(config: VAEConfig) -> Path:
+    """Train ``config.seeds`` VAEs together, evaluate them, write the outputs; returns the run directory."""
+    device = resolve_device(config.device)
+    run_dir = RunDir("vae", config, device)
+    seed_everything(config.seed)
+    train = load_train(config.data_dir, device, config.subset)  # (60000, 784) uint8
+    test = load_test_binarised(config.data_dir, device, config.test_subset)  # (10000, 784) {0, 1}
+    model, optimizer, train_gens = build(config, device)
+    stream = BatchStream(train, config.batch_size, train_gens)
+    step, train_seconds = 0, 0.0
+    if config.resume:
+        ckpt = load_checkpoint(run_dir.checkpoint, device)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        stream.load_state_dict(ckpt["stream"])
+        for g, state in zip(train_gens, ckpt["train_generators"]):
+            g.set_state(state.cpu())
+        step, train_seconds = ckpt["step"], ckpt["train_seconds"]
+        run_dir.truncate_metrics(step, 0)
+        _truncate_jsonl(run_dir.path / "metrics" / "eval.jsonl", step)
+        print(f"resuming {run_dir.path} at iteration {step}")
+
+    total = config.iterations if config.max_steps is None else min(config.iterations, config.max_steps)
+    names = [f"seed{s}" for s in config.seed_list]
+    pending: list[torch.Tensor] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        values = torch.stack(pending).mean(0)  # (3, S): means over the logged iterations
+        pending.clear()
+        if not torch.isfinite(values).all():
+            raise TrainingDiverged(f"non-finite negative ELBO before iteration {step}; the last good checkpoint "
+                                   f"{run_dir.checkpoint} is kept. Lower --lr.")
+        row = {"step": step}
+        for t, term in enumerate(TERMS):
+            row.update({f"{term}_{n}": v for n, v in zip(names, values[t].tolist())})
+        run_dir.log_steps([row])
+
+    def log_eval() -> None:
+        terms = evaluate_terms(model, test, config.seed_list)
+        row = {"step": step, **{f"test_{term}_{n}": v for t, term in enumerate(TERMS)
+                                for n, v in zip(names, terms[t].tolist())}}
+        with (run_dir.path / "metrics" / "eval.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    bar = tqdm(total=total, initial=step, unit="it", desc=f"vae x{config.seeds}", dynamic_ncols=True, disable=None)
+    while step < total:
+        start = time.perf_counter()
+        chunk_end = min(total, (step // config.log_every + 1) * config.log_every)
+        while step < chunk_end:
+            x = stream.next()  # (S, B, 784)
+            eps = draw_noise(train_gens, config.batch_size, config.latent_dim, device)  # (S, B, z)
+            pending.append(train_step(model, optimizer, x, eps))
+            step += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_seconds += time.perf_counter() - start
+        flush()
+        bar.update(chunk_end - bar.n)
+        if step % config.eval_every == 0 or step == total:
+            log_eval()
+        if step % config.checkpoint_every == 0 or step == total:
+            save_checkpoint(run_dir.checkpoint, _checkpoint_state(config, model, optimizer, stream, train_gens,
+                                                                  step, train_seconds))
+    bar.close()
+    finish(run_dir, config, model, test, device, train_seconds)
+    run_dir.close()
+    return run_dir.path
+
+
+def _truncate_jsonl(path: Path, step: int) -> None:
+    if path.exists():
+        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(r + "\n" for r in rows))
+
+
+# ---------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------
+
+def mean_and_standard_error(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error std(ddof=1) / sqrt(n) of the per-seed values (0 for one seed)."""
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else 0.0
+
+
+@torch.no_grad()
+def bernoulli_means(model: VAE, z: torch.Tensor, index: int = 0) -> np.ndarray:
+    """uint8 (N, 28, 28): model ``index``'s decoder means sigmoid(logits) at z (N, latent_dim), x 255."""
+    logits = model.decode(z.unsqueeze(0).expand(model.n_models, -1, -1))[index]  # (N, 784)
+    return (torch.sigmoid(logits) * 255).round().to(torch.uint8).view(-1, 28, 28).cpu().numpy()
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
+
+def plot_run(run_dir: RunDir, config: VAEConfig, model: VAE, test: torch.Tensor, device: torch.device) -> list[Path]:
+    """samples_seed*.png (10 x 20), reconstructions.png, training_curves.png, test_curves.png."""
+    figs = run_dir.path / "figures"
+    out = []
+    for i, s in enumerate(config.seed_list):
+        z = torch.randn(200, model.latent_dim, generator=torch.Generator().manual_seed(s)).to(device)
+        out.append(plots.save_image_grid(bernoulli_means(model, z, i), figs / f"samples_seed{s}.png", 10, 20,
+                                         title=f"VAE samples (decoder Bernoulli means), seed {s}"))
+    x = test[:50]  # (50, 784)
+    m, _ = model.encode(x)  # (S, 50, z)
+    recon = bernoulli_means(model, m[0])  # decoded at the posterior mean of model 0
+    originals = (x * 255).to(torch.uint8).view(-1, 28, 28).cpu().numpy()
+    rows = [block for r in range(5) for block in (originals[r * 10:(r + 1) * 10], recon[r * 10:(r + 1) * 10])]
+    out.append(plots.save_image_grid(np.concatenate(rows), figs / "reconstructions.png", 10, 10,
+                                     title=f"test digits (odd rows) and reconstructions (even rows), seed {config.seed}"))
+    names = [f"seed{s}" for s in config.seed_list]
+    steps = _read_jsonl(run_dir.path / "metrics" / "steps.jsonl")
+    ref = {TERM_NAMES[t]: {config.iterations: REFERENCE[t][0]} for t in TERMS}
+    if steps:
+        series = {TERM_NAMES[t]: [float(np.mean([r[f"{t}_{n}"] for n in names])) for r in steps] for t in TERMS}
+        out.append(plots.plot_curves([r["step"] for r in steps], series, figs / "training_curves.png", "iteration",
+                                     "nats per image",
+                                     f"VAE training terms (mean of {len(names)} seed(s), "
+                                     f"{config.log_every}-iteration averages)", reference=ref))
+    evals = _read_jsonl(run_dir.path / "metrics" / "eval.jsonl")
+    if evals:
+        series = {TERM_NAMES[t]: [float(np.mean([r[f"test_{t}_{n}"] for n in names])) for r in evals] for t in TERMS}
+        out.append(plots.plot_curves([r["step"] for r in evals], series, figs / "test_curves.png", "iteration",
+                                     "nats per image", f"VAE test terms (mean of {len(names)} seed(s))",
+                                     reference=ref))
+    return out
+
+
+def finish(run_dir: RunDir, config: VAEConfig, model: VAE, test: torch.Tensor, device: torch.device,
+           train_seconds: float | None) -> dict:
+    """Test metrics (three terms and the IWAE bound per seed, mean +/- s.e.), figures,
+    metrics.json and summary.md (also used by ``genlab eval``)."""
+    model.eval()
+    terms = evaluate_terms(model, test, config.seed_list)  # (3, S)
+    per_seed = {s: {t: terms[j, i].item() for j, t in enumerate(TERMS)} for i, s in enumerate(config.seed_list)}
+    iwae_seconds = None
+    if config.iw_samples > 0:
+        start = time.perf_counter()
+        nll = evaluate_iwae(model, test[:config.iw_test_subset], config.iw_samples, config.seed, config.iw_batch)
+        iwae_seconds = time.perf_counter() - start
+        for i, s in enumerate(config.seed_list):
+            per_seed[s]["iwae_nll"] = nll[i].item()
+    keys = list(TERMS) + (["iwae_nll"] if config.iw_samples > 0 else [])
+    summary = {k: mean_and_standard_error([per_seed[s][k] for s in config.seed_list]) for k in keys}
+    metrics = {
+        "test": {k: {"mean": m, "standard_error": se} for k, (m, se) in summary.items()},
+        "per_seed": {str(s): v for s, v in per_seed.items()},
+        "seeds": config.seed_list,
+        "n_test": len(test),
+        "iw_samples": config.iw_samples,
+        "n_test_iwae": len(test[:config.iw_test_subset]) if config.iw_samples > 0 else 0,
+        "iterations": config.iterations,
+        "train_seconds": train_seconds,
+        "train_seconds_per_seed": train_seconds / config.seeds if train_seconds else None,
+        "iwae_seconds": iwae_seconds,
+        "reference": {t: {"mean": m, "standard_error": se} for t, (m, se) in REFERENCE.items()},
+        "units": "nats per image",
+    }
+    plot_run(run_dir, config, model, test, device)
+    run_dir.write_json("metrics.json", metrics)
+    write_summary(run_dir, config, metrics)
+    return metrics
+
+
+def write_summary(run_dir: RunDir, config: VAEConfig, metrics: dict) -> Path:
+    test, ref = metrics["test"], metrics["reference"]
+    n = len(config.seed_list)
+    lines = [f"# VAE on binarised MNIST: `{run_dir.path.name}`", "",
+             f"seeds {config.seed_list}, {config.iterations} iterations, batch {config.batch_size}, lr {config.lr}, "
+             f"z in R^{config.latent_dim}; test set: {metrics['n_test']} images binarised with seed "
+             f"{TEST_BINARIZATION_SEED}."
+             + (f" Training took {metrics['train_seconds']:.1f} s ({metrics['train_seconds_per_seed']:.1f} s per seed)."
+                if metrics["train_seconds"] else ""), "",
+             f"| test, nats per image | genlab (mean +/- s.e., {n} seed(s)) | SPEC §4 reference |", "|---|---|---|"]
+    iwae_label = f"IWAE NLL bound, k = {config.iw_samples}, {metrics['n_test_iwae']} test images"
+    for key, label in [*TERM_NAMES.items(), ("iwae_nll", iwae_label)]:
+        if key in test:
+            r = ref.get(key)
+            lines.append(f"| {label} | {test[key]['mean']:.2f} +/- {test[key]['standard_error']:.2f} | "
+                         + (f"{r['mean']:.2f} +/- {r['standard_error']:.2f}" if r else "") + " |")
+    lines += ["", "| seed | " + " | ".join(k for k in test) + " |", "|---" * (len(test) + 1) + "|"]
+    for s, v in metrics["per_seed"].items():
+        lines.append(f"| {s} | " + " | ".join(f"{v[k]:.2f}" for k in test) + " |")
+    figures = sorted(p.name for p in (run_dir.path / "figures").glob("*.png"))
+    lines += ["", "Figures: " + ", ".join(f"[{f}](figures/{f})" for f in figures)]
+    path = run_dir.path / "summary.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _restore(run_path: Path, device: torch.device) -> tuple[VAEConfig, VAE]:
+    ckpt = load_checkpoint(Path(run_path) / "checkpoints" / "last.pt", device)
+    fields = {k: v for k, v in ckpt["config"].items() if k in VAEConfig.__dataclass_fields__}
+    fields.update(out=Path(run_path), resume=True, device=str(device.type))
+    if fields.get("data_dir"):
+        fields["data_dir"] = Path(fields["data_dir"])
+    config = VAEConfig(**fields)
+    model = VAE(config.seeds, config.latent_dim, config.hidden_dim).to(device)
+    model.load_state_dict(ckpt["model"])
+    return config, model
+
+
+def evaluate(run_path: Path) -> dict:
+    """``genlab eval RUN_DIR``: recompute the test metrics, figures, metrics.json and summary.md."""
+    device = resolve_device("auto")
+    config, model = _restore(run_path, device)
+    previous = json.loads((Path(run_path) / "metrics.json").read_text()) if (Path(run_path) / "metrics.json").exists() else {}
+    run_dir = RunDir("vae", config, device)
+    test = load_test_binarised(config.data_dir, device, config.test_subset)
+    metrics = finish(run_dir, config, model, test, device, previous.get("train_seconds"))
+    run_dir.close()
+    return metrics
+
+
+def sample(run_path: Path, n: int, seed: int = 0) -> np.ndarray:
+    """``genlab sample``: ``n`` images from the first model of a run, z ~ N(0, I) drawn with
+    ``seed``; the decoder's Bernoulli means scaled to 0..255, uint8 (n, 28, 28)."""
+    device = resolve_device("auto")
+    _, model = _restore(run_path, device)
+    z = torch.randn(n, model.latent_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+    return np.concatenate([bernoulli_means(model, zb) for zb in z.split(10000)])
+
+
+def bench(argv: list[str]) -> dict:
+    from genlab.benchmarks import vae as bench_vae
+
+    return bench_vae.main(argv)
+
+
+EXPERIMENT = Experiment(
+    name="vae",
+    summary="SPEC §4: VAE on binarised MNIST (z in R^10, 10,000 Adam steps), test -ELBO/KL/rec and IWAE NLL",
+    config=VAEConfig,
+    run=run,
+    evaluate=evaluate,
+    sample=sample,
+    bench=bench,
+)
