@@ -89,6 +89,35 @@ def test_consolidated_ewc_penalty_and_gradient_match_the_per_task_sum():
     assert single.penalty(lam) == pytest.approx(0.0, abs=1e-9)
 
 
+def test_ewc_proximal_step_solves_its_subproblem():
+    # θ' = argmin_u ||u − θ||² / (2η) + λ/2 Σ_t F_t (u − θ*_t)²  <=>  (θ' − θ)/η + ∇penalty(θ') = 0,
+    # and the step stays finite where a gradient step with the same η would overshoot.
+    torch.manual_seed(3)
+    model = cl.MLP(hidden=6).double()
+    anchors = _anchors(model, tasks=2)
+    ewc = cl.EWC(model)
+    with torch.no_grad():
+        for fisher, star in anchors:
+            for k, p in model.named_parameters():
+                p.copy_(star[k])
+            ewc.consolidate(fisher)
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p))
+    before = {k: p.detach().clone() for k, p in model.named_parameters()}
+    lr, lam = 0.1, 1e4  # lr·λ·F up to 2e3: far past the gradient step's stability limit of 2
+    ewc.proximal_(lam, lr)
+    params = dict(model.named_parameters())
+    penalty = cl.ewc_penalty(params, anchors, lam)
+    penalty.backward()
+    for k, p in params.items():
+        optimality = (p.detach() - before[k]) / lr + p.grad
+        torch.testing.assert_close(optimality, torch.zeros_like(p), rtol=0, atol=1e-8 * lam)
+    # The new point lies between the old one and the Fisher-weighted mean of the anchors.
+    center = {k: sum(f[k] * s[k] for f, s in anchors) / sum(f[k] for f, _ in anchors) for k in params}
+    for k, p in params.items():
+        assert bool(((p.detach() - center[k]).abs() <= (before[k] - center[k]).abs() + 1e-12).all())
+
+
 def test_replay_memory_is_balanced_across_tasks():
     gen = torch.Generator().manual_seed(0)
     memory = cl.ReplayMemory(per_task=50)

@@ -1,0 +1,799 @@
+"""SPEC §9: catastrophic forgetting on permuted MNIST, and two remedies.
+
+A sequence of T tasks, each MNIST under its own fixed pixel permutation (Goodfellow et al.
+2013, "An empirical investigation of catastrophic forgetting"; Kirkpatrick et al. 2017,
+§2.1). One network with one shared 10-way head learns them in order. Three methods:
+
+- naive: plain sequential training; what it forgets is the baseline.
+- ewc: elastic weight consolidation (Kirkpatrick et al. 2017, eq. 3). After task t the
+  diagonal empirical Fisher information F_t (squared per-sample gradients of
+  log p(y | x, θ) at the true labels, averaged over ``--fisher-samples`` examples) and the
+  parameters θ*_t are stored; training on later tasks adds λ/2 Σ_t Σ_i F_t,i (θ_i − θ*_t,i)²
+  to the loss. ``--ewc-lambdas`` sweeps λ.
+- rehearsal: a replay memory of ``--memory-per-task`` training examples of each finished
+  task; every batch of the current task is joined by ``--replay-batch`` examples drawn from
+  the memory, evenly across the past tasks (Robins 1995; Chaudhry et al. 2019, "tiny
+  episodic memories"). Same number of optimiser steps as the other methods.
+
+Outputs: per method the accuracy matrix R[i, j] (test accuracy on task j after training
+task i) as CSV and heat map, average accuracy and backward transfer (Lopez-Paz & Ranzato
+2017, eq. 2-3) and forgetting (Chaudhry et al. 2018) after the last task, task-1 accuracy
+over the sequence, the λ sweep, and an MLP vs CNN table when both models run.
+
+    genlab run continual                                     # 10 tasks, MLP, all methods
+    genlab run continual --model mlp cnn --ewc-lambdas 10 100 1000
+    genlab run continual --tasks 3 --max-steps 20 --out /tmp/smoke
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from genlab.data import load_split  # noqa: E402
+from genlab.engine import (RunConfig, RunDir, config_to_dict, load_checkpoint, resolve_device,  # noqa: E402
+                           save_checkpoint)
+from genlab.experiments import Experiment  # noqa: E402
+
+Method = Literal["naive", "ewc", "rehearsal"]
+ModelName = Literal["mlp", "cnn"]
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # of the 60,000 training pixels scaled to [0, 1]
+# SPEC §9 anchor: EWC average accuracy after 10 permuted-MNIST tasks.
+REFERENCE = {"ewc_average_accuracy_public_baseline": 0.83, "ewc_average_accuracy_paper": 0.94}
+
+
+@dataclass
+class ContinualConfig(RunConfig):
+    """SPEC §9 defaults."""
+
+    tasks: int = 10
+    """Number of permuted-MNIST tasks, each a fixed pixel permutation drawn from the seed."""
+    methods: tuple[Method, ...] = ("naive", "ewc", "rehearsal")
+    """Methods to run, each from the same initialisation and data order."""
+    model: tuple[ModelName, ...] = ("mlp",)
+    """Networks: mlp (784-h-h-10, ReLU) and/or cnn (two 3x3 conv + pool blocks, one hidden dense layer)."""
+    epochs: int = 1
+    """Passes over the 60,000 training images per task."""
+    batch_size: int = 128
+    """Examples of the current task per optimiser step."""
+    lr: float = 0.1
+    """SGD learning rate."""
+    momentum: float = 0.0
+    """SGD momentum."""
+    hidden: int = 400
+    """Width of the MLP's two hidden layers (Kirkpatrick et al. 2017 use 400 and more)."""
+    ewc_lambda: float = 100.0
+    """EWC penalty weight λ when no sweep is given."""
+    ewc_lambdas: tuple[float, ...] = ()
+    """A λ sweep: one EWC run per value (overrides --ewc-lambda)."""
+    ewc_update: Literal["proximal", "gradient"] = "proximal"
+    """How the penalty enters SGD: gradient (add λ(Aθ − b) to the gradient; unstable once lr·λ·max F > 2) or
+    proximal (the exact proximal step of the quadratic after the SGD step on the data loss; stable for every λ)."""
+    fisher_samples: int = 500
+    """Training examples of the finished task whose squared gradients estimate its Fisher diagonal."""
+    memory_per_task: int = 1000
+    """Rehearsal: training examples kept from each finished task."""
+    replay_batch: int = 128
+    """Rehearsal: memory examples added to every batch, spread evenly over the past tasks."""
+    eval_samples: int = 10000
+    """Test images per task for the accuracy matrix (the first N of the 10,000)."""
+    probe_every: int = 100
+    """Optimiser steps between checks of task-1 accuracy (on 1,000 test images)."""
+    seeds: int = 1
+    """Repeats with seeds seed, seed+1, ...: new permutations, initialisation and data order each."""
+    max_steps: int | None = None
+    """Optimiser steps per sequence of tasks, spread evenly over the tasks (smoke runs)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.tasks < 1:
+            raise ValueError(f"--tasks must be >= 1, got {self.tasks}")
+        if not self.methods or not self.model:
+            raise ValueError("--methods and --model need at least one value each")
+        if self.batch_size < 1 or self.replay_batch < 0 or self.memory_per_task < 1:
+            raise ValueError("--batch-size and --memory-per-task must be >= 1, --replay-batch >= 0")
+        if self.fisher_samples < 1 or self.eval_samples < 1 or self.probe_every < 1 or self.seeds < 1:
+            raise ValueError("--fisher-samples, --eval-samples, --probe-every and --seeds must be >= 1")
+        if self.eval_samples > 10000:
+            raise ValueError(f"--eval-samples is at most 10000 (the MNIST test set), got {self.eval_samples}")
+        if any(lam < 0 for lam in self.lambdas):
+            raise ValueError(f"EWC λ must be >= 0, got {self.lambdas}")
+
+    @property
+    def lambdas(self) -> tuple[float, ...]:
+        return tuple(self.ewc_lambdas) or (self.ewc_lambda,)
+
+
+# ---------------------------------------------------------------------------------------
+# Tasks and models
+# ---------------------------------------------------------------------------------------
+
+def permutations(tasks: int, seed: int, pixels: int = 784) -> torch.Tensor:
+    """int64 (tasks, pixels): row t is task t's pixel permutation, drawn from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randperm(pixels, generator=gen) for _ in range(tasks)])
+
+
+def load_mnist(split: str, data_dir: Path | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST ``split`` as float32 (N, 784) standardised pixels and int64 (N,) labels on ``device``."""
+    images, labels = load_split("mnist", split, data_dir)
+    x = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255.0)
+    return ((x - MNIST_MEAN) / MNIST_STD).to(device), torch.from_numpy(labels.astype(np.int64)).to(device)
+
+
+class MLP(nn.Module):
+    """Flat images (N, 784) -> logits (N, 10): Linear-ReLU-Linear-ReLU-Linear."""
+
+    def __init__(self, hidden: int = 400):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CNN(nn.Module):
+    """Flat images (N, 784) -> logits (N, 10). 1x28x28 -> 16x14x14 -> 32x7x7 -> 128 -> 10."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (N, 16, 14, 14)
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (N, 32, 7, 7)
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x.view(-1, 1, 28, 28)))  # (N, 10)
+
+
+def build_model(name: str, hidden: int) -> nn.Module:
+    if name == "mlp":
+        return MLP(hidden)
+    if name == "cnn":
+        return CNN()
+    raise ValueError(f"unknown model {name!r}; choose mlp or cnn")
+
+
+# ---------------------------------------------------------------------------------------
+# EWC (Kirkpatrick et al. 2017)
+# ---------------------------------------------------------------------------------------
+
+def fisher_diagonal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 128) -> dict[str, torch.Tensor]:
+    """Diagonal empirical Fisher information F_i = (1/N) Σ_n (∂ log p(y_n | x_n, θ) / ∂θ_i)².
+
+    Per-sample gradients come from ``torch.func.vmap(grad(...))`` in chunks of
+    ``chunk_size``; the labels are the true ones (the empirical Fisher, as in the EWC
+    paper's permuted-MNIST experiments), and the model is evaluated in its current mode.
+
+    Args:
+        model: maps float (N, ...) inputs to logits (N, C).
+        x: inputs (N, ...); y: int64 labels (N,).
+
+    Returns:
+        {parameter name: float32 tensor of the parameter's shape}, every entry >= 0.
+    """
+    from torch.func import functional_call, grad, vmap
+
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+
+    def log_likelihood(p, xi, yi):
+        logits = functional_call(model, (p, buffers), (xi.unsqueeze(0),))  # (1, C)
+        return -F.cross_entropy(logits, yi.unsqueeze(0))  # log p(y | x, θ)
+
+    per_sample = vmap(grad(log_likelihood), in_dims=(None, 0, 0))
+    total = {k: torch.zeros_like(v) for k, v in params.items()}
+    for i in range(0, len(x), chunk_size):
+        grads = per_sample(params, x[i:i + chunk_size], y[i:i + chunk_size])  # each (n, *shape)
+        for k, g in grads.items():
+            total[k] += g.pow(2).sum(0)
+    return {k: v / len(x) for k, v in total.items()}
+
+
+def ewc_penalty(params: dict[str, torch.Tensor], anchors: list[tuple[dict, dict]], lam: float) -> torch.Tensor:
+    """λ/2 Σ_t Σ_i F_t,i (θ_i − θ*_t,i)² (Kirkpatrick et al. 2017, eq. 3, one term per past task).
+
+    The plain definition, differentiable by autograd; :class:`EWC` computes the same value
+    and its gradient in one pass however many tasks are stored.
+
+    Args:
+        params: {name: θ}; anchors: per past task (Fisher {name: F_t}, {name: θ*_t}).
+
+    Returns:
+        A scalar tensor (0 when there are no anchors).
+    """
+    total = sum(((fisher[k] * (params[k] - star[k]).pow(2)).sum() for fisher, star in anchors for k in params),
+                torch.zeros(()))
+    return 0.5 * lam * total
+
+
+class EWC:
+    """The sum over past tasks of EWC penalties, kept as one quadratic per parameter.
+
+    Σ_t F_t (θ − θ*_t)² = A θ² − 2 b θ + c with A = Σ_t F_t, b = Σ_t F_t θ*_t,
+    c = Σ_t F_t θ*_t², so the penalty λ/2 Σ (A θ² − 2 b θ + c) and its gradient
+    λ (A θ − b) cost one pass over the parameters for any number of tasks.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.params = dict(model.named_parameters())
+        self.a = {k: torch.zeros_like(p) for k, p in self.params.items()}
+        self.b = {k: torch.zeros_like(p) for k, p in self.params.items()}
+        self.c = torch.zeros((), dtype=torch.float64)
+        self.tasks = 0
+
+    def consolidate(self, fisher: dict[str, torch.Tensor]) -> None:
+        """Add the finished task's term, anchored at the current parameters."""
+        with torch.no_grad():
+            for k, p in self.params.items():
+                self.a[k] += fisher[k]
+                self.b[k] += fisher[k] * p
+                self.c += (fisher[k] * p * p).sum().double().cpu()
+        self.tasks += 1
+
+    @torch.no_grad()
+    def penalty(self, lam: float) -> float:
+        """λ/2 Σ_t Σ_i F_t,i (θ_i − θ*_t,i)², in nats (float)."""
+        quad = sum(((self.a[k] * p * p - 2 * self.b[k] * p).sum().double().cpu() for k, p in self.params.items()),
+                   torch.zeros((), dtype=torch.float64))
+        return float(0.5 * lam * (quad + self.c).clamp_min(0))
+
+    @torch.no_grad()
+    def proximal_(self, lam: float, lr: float) -> None:
+        """θ ← (θ + η λ b) / (1 + η λ A): the proximal step of the penalty with step size η = ``lr``.
+
+        argmin_u ||u − θ||² / (2η) + λ/2 Σ_t F_t (u − θ*_t)², exactly and for every λ ≥ 0
+        (Parikh & Boyd 2014, "Proximal algorithms", §4.2). After a plain SGD step on the data
+        loss it makes one proximal-gradient step on loss + penalty; a gradient step on the
+        penalty instead diverges once η λ max A > 2.
+        """
+        if self.tasks == 0 or lam == 0:
+            return
+        for k, p in self.params.items():
+            p.add_(self.b[k], alpha=lr * lam).div_(self.a[k].mul(lr * lam).add_(1.0))
+
+    @torch.no_grad()
+    def add_gradient_(self, lam: float) -> None:
+        """p.grad += λ (A θ − b) for every parameter: the penalty's gradient."""
+        if self.tasks == 0 or lam == 0:
+            return
+        for k, p in self.params.items():
+            grad = torch.addcmul(-self.b[k], self.a[k], p).mul_(lam)
+            if p.grad is None:
+                p.grad = grad
+            else:
+                p.grad.add_(grad)
+
+    def state_dict(self) -> dict:
+        return {"a": self.a, "b": self.b, "c": self.c, "tasks": self.tasks}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in self.params:
+            self.a[k].copy_(state["a"][k])
+            self.b[k].copy_(state["b"][k])
+        self.c, self.tasks = state["c"].clone(), state["tasks"]
+
+
+# ---------------------------------------------------------------------------------------
+# Rehearsal
+# ---------------------------------------------------------------------------------------
+
+class ReplayMemory:
+    """Training-set indices of ``per_task`` examples of each finished task.
+
+    Examples are stored as (task, index into the training set); their images are permuted
+    by their own task's permutation when replayed.
+    """
+
+    def __init__(self, per_task: int, device: torch.device | str = "cpu"):
+        self.per_task = per_task
+        self.device = torch.device(device)
+        self.indices: list[torch.Tensor] = []  # one int64 (per_task,) per finished task
+
+    def __len__(self) -> int:
+        return sum(len(i) for i in self.indices)
+
+    @property
+    def tasks(self) -> int:
+        return len(self.indices)
+
+    def add_task(self, n_train: int, generator: torch.Generator) -> None:
+        """Keep ``per_task`` training examples of the task just finished, uniformly without replacement."""
+        self.indices.append(torch.randperm(n_train, generator=generator)[:self.per_task].to(self.device))
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` examples spread evenly over the stored tasks.
+
+        Every task gets ⌊n / T⌋ examples and ``n mod T`` tasks, chosen at random, one more;
+        within a task the examples are drawn uniformly with replacement.
+
+        Returns:
+            (task ids, training-set indices), both int64 (n,) on the memory's device.
+
+        Raises:
+            ValueError: the memory is empty.
+        """
+        if not self.indices:
+            raise ValueError("the replay memory is empty")
+        t = self.tasks
+        counts = torch.full((t,), n // t, dtype=torch.int64)
+        counts[torch.randperm(t, generator=generator)[:n % t]] += 1
+        task_ids = torch.repeat_interleave(torch.arange(t), counts)  # (n,)
+        stored = torch.stack(self.indices).cpu()  # (T, per_task)
+        slot = torch.randint(stored.shape[1], (n,), generator=generator)
+        return task_ids.to(self.device), stored[task_ids, slot].to(self.device)
+
+    def state_dict(self) -> dict:
+        return {"indices": [i.cpu() for i in self.indices]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.indices = [i.to(self.device) for i in state["indices"]]
+
+
+# ---------------------------------------------------------------------------------------
+# Measures (Lopez-Paz & Ranzato 2017; Chaudhry et al. 2018)
+# ---------------------------------------------------------------------------------------
+
+def average_accuracy(r: np.ndarray) -> float:
+    """ACC = (1/T) Σ_j R[T-1, j]: mean test accuracy over all tasks after the last one."""
+    return float(np.mean(r[-1]))
+
+
+def backward_transfer(r: np.ndarray) -> float:
+    """BWT = 1/(T-1) Σ_{j<T-1} (R[T-1, j] − R[j, j]); negative is forgetting, 0 for T = 1."""
+    t = r.shape[0]
+    return float(np.mean(r[-1, :-1] - np.diag(r)[:-1])) if t > 1 else 0.0
+
+
+def forgetting(r: np.ndarray) -> float:
+    """1/(T-1) Σ_{j<T-1} (max_{i<T-1} R[i, j] − R[T-1, j]): the best accuracy lost; 0 for T = 1."""
+    t = r.shape[0]
+    if t == 1:
+        return 0.0
+    best = np.array([r[j:t - 1, j].max() for j in range(t - 1)])
+    return float(np.mean(best - r[-1, :-1]))
+
+
+def plasticity(r: np.ndarray) -> float:
+    """Mean of R[j, j]: how well each task is learnt when it is the current one."""
+    return float(np.mean(np.diag(r)))
+
+
+# ---------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Job:
+    """One sequence of tasks: a model, a method (with its λ) and a seed."""
+
+    model: str
+    method: str
+    lam: float | None
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}_{self.label}_s{self.seed}"
+
+    @property
+    def label(self) -> str:
+        return f"ewc{self.lam:g}" if self.method == "ewc" else self.method
+
+
+def jobs_of(config: ContinualConfig) -> list[Job]:
+    out = []
+    for model in config.model:
+        for seed in range(config.seed, config.seed + config.seeds):
+            for method in config.methods:
+                for lam in (config.lambdas if method == "ewc" else (None,)):
+                    out.append(Job(model, method, lam, seed))
+    return out
+
+
+@torch.no_grad()
+def evaluate_tasks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, perms: torch.Tensor,
+                   batch_size: int = 2000) -> np.ndarray:
+    """float64 (T,): accuracy on test images x (N, 784), labels y (N,), under each permutation."""
+    model.eval()
+    acc = []
+    for perm in perms:
+        correct = sum(int((model(x[i:i + batch_size][:, perm]).argmax(1) == y[i:i + batch_size]).sum())
+                      for i in range(0, len(x), batch_size))
+        acc.append(correct / len(x))
+    model.train()
+    return np.array(acc)
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               ewc: EWC | None, lam: float, update: str = "proximal") -> torch.Tensor:
+    """One SGD step on the cross-entropy of (x (B, 784), y (B,)) and the EWC penalty, if any.
+
+    ``update`` "gradient" adds the penalty's gradient λ(Aθ − b) before the step; "proximal"
+    follows the step with the penalty's proximal step (:meth:`EWC.proximal_`).
+
+    Returns the batch's cross-entropy in nats (a detached scalar tensor).
+    """
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if ewc is not None and update == "gradient":
+        ewc.add_gradient_(lam)
+    opt.step()
+    if ewc is not None and update == "proximal":
+        ewc.proximal_(lam, opt.param_groups[0]["lr"])
+    return loss.detach()
+
+
+def run_job(job: Job, config: ContinualConfig, data: dict, device: torch.device, state: dict | None,
+            on_task_end, log) -> dict:
+    """Train ``job`` over all tasks (from ``state`` if resuming); returns its results dict."""
+    train_x, train_y, test_x, test_y = data["train_x"], data["train_y"], data["test_x"], data["test_y"]
+    n_train = len(train_x)
+    test_x, test_y = test_x[:config.eval_samples], test_y[:config.eval_samples]
+    probe_x, probe_y = data["test_x"][:1000], data["test_y"][:1000]
+    perms = permutations(config.tasks, job.seed).to(device)  # (T, 784)
+    torch.manual_seed(job.seed)
+    model = build_model(job.model, config.hidden).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    gen = torch.Generator().manual_seed(job.seed + 7919)  # data order, memory, replay and Fisher samples
+    ewc = EWC(model) if job.method == "ewc" else None
+    memory = ReplayMemory(config.memory_per_task, device) if job.method == "rehearsal" else None
+    lam = job.lam or 0.0
+    r = np.full((config.tasks, config.tasks), np.nan)
+    probes: list[dict] = []
+    task, step, seconds = 0, 0, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        if ewc is not None:
+            ewc.load_state_dict(state["ewc"])
+        if memory is not None:
+            memory.load_state_dict(state["memory"])
+        r = state["r"].numpy().copy()
+        task, step, seconds, probes = state["task"], state["step"], state["seconds"], list(state["probes"])
+    steps_per_epoch = n_train // config.batch_size
+    per_task = math.ceil(config.max_steps / config.tasks) if config.max_steps is not None else math.inf
+    start = time.perf_counter() - seconds
+    while task < config.tasks:
+        perm = perms[task]
+        losses = []
+        for _ in range(config.epochs):
+            order = torch.randperm(n_train, generator=gen).to(device)
+            for b in range(steps_per_epoch):
+                if step >= per_task * (task + 1):  # --max-steps spread over the tasks
+                    break
+                idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+                x, y = train_x[idx][:, perm], train_y[idx]  # (B, 784), (B,)
+                if memory is not None and memory.tasks and config.replay_batch:
+                    # Replay: past examples under their own task's permutation.
+                    t_r, i_r = memory.sample(config.replay_batch, gen)
+                    x_r = torch.gather(train_x[i_r], 1, perms[t_r])  # (R, 784)
+                    x, y = torch.cat([x, x_r]), torch.cat([y, train_y[i_r]])
+                losses.append(train_step(model, opt, x, y, ewc, lam, config.ewc_update))
+                step += 1
+                if step % config.probe_every == 0:
+                    probes.append({"step": step, "task": task + 1,
+                                   "task1_accuracy": float(evaluate_tasks(model, probe_x, probe_y, perms[:1])[0])})
+        # End of task: accuracy row, then consolidate (EWC) or remember (rehearsal).
+        r[task, :task + 1] = evaluate_tasks(model, test_x, test_y, perms[:task + 1])  # unseen tasks stay NaN
+        probes.append({"step": step, "task": task + 1, "task1_accuracy": float(r[task, 0])})
+        loss = float(torch.stack(losses).mean()) if losses else float("nan")
+        if not math.isfinite(loss):
+            from genlab.engine import TrainingDiverged
+
+            raise TrainingDiverged(f"{job.name}: non-finite loss on task {task + 1}; lower --lr or λ")
+        penalty = ewc.penalty(lam) if ewc is not None else 0.0
+        if ewc is not None:
+            pick = torch.randperm(n_train, generator=gen)[:config.fisher_samples].to(device)
+            ewc.consolidate(fisher_diagonal(model, train_x[pick][:, perm], train_y[pick]))
+        if memory is not None:
+            memory.add_task(n_train, gen)
+        task += 1
+        seconds = time.perf_counter() - start
+        log({"job": job.name, "model": job.model, "method": job.method, "lambda": job.lam, "seed": job.seed,
+             "task": task, "step": step, "loss": loss, "penalty": penalty,
+             "accuracy_current": r[task - 1, task - 1], "average_accuracy_seen": float(r[task - 1, :task].mean()),
+             "seconds": seconds})
+        on_task_end({"job": job.name, "task": task, "step": step, "seconds": seconds, "r": torch.from_numpy(r),
+                     "probes": probes, "model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
+                     "ewc": ewc.state_dict() if ewc else None, "memory": memory.state_dict() if memory else None})
+    return {"job": job.name, "model": job.model, "method": job.method, "label": job.label, "lambda": job.lam,
+            "seed": job.seed, "r": [[None if np.isnan(v) else float(v) for v in row] for row in r], "probes": probes, "steps": step, "seconds": seconds,
+            "average_accuracy": average_accuracy(r), "backward_transfer": backward_transfer(r),
+            "forgetting": forgetting(r), "plasticity": plasticity(r)}
+
+
+def run(config: ContinualConfig) -> Path:
+    """Run every (model, seed, method, λ) job; returns the run directory."""
+    device = resolve_device(config.device)
+    run_dir = RunDir("continual", config, device)
+    train_x, train_y = load_mnist("train", config.data_dir, device)
+    test_x, test_y = load_mnist("test", config.data_dir, device)
+    data = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
+    results_path = run_dir.path / "metrics" / "results.jsonl"
+    tasks_path = run_dir.path / "metrics" / "tasks.csv"
+    done: list[dict] = []
+    current: dict | None = None
+    if config.resume:
+        ckpt = load_checkpoint(run_dir.checkpoint, device)
+        done, current = list(ckpt["done"]), ckpt["current"]
+        _truncate(results_path, tasks_path, done, current)
+        print(f"resuming {run_dir.path}: {len(done)} jobs done"
+              + (f", {current['job']} at task {current['task']}" if current else ""))
+    else:
+        for p in (results_path, tasks_path):
+            p.unlink(missing_ok=True)
+    finished = {d["job"] for d in done}
+
+    def log(row: dict) -> None:
+        new = not tasks_path.exists()
+        with tasks_path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        tqdm.write(f"{row['job']} task {row['task']}: acc on it {row['accuracy_current']:.4f}, "
+                   f"mean over seen {row['average_accuracy_seen']:.4f} ({row['seconds']:.0f} s)")
+
+    def checkpoint(current_state: dict | None) -> None:
+        save_checkpoint(run_dir.checkpoint, {"config": config_to_dict(config), "done": done, "current": current_state})
+
+    start = time.time()
+    for job in jobs_of(config):
+        if job.name in finished:
+            continue
+        state = current if current and current["job"] == job.name else None
+        result = run_job(job, config, data, device, state, checkpoint, log)
+        done.append(result)
+        with results_path.open("a") as f:
+            f.write(json.dumps(result) + "\n")
+        checkpoint(None)
+        current = None
+    finish(run_dir, config, done, time.time() - start)
+    run_dir.close()
+    return run_dir.path
+
+
+def _truncate(results_path: Path, tasks_path: Path, done: list[dict], current: dict | None) -> None:
+    """On resume: keep only metric rows of finished jobs and of the current job's finished tasks."""
+    names = {d["job"] for d in done}
+    if results_path.exists():
+        rows = [line for line in results_path.read_text().splitlines() if line and json.loads(line)["job"] in names]
+        results_path.write_text("".join(r + "\n" for r in rows))
+    if tasks_path.exists():
+        with tasks_path.open() as f:
+            reader = csv.DictReader(f)
+            fields, rows = reader.fieldnames, list(reader)
+        keep = [r for r in rows if r["job"] in names or (current and r["job"] == current["job"]
+                                                         and int(r["task"]) <= current["task"])]
+        with tasks_path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(keep)
+
+
+# ---------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------
+
+def _group(results: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """(model, label) -> results over seeds, in run order."""
+    out: dict[tuple[str, str], list[dict]] = {}
+    for res in results:
+        out.setdefault((res["model"], res["label"]), []).append(res)
+    return out
+
+
+def _matrix(result: dict) -> np.ndarray:
+    """float64 (T, T) accuracy matrix of a result, NaN for tasks not yet seen."""
+    return np.array(result["r"], dtype=np.float64)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def plot_matrix(r: np.ndarray, path: Path, title: str) -> Path:
+    """Heat map of an accuracy matrix (T, T), entries printed."""
+    t = r.shape[0]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * t, 0.8 + 0.45 * t))
+    masked = np.ma.masked_invalid(r)  # tasks not yet seen are blank
+    im = ax.imshow(masked, vmin=0, vmax=1, cmap="viridis")
+    for i in range(t):
+        for j in range(t):
+            if not np.isnan(r[i, j]):
+                ax.text(j, i, f"{r[i, j]:.2f}"[1:] if r[i, j] < 1 else "1.0", ha="center", va="center",
+                        fontsize=7 if t > 6 else 9, color="white" if r[i, j] < 0.6 else "black")
+    ax.set_xticks(range(t), [str(j + 1) for j in range(t)])
+    ax.set_yticks(range(t), [str(i + 1) for i in range(t)])
+    ax.set_xlabel("evaluated on task j")
+    ax.set_ylabel("after training task i")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="test accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(run_dir: RunDir, results: list[dict], tasks: int) -> list[dict]:
+    """Accuracy CSVs, heat maps, task-1 and λ-sweep figures; returns one table row per (model, label)."""
+    figs, metrics = run_dir.path / "figures", run_dir.path / "metrics"
+    rows = []
+    for (model, label), group in _group(results).items():
+        r = np.mean([_matrix(g) for g in group], axis=0)  # (T, T), mean over seeds
+        np.savetxt(metrics / f"accuracy_{model}_{label}.csv", r, delimiter=",", fmt="%.4f",
+                   header=",".join(f"task{j + 1}" for j in range(tasks)), comments="")
+        n = len(group)
+        plot_matrix(r, figs / f"accuracy_{model}_{label}.png",
+                    f"{model.upper()}, {label}: R[i, j]" + (f" (mean of {n} seeds)" if n > 1 else ""))
+        row = {"model": model, "method": group[0]["method"], "label": label, "lambda": group[0]["lambda"],
+               "seeds": n, "steps": group[0]["steps"], "seconds": float(np.mean([g["seconds"] for g in group]))}
+        for key in ("average_accuracy", "backward_transfer", "forgetting", "plasticity"):
+            row[key], row[key + "_std"] = _mean_std([g[key] for g in group])
+        row["task1_final"] = float(r[-1, 0])
+        rows.append(row)
+    with (metrics / "summary.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    for model in sorted({row["model"] for row in rows}):
+        _plot_task1(results, model, figs / f"task1_accuracy_{model}.png")
+        _plot_average(results, model, tasks, figs / f"average_accuracy_{model}.png")
+        sweep = sorted((row for row in rows if row["model"] == model and row["method"] == "ewc"),
+                       key=lambda row: row["lambda"])
+        if len(sweep) > 1:
+            _plot_sweep(sweep, rows, model, figs / f"ewc_lambda_sweep_{model}.png")
+    return rows
+
+
+def _plot_task1(results: list[dict], model: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7.0, 4.0))
+    for (m, label), group in _group(results).items():
+        if m != model:
+            continue
+        probes = group[0]["probes"]  # first seed: the step grid is the same for every seed
+        steps = [p["step"] for p in probes]
+        acc = np.mean([[p["task1_accuracy"] for p in g["probes"]] for g in group], axis=0)
+        ax.plot(steps, acc, label=label, lw=1.2)
+    steps_per_task = results[0]["steps"] / max(1, len(results[0]["r"]))
+    for t in range(1, len(results[0]["r"])):
+        ax.axvline(t * steps_per_task, color="gray", lw=0.5, ls=":")
+    ax.set_xlabel("optimiser step (dotted: task boundaries)")
+    ax.set_ylabel("test accuracy on task 1")
+    ax.set_title(f"{model.upper()}: task-1 accuracy while tasks 2.. are learnt")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_average(results: list[dict], model: str, tasks: int, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for (m, label), group in _group(results).items():
+        if m != model:
+            continue
+        r = np.mean([_matrix(g) for g in group], axis=0)
+        ax.plot(range(1, tasks + 1), [r[i, :i + 1].mean() for i in range(tasks)], marker="o", ms=3, label=label)
+    ax.axhline(REFERENCE["ewc_average_accuracy_public_baseline"], ls="--", lw=0.8, color="gray")
+    ax.text(1, REFERENCE["ewc_average_accuracy_public_baseline"], " EWC public baseline (10 tasks)", fontsize=8,
+            va="bottom", color="gray")
+    ax.set_xlabel("tasks learnt")
+    ax.set_ylabel("mean test accuracy over the tasks seen")
+    ax.set_title(f"{model.upper()}: average accuracy along the sequence")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_sweep(sweep: list[dict], rows: list[dict], model: str, path: Path) -> None:
+    lams = [max(row["lambda"], 1e-3) for row in sweep]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for key, name in (("average_accuracy", "average accuracy after the last task"),
+                      ("plasticity", "accuracy on each task right after learning it (plasticity)"),
+                      ("forgetting", "forgetting")):
+        ax.errorbar(lams, [row[key] for row in sweep], yerr=[row[key + "_std"] for row in sweep], marker="o",
+                    capsize=3, label=name)
+    for row in rows:
+        if row["model"] == model and row["method"] != "ewc":
+            ax.axhline(row["average_accuracy"], ls="--", lw=0.8, color="gray")
+            ax.text(lams[0], row["average_accuracy"], f" {row['label']}: average accuracy", fontsize=8,
+                    va="bottom", color="gray")
+    ax.set_xscale("log")
+    ax.set_xlabel("EWC λ")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{model.upper()}: the EWC λ sweep, stability against plasticity")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_summary(run_dir: RunDir, config: ContinualConfig, rows: list[dict], elapsed: float | None) -> Path:
+    pm = lambda row, k: f"{row[k]:.4f}" + (f" ± {row[k + '_std']:.4f}" if row["seeds"] > 1 else "")  # noqa: E731
+    lines = [f"# Continual learning on permuted MNIST: `{run_dir.path.name}`", "",
+             f"{config.tasks} tasks, {config.epochs} epoch(s) per task, batch {config.batch_size} "
+             f"(+{config.replay_batch} replayed for rehearsal), SGD lr {config.lr}, {config.seeds} seed(s) from "
+             f"{config.seed}" + (f", {elapsed / 60:.1f} min" if elapsed else ""), "",
+             "| model | method | average accuracy | backward transfer | forgetting | plasticity | task 1 at end "
+             "| steps | s |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['model']} | {row['label']} | {pm(row, 'average_accuracy')} | "
+                     f"{pm(row, 'backward_transfer')} | {pm(row, 'forgetting')} | {pm(row, 'plasticity')} | "
+                     f"{row['task1_final']:.4f} | {row['steps']} | {row['seconds']:.0f} |")
+    models = sorted({row["model"] for row in rows})
+    if len(models) > 1:
+        lines += ["", "MLP vs CNN, average accuracy after the last task:", "",
+                  "| method | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+        for label in dict.fromkeys(row["label"] for row in rows):
+            cells = [next((f"{row['average_accuracy']:.4f}" for row in rows
+                           if row["model"] == m and row["label"] == label), "") for m in models]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", f"SPEC §9 anchor: EWC average accuracy {REFERENCE['ewc_average_accuracy_public_baseline']} "
+                  f"(public baselines), {REFERENCE['ewc_average_accuracy_paper']} (EWC paper), 10 tasks."]
+    figures = sorted(p.name for p in (run_dir.path / "figures").glob("*.png"))
+    lines += ["", "Figures: " + ", ".join(f"[{f}](figures/{f})" for f in figures)]
+    path = run_dir.path / "summary.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def finish(run_dir: RunDir, config: ContinualConfig, results: list[dict], elapsed: float | None) -> list[dict]:
+    rows = write_outputs(run_dir, results, config.tasks)
+    run_dir.write_json("metrics.json", {"table": rows, "elapsed_s": elapsed, "reference": REFERENCE})
+    write_summary(run_dir, config, rows, elapsed)
+    return rows
+
+
+def evaluate(run_path: Path) -> dict:
+    """``genlab eval RUN_DIR``: rebuild figures, table and summary from metrics/results.jsonl."""
+    run_path = Path(run_path)
+    ckpt = load_checkpoint(run_path / "checkpoints" / "last.pt")
+    fields = {k: v for k, v in ckpt["config"].items() if k in ContinualConfig.__dataclass_fields__}
+    for key in ("methods", "model", "ewc_lambdas"):
+        fields[key] = tuple(fields[key])
+    fields.update(out=run_path, resume=True, data_dir=Path(fields["data_dir"]) if fields.get("data_dir") else None)
+    config = ContinualConfig(**fields)
+    run_dir = RunDir("continual", config, torch.device("cpu"))
+    results = [json.loads(line) for line in (run_path / "metrics" / "results.jsonl").read_text().splitlines() if line]
+    rows = finish(run_dir, config, results, None)
+    return {"table": rows}
+
+
+def bench(argv: list[str]) -> dict:
+    from genlab.benchmarks import continual as bench_continual
+
+    return bench_continual.main(argv)
+
+
+EXPERIMENT = Experiment(
+    name="continual",
+    summary="SPEC §9: catastrophic forgetting on permuted MNIST: naive, EWC (λ sweep), rehearsal; MLP and CNN",
+    config=ContinualConfig,
+    run=run,
+    evaluate=evaluate,
+    bench=bench,
+)
