@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -136,7 +137,8 @@ def test_expression_is_evaluated_with_torch():
 
 
 @pytest.mark.parametrize("text, reason", [
-    ("__import__('os').system('true')", "unknown name '__import__'"),
+    ("__import__('os').system('true')", "Attribute is not allowed"),
+    ("__import__('os')", "unknown name '__import__'"),
     ("x.__class__", "Attribute is not allowed"),
     ("open('/etc/passwd')", "unknown name 'open'"),
     ("(lambda: 0)()", "Lambda is not allowed"),
@@ -175,6 +177,6 @@ def test_cli_smoke(tmp_path):
 
 
 def test_cli_refuses_a_bad_expression(tmp_path):
-    proc = genlab("run", "minimax", "--functions", "__import__('os')", "--out", str(tmp_path / "x"), check=False)
+    proc = genlab("run", "minimax", "--functions", "open(x)", "--out", str(tmp_path / "x"), check=False)
     assert proc.returncode != 0
-    assert "unknown name '__import__'" in proc.stderr
+    assert "unknownname'open'" in re.sub(r"[\s│╭╮╰╯─]", "", proc.stderr)  # tyro boxes and wraps the message

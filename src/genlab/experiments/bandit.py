@@ -1,0 +1,375 @@
+"""SPEC §7: REINFORCE on a k-armed softmax bandit (Williams 1992).
+
+The policy is pi = softmax(theta) over k arms with rewards R_1..R_k. Sampling arm a_i and
+observing R_i gives the REINFORCE update (:func:`reinforce_update`)
+
+    Δtheta = eta R_i ∇_theta log pi(a_i) = eta R_i (e_i - pi),
+
+whose i-th coordinate is eta R_i (1 - pi(a_i)) and whose others are -eta R_i pi(a_j). Its
+expectation is eta ∇J with J(theta) = Σ_j pi_j R_j and ∇J = pi ⊙ (R - J) (:func:`exact_gradient`).
+
+Four variants, each run for ``--seeds`` independent seeds at once (one row of theta per seed):
+
+- ``constant``: a constant, large step eta. With positive rewards every sampled arm is pushed
+  up, so an early lucky draw of a poor arm can lock the policy onto it.
+- ``decaying``: eta_t = eta / (1 + t / decay_steps) (Robbins-Monro steps).
+- ``baseline``: eta (R - b) (e_i - pi), b a running mean of the rewards (Williams 1992, §4):
+  the same expectation, lower variance, and a below-average arm is pushed down.
+- ``adam``: Adam (Kingma and Ba 2015) on the loss -R log pi(a_i), whose gradient is -Δtheta / eta.
+
+The experiment is not epoch-based: ``--epochs`` and ``--data-dir`` are ignored, ``--max-steps``
+caps ``--steps``, ``--resume`` runs again (seconds, deterministic).
+
+    genlab run bandit
+    genlab run bandit --rewards 1 0.9 0.2 --lr 2 --seeds 100
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genlab import plots
+from genlab.engine import RunConfig, RunDir
+from genlab.experiments import Experiment
+from genlab.tables import fmt, markdown_table, write_csv
+
+VARIANTS = ("constant", "decaying", "baseline", "adam")
+
+
+@dataclass
+class BanditConfig(RunConfig):
+    """SPEC §7 defaults: 5 arms, 2,000 steps, 50 seeds."""
+
+    rewards: tuple[float, ...] = (1.0, 0.8, 0.6, 0.4, 0.2)
+    """Mean reward R_i of each arm (the first maximal one is 'the best arm')."""
+    reward_noise: float = 0.0
+    """Standard deviation of Gaussian noise added to each observed reward (0: deterministic)."""
+    variants: tuple[str, ...] = VARIANTS
+    """Update rules to compare: constant, decaying, baseline, adam."""
+    steps: int = 2000
+    """REINFORCE steps per seed (capped by --max-steps)."""
+    seeds: int = 50
+    """Independent runs per variant (seeds seed, seed+1, ... share one vectorised loop)."""
+    lr: float = 5.0
+    """Step size eta of the constant, decaying and baseline variants (large, on purpose)."""
+    decay_steps: float = 10.0
+    """decaying: eta_t = lr / (1 + t / decay_steps)."""
+    baseline_momentum: float = 0.9
+    """baseline: b <- m b + (1 - m) R after each step (b starts at 0)."""
+    adam_lr: float = 0.1
+    """Adam learning rate of the adam variant."""
+    estimator_samples: int = 200_000
+    """Samples for the in-run check of the score-function estimator against the exact gradient."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.rewards) < 2:
+            raise ValueError(f"--rewards needs at least 2 arms, got {len(self.rewards)}")
+        for variant in self.variants:
+            if variant not in VARIANTS:
+                raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+        if self.steps < 1 or self.seeds < 1:
+            raise ValueError(f"--steps and --seeds must be >= 1, got {self.steps}, {self.seeds}")
+        if self.lr <= 0 or self.adam_lr <= 0 or self.decay_steps <= 0:
+            raise ValueError("--lr, --adam-lr and --decay-steps must be > 0")
+        if not 0 <= self.baseline_momentum < 1:
+            raise ValueError(f"--baseline-momentum must be in [0, 1), got {self.baseline_momentum}")
+        if self.reward_noise < 0 or self.estimator_samples < 2:
+            raise ValueError("--reward-noise must be >= 0 and --estimator-samples >= 2")
+
+
+# ---------------------------------------------------------------------------------------
+# The maths
+# ---------------------------------------------------------------------------------------
+
+def score(theta: torch.Tensor, arm: torch.Tensor) -> torch.Tensor:
+    """∇_theta log softmax(theta)[arm] = e_arm - softmax(theta).
+
+    Args: theta (..., k) float; arm (...) int64 in [0, k).
+    Returns: (..., k), same dtype as theta.
+    """
+    one_hot = torch.nn.functional.one_hot(arm, theta.shape[-1]).to(theta.dtype)
+    return one_hot - torch.softmax(theta, dim=-1)
+
+
+def reinforce_update(theta: torch.Tensor, arm: torch.Tensor, reward: torch.Tensor, eta: float | torch.Tensor
+                     ) -> torch.Tensor:
+    """The REINFORCE step Δtheta = eta R ∇ log pi(arm) (Williams 1992, eq. 11, one sample).
+
+    Coordinate ``arm`` is eta R (1 - pi(arm)); every other coordinate j is -eta R pi(j).
+
+    Args: theta (..., k); arm (...) int64; reward (...) (use R - b for a baseline); eta a
+    scalar or broadcastable to (...).
+    Returns: Δtheta (..., k).
+    """
+    return (torch.as_tensor(eta, dtype=theta.dtype) * reward).unsqueeze(-1) * score(theta, arm)
+
+
+def expected_reward(theta: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+    """J(theta) = Σ_j softmax(theta)_j R_j. theta (..., k), rewards (k,) -> (...)."""
+    return (torch.softmax(theta, dim=-1) * rewards).sum(-1)
+
+
+def exact_gradient(theta: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+    """∇J(theta) = pi ⊙ (R - J) in closed form. theta (..., k), rewards (k,) -> (..., k)."""
+    pi = torch.softmax(theta, dim=-1)
+    return pi * (rewards - expected_reward(theta, rewards).unsqueeze(-1))
+
+
+def score_function_estimate(theta: torch.Tensor, rewards: torch.Tensor, n: int, generator: torch.Generator
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Monte-Carlo score-function estimate of ∇J: (1/n) Σ R(a_s) (e_{a_s} - pi), a_s ~ pi.
+
+    Args: theta (k,), rewards (k,), n samples.
+    Returns: (mean (k,), standard error (k,)) of the n single-sample estimates.
+    """
+    pi = torch.softmax(theta, dim=-1)
+    arms = torch.multinomial(pi, n, replacement=True, generator=generator)  # (n,)
+    samples = rewards[arms].unsqueeze(-1) * score(theta.expand(n, -1), arms)  # (n, k)
+    return samples.mean(0), samples.std(0) / math.sqrt(n)
+
+
+# ---------------------------------------------------------------------------------------
+# Training: every seed in one (S, k) tensor
+# ---------------------------------------------------------------------------------------
+
+def train(variant: str, config: BanditConfig, steps: int) -> dict[str, torch.Tensor]:
+    """Run one variant for ``config.seeds`` seeds.
+
+    Returns float64 tensors: ``p_best`` (steps + 1, S), ``expected_reward`` (steps + 1, S),
+    ``theta`` (steps + 1, k) of the first seed, ``arms`` (steps, S) int64, ``final_pi`` (S, k), ``pi`` (steps + 1, S, k) float32.
+    """
+    rewards = torch.tensor(config.rewards, dtype=torch.float64)
+    k, seeds = len(rewards), config.seeds
+    best = int(torch.argmax(rewards))
+    generator = torch.Generator().manual_seed(config.seed)  # the same draws' randomness per variant
+    theta = torch.zeros(seeds, k, dtype=torch.float64)  # uniform policy at the start
+    optimizer = None
+    if variant == "adam":
+        theta = torch.nn.Parameter(theta)
+        optimizer = torch.optim.Adam([theta], lr=config.adam_lr)
+    baseline = torch.zeros(seeds, dtype=torch.float64)
+    p_best, value, first, arms_taken, policy = [], [], [], [], []
+
+    def record() -> None:
+        with torch.no_grad():
+            policy.append(torch.softmax(theta, -1).float())  # float32 (S, k): for the lock-in share
+            p_best.append(torch.softmax(theta, -1)[:, best].clone())
+            value.append(expected_reward(theta, rewards).clone())
+            first.append(theta[0].detach().clone())
+
+    record()
+    for t in range(steps):
+        with torch.no_grad():
+            pi = torch.softmax(theta, dim=-1)  # (S, k)
+            arm = torch.multinomial(pi, 1, generator=generator).squeeze(1)  # (S,)
+            reward = rewards[arm]
+            if config.reward_noise > 0:
+                reward = reward + config.reward_noise * torch.randn(seeds, generator=generator, dtype=torch.float64)
+        if variant == "constant":
+            theta += reinforce_update(theta, arm, reward, config.lr)
+        elif variant == "decaying":
+            theta += reinforce_update(theta, arm, reward, config.lr / (1 + t / config.decay_steps))
+        elif variant == "baseline":
+            theta += reinforce_update(theta, arm, reward - baseline, config.lr)
+            baseline = config.baseline_momentum * baseline + (1 - config.baseline_momentum) * reward
+        elif variant == "adam":
+            # gradient of the surrogate loss -R log pi(a): -R (e_a - pi)
+            theta.grad = -reinforce_update(theta.detach(), arm, reward, 1.0)
+            optimizer.step()
+        arms_taken.append(arm)
+        record()
+    return {"p_best": torch.stack(p_best), "expected_reward": torch.stack(value), "theta": torch.stack(first),
+            "arms": torch.stack(arms_taken), "final_pi": torch.softmax(theta.detach(), -1), "pi": torch.stack(policy)}
+
+
+# ---------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------
+
+def plot_p_best(results: dict[str, dict], config: BanditConfig, path: Path) -> Path:
+    """Left: mean P(best arm) over seeds with a ±1 standard-error band. Right: share of seeds
+    whose policy is on the best arm (P > 0.9, solid) or locked on a worse one (dashed)."""
+    plt = plots.plt
+    rewards = torch.tensor(config.rewards)
+    best = int(torch.argmax(rewards))
+    fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.2))
+    for variant, r in results.items():
+        p = r["p_best"].numpy()  # (T+1, S)
+        t = np.arange(len(p))
+        mean = p.mean(1)
+        sem = p.std(1, ddof=1) / math.sqrt(p.shape[1]) if p.shape[1] > 1 else np.zeros_like(mean)
+        (line,) = axes[0].plot(t, mean, lw=1.6, label=variant)
+        axes[0].fill_between(t, mean - sem, mean + sem, color=line.get_color(), alpha=0.2, lw=0)
+        axes[1].plot(t, (p > 0.9).mean(1), lw=1.6, color=line.get_color(), label=f"{variant}: on the best arm")
+        worse = torch.cat([r["pi"][..., :best], r["pi"][..., best + 1:]], dim=-1).amax(-1)  # (T+1, S)
+        axes[1].plot(t, (worse > 0.9).double().mean(1).numpy(), "--", lw=1.2, color=line.get_color(),
+                     label=f"{variant}: locked on a worse arm")
+    axes[0].axhline(1 / len(config.rewards), ls=":", lw=0.8, color="gray")
+    axes[0].text(1, 1 / len(config.rewards), " uniform policy", va="bottom", fontsize=8, color="gray")
+    axes[0].set_ylabel(f"P(best arm), mean ± s.e. over {config.seeds} seeds")
+    axes[1].set_ylabel("share of seeds with P > 0.9")
+    for ax in axes:
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlim(0, len(t) - 1)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"REINFORCE on a {len(config.rewards)}-armed softmax bandit, rewards {tuple(config.rewards)}",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_theta(theta: torch.Tensor, config: BanditConfig, variant: str, eta: str, path: Path) -> Path:
+    plt = plots.plt
+    fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.0))
+    t = np.arange(len(theta))
+    pi = torch.softmax(theta, -1).numpy()
+    for i, r in enumerate(config.rewards):
+        axes[0].plot(t, theta[:, i].numpy(), lw=1.2, label=f"theta_{i + 1} (R = {r:g})")
+        axes[1].plot(t, pi[:, i], lw=1.2, label=f"pi(a_{i + 1})")
+    axes[0].set_ylabel("theta")
+    axes[1].set_ylabel("pi")
+    for ax in axes:
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlim(0, len(t) - 1)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"{variant} step {eta}, seed {config.seed}: parameters and policy", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------
+
+def check_maths(config: BanditConfig) -> dict:
+    """The closed forms beside autograd and Monte Carlo, at a random theta (recorded in metrics)."""
+    rewards = torch.tensor(config.rewards, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    theta = torch.randn(len(rewards), dtype=torch.float64, generator=generator)
+    # (1) the update formula vs autograd of eta R log pi(a), for every arm
+    errors = []
+    for arm in range(len(rewards)):
+        leaf = theta.clone().requires_grad_(True)
+        (config.lr * rewards[arm] * torch.log_softmax(leaf, -1)[arm]).backward()
+        errors.append((leaf.grad - reinforce_update(theta, torch.tensor(arm), rewards[arm], config.lr)).abs().max())
+    # (2) the score-function estimate vs the exact gradient (and autograd of J)
+    leaf = theta.clone().requires_grad_(True)
+    expected_reward(leaf, rewards).backward()
+    exact = exact_gradient(theta, rewards)
+    mean, stderr = score_function_estimate(theta, rewards, config.estimator_samples, generator)
+    return {
+        "theta": theta.tolist(),
+        "update_vs_autograd_max_abs_error": max(e.item() for e in errors),
+        "exact_gradient": exact.tolist(),
+        "exact_gradient_vs_autograd_max_abs_error": (leaf.grad - exact).abs().max().item(),
+        "score_function_estimate": mean.tolist(),
+        "score_function_standard_error": stderr.tolist(),
+        "score_function_max_z": ((mean - exact).abs() / stderr).max().item(),
+        "estimator_samples": config.estimator_samples,
+    }
+
+
+def write_summary(run_dir: RunDir, config: BanditConfig, metrics: dict, elapsed: float) -> Path:
+    m = metrics["maths"]
+    lines = [f"# REINFORCE on a softmax bandit (SPEC §7): `{run_dir.path.name}`", "",
+             f"rewards {tuple(config.rewards)}, reward noise {config.reward_noise:g}, {metrics['steps']} steps, "
+             f"{config.seeds} seeds, eta {config.lr:g} (decaying: eta / (1 + t / {config.decay_steps:g}); "
+             f"baseline momentum {config.baseline_momentum:g}; Adam lr {config.adam_lr:g}); {elapsed:.1f} s", "",
+             "Closed forms, checked in this run at a random theta:", "",
+             f"- update eta R (e_i - pi) vs autograd of eta R log pi(a_i): max |error| "
+             f"{m['update_vs_autograd_max_abs_error']:.2e}",
+             f"- exact gradient pi ⊙ (R - J) vs autograd of J: max |error| "
+             f"{m['exact_gradient_vs_autograd_max_abs_error']:.2e}",
+             f"- score-function estimate over {m['estimator_samples']:,} samples vs the exact gradient: "
+             f"largest deviation {m['score_function_max_z']:.2f} standard errors", "",
+             "| variant | final P(best) mean ± std | seeds with P(best) > 0.9 | seeds locked on a worse arm "
+             "| final J (max " + fmt(max(config.rewards)) + ") | mean J over the run |", "|---|---|---|---|---|---|"]
+    for variant, v in metrics["variants"].items():
+        lines.append(f"| {variant} | {v['final_p_best_mean']:.3f} ± {v['final_p_best_std']:.3f} | "
+                     f"{v['seeds_converged_to_best']} / {config.seeds} | {v['seeds_locked_on_worse_arm']} / "
+                     f"{config.seeds} | {v['final_expected_reward_mean']:.4f} | {v['mean_expected_reward']:.4f} |")
+    lines += ["", "Probability of the best arm (mean over seeds) at a few steps:", ""]
+    checkpoints = metrics["checkpoints"]
+    lines += markdown_table(["variant", *[f"t = {t}" for t in checkpoints]],
+                            [(variant, *v["p_best_at"]) for variant, v in metrics["variants"].items()], digits=3)
+    figures = sorted(p.name for p in (run_dir.path / "figures").glob("*.png"))
+    lines += ["", "Figures: " + ", ".join(f"[{f}](figures/{f})" for f in figures)]
+    path = run_dir.path / "summary.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run(config: BanditConfig) -> Path:
+    """Train every variant for every seed; returns the run directory (see the module docstring)."""
+    start_time = time.time()
+    run_dir = RunDir("bandit", config, torch.device("cpu"))  # (seeds, arms) tensors: the CPU is right
+    steps = min(config.steps, config.max_steps or config.steps)
+    rewards = torch.tensor(config.rewards, dtype=torch.float64)
+    best = int(torch.argmax(rewards))
+    checkpoints = sorted({t for t in (0, 10, 100, 1000, steps) if t <= steps})
+    results, per_variant, rows = {}, {}, []
+    for variant in config.variants:
+        r = train(variant, config, steps)
+        results[variant] = r
+        final_pi_best = r["p_best"][-1]
+        p = r["p_best"]
+        for t in range(steps + 1):
+            rows.append({"variant": variant, "step": t, "p_best_mean": p[t].mean().item(),
+                         "p_best_std": p[t].std().item() if config.seeds > 1 else 0.0,
+                         "p_best_q10": p[t].quantile(0.1).item(), "p_best_q90": p[t].quantile(0.9).item(),
+                         "expected_reward_mean": r["expected_reward"][t].mean().item()})
+        # a seed is locked on a worse arm when one worse arm holds more than 0.9 of the policy
+        worse = torch.cat([r["final_pi"][:, :best], r["final_pi"][:, best + 1:]], dim=1)  # (S, k-1)
+        locked = int((worse.max(1).values > 0.9).sum())
+        per_variant[variant] = {
+            "final_p_best_mean": final_pi_best.mean().item(),
+            "final_p_best_std": final_pi_best.std().item() if config.seeds > 1 else 0.0,
+            "seeds_converged_to_best": int((final_pi_best > 0.9).sum()),
+            "seeds_locked_on_worse_arm": locked,
+            "final_expected_reward_mean": r["expected_reward"][-1].mean().item(),
+            "mean_expected_reward": r["expected_reward"].mean().item(),
+            "best_arm_pulls": float((r["arms"] == best).double().mean()),
+            "p_best_at": [p[t].mean().item() for t in checkpoints],
+            "theta_first_seed_final": r["theta"][-1].tolist(),
+        }
+    write_csv(run_dir.path / "metrics" / "p_best.csv", rows)
+    theta_variant = "constant" if "constant" in results else next(iter(results))
+    theta = results[theta_variant]["theta"]
+    write_csv(run_dir.path / "metrics" / "theta_first_seed.csv",
+              [{"variant": theta_variant, "step": t, **{f"theta_{i + 1}": theta[t, i].item() for i in range(len(rewards))}}
+               for t in range(steps + 1)])
+    figures = run_dir.path / "figures"
+    plot_p_best(results, config, figures / "p_best.png")
+    eta = {"constant": f"eta = {config.lr:g}", "decaying": f"eta_t = {config.lr:g} / (1 + t / {config.decay_steps:g})",
+           "baseline": f"eta = {config.lr:g} with baseline", "adam": f"Adam lr {config.adam_lr:g}"}[theta_variant]
+    plot_theta(theta, config, theta_variant, eta, figures / "theta.png")
+    metrics = {"steps": steps, "best_arm": best + 1, "checkpoints": checkpoints, "variants": per_variant,
+               "maths": check_maths(config), "elapsed_s": time.time() - start_time}
+    run_dir.write_json("metrics.json", metrics)
+    write_summary(run_dir, config, metrics, metrics["elapsed_s"])
+    run_dir.close()
+    return run_dir.path
+
+
+EXPERIMENT = Experiment(
+    name="bandit",
+    summary="SPEC §7: REINFORCE on a softmax bandit: constant, decaying, baseline and Adam steps over seeds",
+    config=BanditConfig,
+    run=run,
+)

@@ -1,0 +1,381 @@
+"""SPEC §11: forward vs reverse Kullback-Leibler divergence.
+
+Part 1, two uniforms. For P = U[0, 1] and Q = U[-2, 2],
+
+    KL(P‖Q) = ∫_0^1 1 · log(1 / (1/4)) dx = log 4,
+    KL(Q‖P) = ∫ q log(q / p) = ∞, since Q puts mass 3/4 where p = 0.
+
+Both are computed, three ways: ``torch.distributions.kl_divergence`` (which registers the
+Uniform-Uniform pair), numerical integration (``scipy.integrate.quad``; for KL(Q‖P) with p
+floored at eps, which grows like (3/4) log(1/eps) without bound), and Monte Carlo with
+``log_prob`` (a sample of Q outside [0, 1] has log p = -∞).
+
+Part 2, a Gaussian fitted to a bimodal P (a Gaussian mixture) by stochastic gradient descent:
+
+- forward KL(P‖Q) = -H(P) - E_P[log q]: minimised on samples of P (maximum likelihood). Its
+  optimum matches moments: mean E_P[x] = Σ w_i m_i, variance Σ w_i (s_i² + m_i²) - mean².
+  It covers both modes ("mean seeking").
+- reverse KL(Q‖P) = E_Q[log q - log p]: minimised with reparameterised samples
+  x = mean + std · eps, eps ~ N(0, 1) (Kingma and Welling 2014). It sits on one mode
+  ("mode seeking"); its optimum is checked against L-BFGS on the quadrature objective.
+
+The experiment is not epoch-based: ``--epochs`` and ``--data-dir`` are ignored, ``--max-steps``
+caps ``--steps``, ``--resume`` runs again (seconds, deterministic).
+
+    genlab run divergence
+    genlab run divergence --modes -3 1 4 --mode-stds 0.5 1 0.3 --weights 0.3 0.3 0.4
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import integrate, optimize
+from torch.distributions import Categorical, MixtureSameFamily, Normal, Uniform, kl_divergence
+
+from genlab import plots
+from genlab.engine import RunConfig, RunDir, seed_everything
+from genlab.experiments import Experiment
+from genlab.tables import fmt, markdown_table, write_csv
+
+
+@dataclass
+class DivergenceConfig(RunConfig):
+    """SPEC §11 defaults: P = ½ N(-2, 0.5²) + ½ N(2, 0.5²)."""
+
+    modes: tuple[float, ...] = (-2.0, 2.0)
+    """Means of P's Gaussian components."""
+    mode_stds: tuple[float, ...] = (0.5, 0.5)
+    """Standard deviations of P's components."""
+    weights: tuple[float, ...] = (0.5, 0.5)
+    """Mixture weights of P's components (normalised to sum 1)."""
+    steps: int = 2000
+    """Adam steps of each fit (capped by --max-steps)."""
+    batch_size: int = 512
+    """Samples per step: of P (forward KL) or of eps (reverse KL)."""
+    lr: float = 0.03
+    """Adam learning rate of both fits, on (mean, log std)."""
+    p_samples: int = 20000
+    """Fixed sample of P the forward fit learns from (a data set)."""
+    init_mean: float = 0.5
+    """Starting mean of Q (off-centre, so that the reverse fit's mode is decided by the start)."""
+    init_std: float = 1.0
+    """Starting standard deviation of Q."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not len(self.modes) == len(self.mode_stds) == len(self.weights) or not self.modes:
+            raise ValueError("--modes, --mode-stds and --weights need the same number (>= 1) of values")
+        if min(self.mode_stds) <= 0 or min(self.weights) < 0 or sum(self.weights) <= 0:
+            raise ValueError("--mode-stds must be > 0 and --weights >= 0 with a positive sum")
+        if self.steps < 1 or self.batch_size < 2 or self.p_samples < 2:
+            raise ValueError("--steps must be >= 1, --batch-size and --p-samples >= 2")
+        if self.lr <= 0 or self.init_std <= 0:
+            raise ValueError("--lr and --init-std must be > 0")
+
+
+# ---------------------------------------------------------------------------------------
+# Part 1: KL between two uniforms
+# ---------------------------------------------------------------------------------------
+
+def uniform_kl(p_low: float = 0.0, p_high: float = 1.0, q_low: float = -2.0, q_high: float = 2.0,
+               mc_samples: int = 100_000, seed: int = 0) -> dict:
+    """KL(P‖Q) and KL(Q‖P) for P = U[p_low, p_high] ⊂ Q = U[q_low, q_high], three ways.
+
+    Returns (floats in nats, ∞ as float("inf")):
+        torch_pq, torch_qp: ``torch.distributions.kl_divergence`` (registered for Uniform pairs);
+        quad_pq: ∫ p log(p/q) over P's support (scipy quad);
+        quad_qp_floor: {eps: ∫ q log(q / max(p, eps))} for eps = 1e-1 .. 1e-300, which grows
+            like Q(p = 0) · log(1/eps); floor_slope: that growth per unit of log(1/eps), by
+            least squares; q_mass_outside: Q(p = 0), the predicted slope;
+        mc_pq, mc_qp: Monte-Carlo means of log p - log q under P and of log q - log p under Q.
+    """
+    P = Uniform(torch.tensor(p_low, dtype=torch.float64), torch.tensor(p_high, dtype=torch.float64), validate_args=False)
+    Q = Uniform(torch.tensor(q_low, dtype=torch.float64), torch.tensor(q_high, dtype=torch.float64), validate_args=False)
+    p_density, q_density = 1 / (p_high - p_low), 1 / (q_high - q_low)
+
+    def p_pdf(x: float) -> float:
+        return p_density if p_low <= x < p_high else 0.0
+
+    quad_pq, _ = integrate.quad(lambda x: p_pdf(x) * math.log(p_pdf(x) / q_density), p_low, p_high)
+
+    def floored(eps: float) -> float:
+        pieces = [(q_low, p_low), (p_low, p_high), (p_high, q_high)]
+        return sum(integrate.quad(lambda x: q_density * math.log(q_density / max(p_pdf(x), eps)), a, b)[0]
+                   for a, b in pieces if b > a)
+
+    epsilons = [10.0 ** -e for e in range(1, 301, 3)]
+    quad_qp = {eps: floored(eps) for eps in epsilons}
+    log_inv = np.log(1 / np.array(epsilons))
+    slope = float(np.polyfit(log_inv, np.array(list(quad_qp.values())), 1)[0])
+    generator = torch.Generator().manual_seed(seed)
+    xp = p_low + (p_high - p_low) * torch.rand(mc_samples, dtype=torch.float64, generator=generator)
+    xq = q_low + (q_high - q_low) * torch.rand(mc_samples, dtype=torch.float64, generator=generator)
+    return {
+        "torch_pq": kl_divergence(P, Q).item(), "torch_qp": kl_divergence(Q, P).item(),
+        "quad_pq": quad_pq, "quad_qp_floor": quad_qp, "floor_slope": slope,
+        "q_mass_outside": ((p_low - q_low) + (q_high - p_high)) / (q_high - q_low),
+        "mc_pq": (P.log_prob(xp) - Q.log_prob(xp)).mean().item(),
+        "mc_qp": (Q.log_prob(xq) - P.log_prob(xq)).mean().item(),
+        "log4": math.log(4),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Part 2: a Gaussian fitted to a mixture
+# ---------------------------------------------------------------------------------------
+
+def mixture(config: DivergenceConfig) -> MixtureSameFamily:
+    """P: the Gaussian mixture of the config (float64)."""
+    w = torch.tensor(config.weights, dtype=torch.float64)
+    return MixtureSameFamily(Categorical(probs=w / w.sum()),
+                             Normal(torch.tensor(config.modes, dtype=torch.float64),
+                                    torch.tensor(config.mode_stds, dtype=torch.float64)))
+
+
+def moment_matching(config: DivergenceConfig) -> tuple[float, float]:
+    """The forward-KL optimum in closed form: (mean, std) of P."""
+    w = np.array(config.weights) / sum(config.weights)
+    m, s = np.array(config.modes), np.array(config.mode_stds)
+    mean = float((w * m).sum())
+    return mean, float(math.sqrt((w * (s**2 + m**2)).sum() - mean**2))
+
+
+def forward_kl_loss(mean: torch.Tensor, log_std: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """-E_P[log q(x)] over samples x (B,) of P, nats: KL(P‖Q) up to the constant -H(P)."""
+    return -Normal(mean, log_std.exp()).log_prob(x).mean()
+
+
+def reverse_kl_loss(mean: torch.Tensor, log_std: torch.Tensor, p: MixtureSameFamily, eps: torch.Tensor) -> torch.Tensor:
+    """E_Q[log q(x) - log p(x)] with x = mean + std · eps, eps (B,) ~ N(0, 1): KL(Q‖P), nats."""
+    q = Normal(mean, log_std.exp())
+    x = mean + log_std.exp() * eps  # reparameterised: gradients flow to mean and log_std
+    return (q.log_prob(x) - p.log_prob(x)).mean()
+
+
+def kl_quadrature(p: MixtureSameFamily, mean: float, std: float) -> tuple[float, float]:
+    """(KL(P‖Q), KL(Q‖P)) for Q = N(mean, std²) by scipy quad on a wide interval, nats."""
+    q = Normal(torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64))
+    comps = p.component_distribution
+    lo = min(comps.mean.min().item() - 12 * comps.stddev.max().item(), mean - 12 * std)
+    hi = max(comps.mean.max().item() + 12 * comps.stddev.max().item(), mean + 12 * std)
+
+    def log_densities(x: float) -> tuple[float, float]:
+        t = torch.tensor(x, dtype=torch.float64)
+        return p.log_prob(t).item(), q.log_prob(t).item()
+
+    def forward(x: float) -> float:
+        lp, lq = log_densities(x)
+        return math.exp(lp) * (lp - lq)
+
+    def reverse(x: float) -> float:
+        lp, lq = log_densities(x)
+        return math.exp(lq) * (lq - lp)
+
+    points = [*comps.mean.tolist(), mean]
+    return (integrate.quad(forward, lo, hi, points=points, limit=200)[0],
+            integrate.quad(reverse, lo, hi, points=points, limit=200)[0])
+
+
+def reverse_kl_reference(p: MixtureSameFamily, init_mean: float, init_std: float) -> tuple[float, float]:
+    """The reverse-KL optimum from the same start by L-BFGS-B on the quadrature objective."""
+    result = optimize.minimize(lambda v: kl_quadrature(p, v[0], math.exp(v[1]))[1],
+                               x0=[init_mean, math.log(init_std)], method="L-BFGS-B")
+    return float(result.x[0]), float(math.exp(result.x[1]))
+
+
+def fit(kind: str, config: DivergenceConfig, p: MixtureSameFamily, data: torch.Tensor, steps: int,
+        generator: torch.Generator) -> list[dict]:
+    """Fit N(mean, std²) by Adam on (mean, log std); ``kind`` is forward or reverse.
+
+    Returns one row per step (0 = the start): step, mean, std, loss (the minibatch objective).
+    """
+    mean = torch.tensor(config.init_mean, dtype=torch.float64, requires_grad=True)
+    log_std = torch.tensor(math.log(config.init_std), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.Adam([mean, log_std], lr=config.lr)
+    rows = [{"fit": kind, "step": 0, "mean": mean.item(), "std": log_std.exp().item(), "loss": float("nan")}]
+    for step in range(1, steps + 1):
+        if kind == "forward":  # (1) minimise -E_P[log q] on a minibatch of P's samples
+            batch = data[torch.randint(len(data), (config.batch_size,), generator=generator)]
+            loss = forward_kl_loss(mean, log_std, batch)
+        else:  # (2) minimise E_Q[log q - log p] with reparameterised samples of Q
+            eps = torch.randn(config.batch_size, dtype=torch.float64, generator=generator)
+            loss = reverse_kl_loss(mean, log_std, p, eps)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        rows.append({"fit": kind, "step": step, "mean": mean.item(), "std": log_std.exp().item(), "loss": loss.item()})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------
+
+def plot_uniform(u: dict, path: Path) -> Path:
+    plt = plots.plt
+    fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.8))
+    x = np.linspace(-2.5, 2.5, 1001)
+    axes[0].plot(x, np.where((x >= 0) & (x < 1), 1.0, 0.0), lw=1.6, label="P = U[0, 1]")
+    axes[0].plot(x, np.where((x >= -2) & (x < 2), 0.25, 0.0), lw=1.6, label="Q = U[-2, 2]")
+    axes[0].set_title(f"KL(P‖Q) = {u['torch_pq']:.6f} (log 4 = {u['log4']:.6f});  KL(Q‖P) = {fmt(u['torch_qp'])}",
+                      fontsize=9)
+    axes[0].set_xlabel("x")
+    axes[0].set_ylabel("density")
+    axes[0].legend(fontsize=8)
+    eps = np.array(list(u["quad_qp_floor"]))
+    kl = np.array(list(u["quad_qp_floor"].values()))
+    axes[1].plot(np.log10(1 / eps), kl, ".-", ms=3, label="∫ q log(q / max(p, eps)) (scipy quad)")
+    axes[1].plot(np.log10(1 / eps), -0.25 * math.log(4) + u["q_mass_outside"] * np.log(0.25 / eps), "--", lw=1,
+                 label="(3/4) log(1/(4 eps)) - (1/4) log 4 (closed form)")
+    axes[1].axhline(u["log4"], color="gray", ls=":", lw=1)
+    axes[1].text(0, u["log4"], " KL(P‖Q) = log 4", va="bottom", fontsize=8, color="gray")
+    axes[1].set_xlabel("log10(1 / eps)")
+    axes[1].set_ylabel("KL(Q‖P) with p floored at eps (nats)")
+    axes[1].set_title(f"grows without bound: slope {u['floor_slope']:.4f} per nat of log(1/eps)", fontsize=9)
+    axes[1].legend(fontsize=7)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_fits(p: MixtureSameFamily, data: torch.Tensor, fits: dict[str, tuple[float, float]], path: Path) -> Path:
+    plt = plots.plt
+    comps = p.component_distribution
+    lo = min(comps.mean.min().item() - 4 * comps.stddev.max().item(), *(m - 4 * s for m, s in fits.values()))
+    hi = max(comps.mean.max().item() + 4 * comps.stddev.max().item(), *(m + 4 * s for m, s in fits.values()))
+    x = torch.linspace(lo, hi, 1000, dtype=torch.float64)
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    ax.hist(data.numpy(), bins=120, density=True, color="lightgray", label="samples of P")
+    ax.plot(x, p.log_prob(x).exp(), "k", lw=2, label="P (mixture)")
+    for (name, (m, s)), style in zip(fits.items(), ("-", "--", ":", "-.")):
+        ax.plot(x, Normal(m, s).log_prob(x).exp(), style, lw=1.8, label=f"{name}: N({m:.3f}, {s:.3f}²)")
+    ax.set_xlabel("x")
+    ax.set_ylabel("density")
+    ax.set_title("A Gaussian fitted to a bimodal P: forward KL covers, reverse KL picks a mode", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_training(rows: list[dict], targets: dict[str, tuple[float, float]], path: Path) -> Path:
+    plt = plots.plt
+    fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.6))
+    for kind in ("forward", "reverse"):
+        r = [row for row in rows if row["fit"] == kind]
+        steps = [row["step"] for row in r]
+        (line,) = axes[0].plot(steps, [row["mean"] for row in r], label=f"{kind} KL: mean")
+        axes[1].plot(steps, [row["std"] for row in r], color=line.get_color(), label=f"{kind} KL: std")
+        if kind in targets:
+            axes[0].axhline(targets[kind][0], ls="--", lw=0.8, color=line.get_color())
+            axes[1].axhline(targets[kind][1], ls="--", lw=0.8, color=line.get_color())
+    for ax, label in zip(axes, ("mean of Q", "std of Q")):
+        ax.set_xlabel("Adam step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Fits over training; dashed: moment matching (forward) and L-BFGS on quadrature (reverse)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------
+
+def write_summary(run_dir: RunDir, config: DivergenceConfig, m: dict, elapsed: float) -> Path:
+    u, g = m["uniform"], m["gaussian_fit"]
+    lines = [f"# Forward vs reverse KL (SPEC §11): `{run_dir.path.name}`", "", f"{elapsed:.1f} s", "",
+             "## P = U[0, 1], Q = U[-2, 2]", ""]
+    lines += markdown_table(["quantity", "closed form", "torch.distributions", "quadrature (scipy)", "Monte Carlo"],
+                            [("KL(P‖Q)", u["log4"], u["torch_pq"], u["quad_pq"], u["mc_pq"]),
+                             ("KL(Q‖P)", float("inf"), u["torch_qp"],
+                              f"≥ {fmt(max(u['quad_qp_floor'].values()))} at eps = 1e-298, slope "
+                              f"{u['floor_slope']:.4f} (closed form {u['q_mass_outside']:.4f})", u["mc_qp"])], digits=10)
+    lines += ["", f"## Gaussian Q fitted to P = {m['p']}", ""]
+    rows = [("forward KL (Adam on samples)", g["forward"]["mean"], g["forward"]["std"], g["forward"]["kl_pq"],
+             g["forward"]["kl_qp"]),
+            ("moment matching (closed form)", g["moment_matching"]["mean"], g["moment_matching"]["std"],
+             g["moment_matching"]["kl_pq"], g["moment_matching"]["kl_qp"]),
+            ("sample moments of the data", g["sample_moments"]["mean"], g["sample_moments"]["std"], "", ""),
+            ("reverse KL (Adam, reparameterised)", g["reverse"]["mean"], g["reverse"]["std"], g["reverse"]["kl_pq"],
+             g["reverse"]["kl_qp"]),
+            ("reverse KL (L-BFGS on quadrature)", g["reverse_reference"]["mean"], g["reverse_reference"]["std"],
+             g["reverse_reference"]["kl_pq"], g["reverse_reference"]["kl_qp"])]
+    lines += markdown_table(["fit", "mean", "std", "KL(P‖Q) nats", "KL(Q‖P) nats"], rows, digits=5)
+    lines += ["", f"The reverse-KL fit sits on the mode at {g['reverse']['nearest_mode']:g} "
+                  f"(std {g['reverse']['nearest_mode_std']:g})."]
+    figures = sorted(p.name for p in (run_dir.path / "figures").glob("*.png"))
+    lines += ["", "Figures: " + ", ".join(f"[{f}](figures/{f})" for f in figures)]
+    path = run_dir.path / "summary.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run(config: DivergenceConfig) -> Path:
+    """Both parts; returns the run directory (see the module docstring)."""
+    start_time = time.time()
+    run_dir = RunDir("divergence", config, torch.device("cpu"))  # two scalars to fit: the CPU is right
+    seed_everything(config.seed)
+    steps = min(config.steps, config.max_steps or config.steps)
+    figures = run_dir.path / "figures"
+
+    uniform = uniform_kl(seed=config.seed)
+    plot_uniform(uniform, figures / "uniform_kl.png")
+
+    p = mixture(config)
+    generator = torch.Generator().manual_seed(config.seed)
+    data = p.sample((config.p_samples,))  # (N,) float64, via the global seeded RNG
+    rows = fit("forward", config, p, data, steps, generator) + fit("reverse", config, p, data, steps, generator)
+    write_csv(run_dir.path / "metrics" / "fits.csv", rows)
+    final = {kind: next(r for r in reversed(rows) if r["fit"] == kind) for kind in ("forward", "reverse")}
+    moments = moment_matching(config)
+    reference = reverse_kl_reference(p, config.init_mean, config.init_std)
+
+    def entry(mean: float, std: float) -> dict:
+        kl_pq, kl_qp = kl_quadrature(p, mean, std)
+        return {"mean": mean, "std": std, "kl_pq": kl_pq, "kl_qp": kl_qp}
+
+    nearest = int(np.argmin(np.abs(np.array(config.modes) - final["reverse"]["mean"])))
+    gaussian = {
+        "forward": entry(final["forward"]["mean"], final["forward"]["std"]),
+        "moment_matching": entry(*moments),
+        "sample_moments": {"mean": data.mean().item(), "std": data.std(correction=0).item()},
+        "reverse": {**entry(final["reverse"]["mean"], final["reverse"]["std"]),
+                    "nearest_mode": config.modes[nearest], "nearest_mode_std": config.mode_stds[nearest]},
+        "reverse_reference": entry(*reference),
+    }
+    plot_fits(p, data, {"forward KL fit": (final["forward"]["mean"], final["forward"]["std"]),
+                        "reverse KL fit": (final["reverse"]["mean"], final["reverse"]["std"])}, figures / "fits.png")
+    plot_training(rows, {"forward": moments, "reverse": reference}, figures / "training.png")
+    w = np.array(config.weights) / sum(config.weights)
+    description = " + ".join(f"{wi:g} N({m:g}, {s:g}²)" for wi, m, s in zip(w, config.modes, config.mode_stds))
+    uniform_json = {**uniform, "quad_qp_floor": {f"{k:.0e}": v for k, v in uniform["quad_qp_floor"].items()}}
+    metrics = {"uniform": uniform_json, "p": description, "gaussian_fit": gaussian, "steps": steps,
+               "elapsed_s": time.time() - start_time}
+    run_dir.write_json("metrics.json", metrics)
+    write_summary(run_dir, config, {**metrics, "uniform": uniform}, metrics["elapsed_s"])
+    run_dir.close()
+    return run_dir.path
+
+
+EXPERIMENT = Experiment(
+    name="divergence",
+    summary="SPEC §11: KL(U[0,1]‖U[-2,2]) = log 4 and the reverse = ∞; forward vs reverse KL Gaussian fits",
+    config=DivergenceConfig,
+    run=run,
+)
