@@ -31,17 +31,24 @@ def tile_images(images: np.ndarray, nrow: int, ncol: int, pad: int = 1) -> np.nd
     return canvas
 
 
-def save_image_grid(images: np.ndarray, path: str | Path, nrow: int, ncol: int, title: str | None = None) -> Path:
-    """Save uint8 images (N, 28, 28) as an nrow x ncol grid PNG."""
+def save_image_grid(images: np.ndarray, path: str | Path, nrow: int, ncol: int, title: str | None = None,
+                    scale: int = 2) -> Path:
+    """Save uint8 images (N, H, W) as an nrow x ncol grid PNG, each pixel an exact scale x scale block.
+
+    The axes are sized to the canvas in whole screen pixels, so no resampling blurs or aliases the
+    samples (a fractional zoom draws moire patterns that are not in the images).
+    """
     canvas = tile_images(images, nrow, ncol)
-    scale = 0.3
-    fig, ax = plt.subplots(figsize=(max(2.0, ncol * scale * 1.1), max(2.0, nrow * scale * 1.1 + (0.3 if title else 0))))
-    ax.imshow(canvas, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    h, w = canvas.shape
+    title_px = 22 if title else 0
+    dpi = 100
+    fig = plt.figure(figsize=(w * scale / dpi, (h * scale + title_px) / dpi), dpi=dpi)
+    ax = fig.add_axes((0.0, 0.0, 1.0, h * scale / (h * scale + title_px)))
+    ax.imshow(canvas, cmap="gray", vmin=0, vmax=255, interpolation="nearest", aspect="auto")
     ax.axis("off")
     if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
+        fig.text(0.5, 1 - title_px / 2 / (h * scale + title_px), title, ha="center", va="center", fontsize=8)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return Path(path)
 

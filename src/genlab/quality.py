@@ -119,16 +119,19 @@ def image_quality(fake: torch.Tensor, real: torch.Tensor, dataset: str, batch_si
         ``{"fid", "kid_mean", "kid_std", "inception_score", "inception_score_std",
         "extractor"}``; FID and KID are dimensionless (squared feature units).
     """
+    import warnings
+
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.inception import InceptionScore
     from torchmetrics.image.kid import KernelInceptionDistance
 
+    warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
     classifier, meta = load_classifier(dataset)
     feats = FeatureExtractor(classifier, "features")
     size = (1, 28, 28)
-    fid = FrechetInceptionDistance(feature=feats, input_img_size=size).set_dtype(torch.float64)
+    fid = FrechetInceptionDistance(feature=feats, input_img_size=size)  # sums and covariances in float64
     subset = min(kid_subset_size, len(fake), len(real))
-    kid = KernelInceptionDistance(feature=feats, input_img_size=size, subsets=kid_subsets, subset_size=subset)
+    kid = KernelInceptionDistance(feature=feats, subsets=kid_subsets, subset_size=subset)
     inception = InceptionScore(feature=FeatureExtractor(classifier, "logits"), splits=10)
     for start in range(0, len(real), batch_size):
         batch = real[start:start + batch_size]

@@ -343,7 +343,8 @@ def run(config: DCGANConfig) -> Path:
             epoch, batch = epoch + 1, 0
             sums = torch.zeros(4, dtype=torch.float64, device=device)
             if epoch in config.grid_epochs or epoch == config.epochs:
-                grid = generate(generator, fixed_z.to(device)).numpy()
+                grid = generate(generator, fixed_z.to(device)).numpy()  # (64, 28, 28) uint8
+                np.save(run_dir.path / "figures" / f"grid_epoch{epoch:03d}.npy", grid)
                 plots.save_image_grid(grid, run_dir.path / "figures" / f"grid_epoch{epoch:03d}.png", 8, 8,
                                       title=f"DCGAN, FashionMNIST, epoch {epoch}")
             checkpoint()
