@@ -9,7 +9,7 @@ standardises and permutes each image, a shuffling ``DataLoader``, and the penalt
 λ/2 Σ_t Σ_i F_t,i (θ_i − θ*_t,i)² summed over the stored tasks in the loss, differentiated
 by autograd; the Fisher diagonal from one backward pass per example. genlab holds the data
 set as one standardised tensor permuted by indexing, keeps the penalty as one quadratic
-per parameter and adds its gradient λ (A θ − b) directly
+per parameter and adds its gradient λ (A θ − b) directly (``--ewc-update gradient``, the reference's update rule)
 (:class:`genlab.experiments.continual.EWC`), and takes per-example gradients with
 ``torch.func.vmap`` (:func:`genlab.experiments.continual.fisher_diagonal`).
 
@@ -106,7 +106,7 @@ def time_genlab(images, labels, perm, anchors, steps, warmup, batch_size, lam, h
             _sync(device)
             start = time.perf_counter()
         idx = order[i * batch_size:(i + 1) * batch_size]
-        cl.train_step(model, opt, x_all[idx][:, perm], y_all[idx], ewc, lam)
+        cl.train_step(model, opt, x_all[idx][:, perm], y_all[idx], ewc, lam, update="gradient")  # the same maths
     _sync(device)
     return steps / (time.perf_counter() - start)
 
