@@ -47,9 +47,12 @@ def value(p_data: torch.Tensor, p_g: torch.Tensor, d: torch.Tensor) -> torch.Ten
 def optimal_discriminator(p_data: torch.Tensor, p_g: torch.Tensor, steps: int = 4000, lr: float = 0.05) -> torch.Tensor:
     """The discriminator (n,) minimising the BCE loss -V(G, D) over D in (0, 1)^n, by Adam on
     one logit per grid point (float64, cosine-decayed learning rate). Adam's per-coordinate
-    step makes the points where p_data + p_g is tiny converge as fast as the others."""
+    step (with a negligible eps) makes the points where p_data + p_g is tiny converge as fast
+    as the others."""
     logits = torch.zeros_like(p_data, requires_grad=True)
-    opt = torch.optim.Adam([logits], lr=lr)
+    # eps far below the smallest gradients (p_data + p_g ~ 1e-22 in the tails), so that the
+    # per-coordinate step stays scale-free there too
+    opt = torch.optim.Adam([logits], lr=lr, eps=1e-40)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(steps):
         loss = -(p_data * F.logsigmoid(logits) + p_g * F.logsigmoid(-logits)).sum()
