@@ -317,9 +317,9 @@ class _Stepper:
         return torch.log_softmax(logits.float(), dim=-1)
 
     def reorder(self, rows: torch.Tensor) -> None:
-        self.memory, self.src_padding = self.memory[rows], self.src_padding[rows]
+        """Rows of the cache become ``rows``. Beams never leave their source's block of rows,
+        so the source-side tensors (memory, cross-attention keys/values) stay as they are."""
         if self.use_cache:
-            self.cross = [(k[rows], v[rows]) for k, v in self.cross]
             self.cache.reorder(rows)
 
 
