@@ -59,7 +59,7 @@ class DivergenceConfig(RunConfig):
     batch_size: int = 512
     """Samples per step: of P (forward KL) or of eps (reverse KL)."""
     lr: float = 0.03
-    """Adam learning rate of both fits, on (mean, log std)."""
+    """Peak Adam learning rate of both fits, on (mean, log std) (cosine decay to lr/100)."""
     p_samples: int = 20000
     """Fixed sample of P the forward fit learns from (a data set)."""
     init_mean: float = 0.5
@@ -191,13 +191,16 @@ def reverse_kl_reference(p: MixtureSameFamily, init_mean: float, init_std: float
 
 def fit(kind: str, config: DivergenceConfig, p: MixtureSameFamily, data: torch.Tensor, steps: int,
         generator: torch.Generator) -> list[dict]:
-    """Fit N(mean, std²) by Adam on (mean, log std); ``kind`` is forward or reverse.
+    """Fit N(mean, std²) by Adam on (mean, log std), learning rate cosine-decayed from ``config.lr``
+    to lr/100 over ``steps``; ``kind`` is forward or reverse.
 
     Returns one row per step (0 = the start): step, mean, std, loss (the minibatch objective).
     """
     mean = torch.tensor(config.init_mean, dtype=torch.float64, requires_grad=True)
     log_std = torch.tensor(math.log(config.init_std), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.Adam([mean, log_std], lr=config.lr)
+    # cosine decay to lr/100, so that the minibatch noise settles by the end
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=config.lr / 100)
     rows = [{"fit": kind, "step": 0, "mean": mean.item(), "std": log_std.exp().item(), "loss": float("nan")}]
     for step in range(1, steps + 1):
         if kind == "forward":  # (1) minimise -E_P[log q] on a minibatch of P's samples
@@ -209,6 +212,7 @@ def fit(kind: str, config: DivergenceConfig, p: MixtureSameFamily, data: torch.T
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        schedule.step()
         rows.append({"fit": kind, "step": step, "mean": mean.item(), "std": log_std.exp().item(), "loss": loss.item()})
     return rows
 
