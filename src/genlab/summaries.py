@@ -162,7 +162,7 @@ class SentencePieceTokenizer:
         return self.sp.decode([i for i in ids if i != self.pad_id])
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"'\u201d\u2019)]*\s+(?=[\"'\u201c\u2018(]*[A-Z0-9])")
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'\u201d\u2019)]))\s+(?=[\"'\u201c\u2018(]*[A-Z0-9])")
 
 
 def split_sentences(text: str) -> list[str]:
