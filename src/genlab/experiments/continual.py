@@ -517,7 +517,8 @@ def run_job(job: Job, config: ContinualConfig, data: dict, device: torch.device,
                      "probes": probes, "model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
                      "ewc": ewc.state_dict() if ewc else None, "memory": memory.state_dict() if memory else None})
     return {"job": job.name, "model": job.model, "method": job.method, "label": job.label, "lambda": job.lam,
-            "seed": job.seed, "r": [[None if np.isnan(v) else float(v) for v in row] for row in r], "probes": probes, "steps": step, "seconds": seconds,
+            "seed": job.seed, "r": [[None if np.isnan(v) else float(v) for v in row] for row in r],  # NaN: unseen
+            "probes": probes, "steps": step, "seconds": seconds,
             "average_accuracy": average_accuracy(r), "backward_transfer": backward_transfer(r),
             "forgetting": forgetting(r), "plasticity": plasticity(r)}
 
