@@ -53,7 +53,7 @@ def main(run: Path) -> Path:
         for key in ("nelbo", "kl", "rec", "iwae_nll"):
             if key in test:
                 ref = REFERENCE.get(key)
-                label = NAMES[key] + (f", k = {metrics['iw_samples']:,}, {metrics['n_test_iwae']:,} images"
+                label = NAMES[key] + (f", k = {metrics['iw_samples']:,}, {metrics.get('n_test_iwae', metrics['n_test']):,} images"
                                       if key == "iwae_nll" else "")
                 lines.append(f"| {label} | {test[key]['mean']:.2f} +/- {test[key]['standard_error']:.2f} | "
                              + (f"{ref[0]:.2f} +/- {ref[1]:.2f}" if ref else "—") + " |")
