@@ -126,8 +126,8 @@ def _csv(path):
 
 
 def test_resume_continues_exactly(tmp_path):
-    common = {"subset": 256, "test_subset": 200, "batch_size": 64, "hidden": (8,), "optimizers": ("sgd", "adam"),
-              "lrs": (0.1,), "repeats": 2, "log_every": 2}
+    common = {"subset": 128, "test_subset": 100, "batch_size": 64, "hidden": (8,), "optimizers": ("adam",),
+              "lrs": (0.1,), "repeats": 2, "log_every": 1}
     run(OptimizersConfig(epochs=2, out=tmp_path / "straight", **common))
     run(OptimizersConfig(epochs=1, out=tmp_path / "resumed", **common))
     run(OptimizersConfig(epochs=2, out=tmp_path / "resumed", resume=True, **common))
@@ -140,7 +140,7 @@ def test_resume_continues_exactly(tmp_path):
 @pytest.mark.slow
 def test_cli_smoke_grid_on_real_mnist_with_a_diverging_learning_rate(tmp_path):
     out = tmp_path / "run"
-    proc = genlab("run", "optimizers", "--epochs", "2", "--subset", "512", "--test-subset", "500", "--batch-size", "64",
+    proc = genlab("run", "optimizers", "--epochs", "2", "--subset", "256", "--test-subset", "200", "--batch-size", "64",
                   "--repeats", "2", "--lrs", "1e20", "0.01", "--log-every", "4", "--out", str(out))
     assert "run directory" in proc.stdout
     for name in ("config.json", "env.json", "metrics.json", "summary.md", "checkpoints/last.pt", "metrics/epochs.csv",

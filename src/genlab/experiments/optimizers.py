@@ -22,6 +22,7 @@ with its last finite loss; its slice turns to NaN without touching the other run
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -227,6 +228,7 @@ class StackedGrid:
         return correct / len(x)
 
     def state_dict(self) -> dict:
+        """Weights and optimiser states (tensors shared with the live grid; save or copy them)."""
         return {"params": {c.key: [p.detach() for p in self.params[c]] for c in self.cells},
                 "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()}}
 
@@ -235,8 +237,8 @@ class StackedGrid:
             for c in self.cells:
                 for p, saved in zip(self.params[c], state["params"][c.key]):
                     p.copy_(saved)
-        for name, opt in self.optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
+        for name, opt in self.optimizers.items():  # a copy: torch's load_state_dict keeps the given tensors
+            opt.load_state_dict(copy.deepcopy(state["optimizers"][name]))
 
 
 def epoch_order(seeds: list[int], n: int, epoch: int, device: torch.device) -> torch.Tensor:
@@ -439,9 +441,10 @@ def plot_losses(steps: list[dict], runs: list[dict], figures: Path) -> list[Path
                 by_seed.setdefault(r["seed"], []).append((float(r["epoch"]), float(r["train_loss"])))
             x = np.array([e for e, _ in next(iter(by_seed.values()))])
             y = np.array([[v for _, v in series] for series in by_seed.values()])  # (S, T)
-            with np.errstate(all="ignore"):
-                y = np.where(np.isfinite(y), y, np.nan)
-                (line,) = ax.plot(x, np.nanmean(y, 0) if np.isfinite(y).any() else y[0], label=name)
+            y = np.where(np.isfinite(y), y, np.nan)  # a diverged run's curve ends at its last finite point
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # columns where every seed has diverged
+                (line,) = ax.plot(x, np.nanmean(y, 0), label=name)
                 ax.fill_between(x, np.nanmin(y, 0), np.nanmax(y, 0), color=line.get_color(), alpha=0.2, lw=0)
             for series in y:  # mark each diverged run at its last finite point
                 bad = ~np.isfinite(series)
