@@ -45,8 +45,10 @@ def test_train_step_probe_measures_both_losses_at_the_same_parameters(loss_name)
     assert small["grad_norm_minimax"] < 1e-3 * small["grad_norm_non_saturating"]
     assert small["grad_norm_non_saturating"] > 1e-2
     # the logged generator loss is the chosen one
-    assert small["loss_g"] == pytest.approx(
-        -np.log(small["d_fake_g"]) if loss_name == "non-saturating" else np.log1p(-small["d_fake_g"]), rel=1e-2)
+    if loss_name == "non-saturating":  # -E[log D] >= -log E[D] (Jensen), about 12 here
+        assert small["loss_g"] >= -np.log(small["d_fake_g"]) - 1e-3 and small["loss_g"] > 6
+    else:  # E[log(1 - D)] ~ -E[D] ~ log(1 - E[D]) for D -> 0
+        assert small["loss_g"] == pytest.approx(np.log1p(-small["d_fake_g"]), rel=1e-2)
     generator, discriminator, opt_g, opt_d = _models(0.0)
     out = train_step(generator, discriminator, opt_g, opt_d, real, torch.autocast("cpu", enabled=False), loss_name,
                      probe=False)
