@@ -165,10 +165,11 @@ def test_iwae_with_one_sample_is_the_elbo_in_expectation(tiny_model_and_test):
 def test_iwae_bound_tightens_with_k(tiny_model_and_test):
     model, x = tiny_model_and_test
     g = torch.Generator().manual_seed(2)
-    # the same 4,000 decoder passes for each k: 500 / k repeats of the 8 images keep each estimate's noise small
-    bounds = [model.negative_iwae_bound(x.repeat(500 // k, 1), k, g).mean().item() for k in (1, 10, 100, 500)]
-    assert bounds[0] > bounds[1] > bounds[2] > bounds[3]
-    assert bounds[0] - bounds[3] > 1.0  # nats: a real gap, not noise
+    # the same 8,000 decoder passes for each k: 1000 / k repeats of the 8 images keep each estimate's noise
+    # below the gaps between consecutive k (at k = 500 a single repeat is noisier than the 100 -> 500 gap)
+    bounds = [model.negative_iwae_bound(x.repeat(1000 // k, 1), k, g).mean().item() for k in (1, 10, 100)]
+    assert bounds[0] > bounds[1] > bounds[2]
+    assert bounds[0] - bounds[2] > 1.0  # nats: a real gap, not noise
     elbo = vae.evaluate_terms(model, x, [0])[0, 0].item()
     assert elbo == pytest.approx(bounds[0], abs=5.0)
 
