@@ -1,7 +1,5 @@
 """Domain-classifier FID/KID/IS through torchmetrics, on the real FashionMNIST."""
 
-import math
-
 import pytest
 import torch
 
@@ -33,8 +31,9 @@ def scores(test_images):
 def test_fid_of_real_images_against_themselves_is_near_zero(scores):
     q = scores["self"]
     assert abs(q["fid"]) < 1e-3
-    # KID is unbiased with independent random subsets: zero within its standard error
-    assert abs(q["kid_mean"]) < 4 * q["kid_std"] / math.sqrt(20)
+    # KID draws its real and fake subsets independently from the same 10,000 images, so shared images
+    # inflate the cross term and bias it slightly below 0: small against the KID of noise, not exactly 0
+    assert abs(q["kid_mean"]) < 1e-3 * scores["noise"]["kid_mean"]
 
 
 def test_fid_orders_real_held_out_and_noise(scores):

@@ -199,6 +199,14 @@ def environment(device: torch.device, seed: int) -> dict[str, Any]:
     return env
 
 
+def _number(text: str) -> int | float:
+    """A CSV cell back to the int or float it was written from."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 class RunDir:
     """A run directory: config, environment, metrics (JSONL, CSV, TensorBoard), checkpoints.
 
@@ -245,7 +253,7 @@ class RunDir:
                 rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= epoch]
             epochs.unlink()
             for r in rows:
-                self.log_epoch({k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()}, tensorboard=False)
+                self.log_epoch({k: _number(v) for k, v in r.items()}, tensorboard=False)
 
     def log_steps(self, rows: list[dict[str, float]]) -> None:
         """Append per-step scalars (each row has ``step``) to steps.jsonl and TensorBoard."""

@@ -227,7 +227,8 @@ def generate(generator: Generator, z: torch.Tensor, batch_size: int = 1000) -> t
     return ((torch.cat(out).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).squeeze(1)
 
 
-def _checkpoint_state(config, generator, discriminator, opt_g, opt_d, fixed_z, epoch, batch, step, sums) -> dict:
+def _checkpoint_state(config, generator, discriminator, opt_g, opt_d, fixed_z, epoch, batch, step, sums,
+                      elapsed) -> dict:
     return {
         "config": config_to_dict(config),
         "generator": generator.state_dict(),
@@ -239,6 +240,7 @@ def _checkpoint_state(config, generator, discriminator, opt_g, opt_d, fixed_z, e
         "batch": batch,  # batches done in the current epoch
         "step": step,  # optimiser steps done in total
         "epoch_sums": sums,  # running sums of the 4 step metrics in the current epoch
+        "elapsed": elapsed,  # training seconds so far, over every session of the run
         "rng": rng_state(),
     }
 
@@ -259,7 +261,7 @@ def run(config: DCGANConfig) -> Path:
     seed_everything(config.seed)
     generator, discriminator, opt_g, opt_d = build(config, device)
     fixed_z = torch.randn(64, config.latent_dim, generator=torch.Generator().manual_seed(config.seed + 1))
-    epoch, batch, step = 0, 0, 0
+    epoch, batch, step, elapsed_before = 0, 0, 0, 0.0
     sums = torch.zeros(4, dtype=torch.float64, device=device)
     if config.resume:
         ckpt = load_checkpoint(run_dir.checkpoint, device)
@@ -269,18 +271,20 @@ def run(config: DCGANConfig) -> Path:
         opt_d.load_state_dict(ckpt["opt_d"])
         fixed_z, epoch, batch, step = ckpt["fixed_z"].cpu(), ckpt["epoch"], ckpt["batch"], ckpt["step"]
         sums = ckpt["epoch_sums"].to(device)
+        elapsed_before = float(ckpt.get("elapsed", 0.0))
         set_rng_state(ckpt["rng"])
         run_dir.truncate_metrics(step, epoch)
         print(f"resuming {run_dir.path} at epoch {epoch + 1}, batch {batch}, step {step}")
 
     def checkpoint() -> None:
         save_checkpoint(run_dir.checkpoint, _checkpoint_state(
-            config, generator, discriminator, opt_g, opt_d, fixed_z, epoch, batch, step, sums))
+            config, generator, discriminator, opt_g, opt_d, fixed_z, epoch, batch, step, sums,
+            time.time() - start_time))
 
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
-    start_time = time.time()
+    start_time = time.time() - elapsed_before  # seconds are counted over every session of the run
     bar = tqdm(total=total_steps * config.batch_size, initial=step * config.batch_size, unit="img",
                unit_scale=True, desc="dcgan", dynamic_ncols=True, disable=None)
     pending: list[torch.Tensor] = []  # per-step metrics not yet written
