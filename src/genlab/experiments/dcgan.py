@@ -491,7 +491,7 @@ def evaluate(run_path: Path) -> dict:
     if config.fid_samples == 0:
         config.fid_samples = 10000
     run_dir = RunDir("dcgan", config, device)
-    metrics = finish(run_dir, config, generator, ckpt["fixed_z"], device, None)
+    metrics = finish(run_dir, config, generator, ckpt["fixed_z"], device, ckpt.get("elapsed"))
     run_dir.close()
     return metrics
 
