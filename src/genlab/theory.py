@@ -98,7 +98,7 @@ def generator_gradients(bias_shift: float, seed: int = 0, n: int = 256) -> dict[
     h = discriminator(generator(z))  # (n, 1) logits
     d = torch.sigmoid(h)
     return {
-        "d_fake": float(d.mean()),
+        "d_fake": float(d.detach().mean()),
         "minimax": grad(torch.log1p(-d).mean()),  # d/dtheta E[log(1 - D(G(z)))], literally
         "non_saturating": grad(-torch.log(d).mean()),
         "minimax_formula": grad(-(d.detach() * h).mean()),
