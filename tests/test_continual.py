@@ -51,6 +51,20 @@ def _anchors(model, tasks, seed=0):
             for _ in range(tasks)]
 
 
+def _consolidated_ewc(model, anchors) -> cl.EWC:
+    """An EWC of ``model`` with each (Fisher, θ*) of ``anchors`` consolidated at its own θ*;
+    the model's parameters are then moved to a random point (torch.randn_like)."""
+    ewc = cl.EWC(model)
+    with torch.no_grad():
+        for fisher, star in anchors:
+            for k, p in model.named_parameters():
+                p.copy_(star[k])
+            ewc.consolidate(fisher)
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p))
+    return ewc
+
+
 def test_ewc_penalty_by_hand():
     params = {"w": torch.tensor([1.0, 2.0])}
     anchors = [({"w": torch.tensor([0.5, 2.0])}, {"w": torch.tensor([0.0, 1.0])}),
@@ -64,14 +78,7 @@ def test_consolidated_ewc_penalty_and_gradient_match_the_per_task_sum():
     torch.manual_seed(2)
     model = cl.MLP(hidden=8).double()
     anchors = _anchors(model, tasks=3)
-    ewc = cl.EWC(model)
-    with torch.no_grad():  # consolidate each task at its own θ*
-        for fisher, star in anchors:
-            for k, p in model.named_parameters():
-                p.copy_(star[k])
-            ewc.consolidate(fisher)
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p))
+    ewc = _consolidated_ewc(model, anchors)
     lam = 7.5
     params = dict(model.named_parameters())
     penalty = cl.ewc_penalty(params, anchors, lam)
@@ -95,14 +102,7 @@ def test_ewc_proximal_step_solves_its_subproblem():
     torch.manual_seed(3)
     model = cl.MLP(hidden=6).double()
     anchors = _anchors(model, tasks=2)
-    ewc = cl.EWC(model)
-    with torch.no_grad():
-        for fisher, star in anchors:
-            for k, p in model.named_parameters():
-                p.copy_(star[k])
-            ewc.consolidate(fisher)
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p))
+    ewc = _consolidated_ewc(model, anchors)
     before = {k: p.detach().clone() for k, p in model.named_parameters()}
     lr, lam = 0.1, 1e4  # lr·λ·F up to 2e3: far past the gradient step's stability limit of 2
     ewc.proximal_(lam, lr)

@@ -87,6 +87,25 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return out
 
 
+def config_from_dict(config_cls: type, saved: dict[str, Any], path_keys: tuple[str, ...] = ("data_dir",),
+                     tuple_keys: tuple[str, ...] = (), **overrides: Any) -> Any:
+    """Rebuild a ``config_cls`` dataclass from ``saved`` (a checkpoint's :func:`config_to_dict`).
+
+    Keys ``config_cls`` no longer has are dropped; the non-empty ``path_keys`` become Paths
+    again and the ``tuple_keys`` present become tuples; then ``overrides`` (e.g. ``out=run_path,
+    resume=True``) are applied before the dataclass is built (and validated).
+    """
+    fields = {k: v for k, v in saved.items() if k in config_cls.__dataclass_fields__}
+    for key in path_keys:
+        if fields.get(key):
+            fields[key] = Path(fields[key])
+    for key in tuple_keys:
+        if key in fields:
+            fields[key] = tuple(fields[key])
+    fields.update(overrides)
+    return config_cls(**fields)
+
+
 def resolve_device(name: str) -> torch.device:
     """``"auto"`` -> cuda if available else cpu. Raises ValueError for cuda without a GPU."""
     if name == "auto":

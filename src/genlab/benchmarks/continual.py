@@ -19,9 +19,6 @@ per parameter and adds its gradient λ (A θ − b) directly (``--ewc-update gra
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import time
 
 import numpy as np
@@ -29,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from genlab.benchmarks.common import (add_device_argument, add_json_argument, device_name, machine_info,
+                                     parser_for, report, sync, time_steps)
 from genlab.data import load_split
 from genlab.engine import resolve_device
 from genlab.experiments import continual as cl
@@ -63,11 +62,8 @@ def time_reference(images, labels, perm, anchors, steps, warmup, batch_size, lam
     anchors = [({k: v.to(device) for k, v in f.items()}, {k: v.to(device) for k, v in s.items()}) for f, s in anchors]
     loader = DataLoader(_PermutedMNIST(images, labels, perm), batch_size=batch_size, shuffle=True, drop_last=True)
     it = iter(loader)
-    start = None
-    for i in range(warmup + steps):
-        if i == warmup:
-            _sync(device)
-            start = time.perf_counter()
+
+    def step(i: int) -> None:
         x, y = next(it)
         x, y = x.to(device), y.to(device)
         loss = F.cross_entropy(model(x), y)
@@ -77,8 +73,8 @@ def time_reference(images, labels, perm, anchors, steps, warmup, batch_size, lam
         opt.zero_grad()
         loss.backward()
         opt.step()
-    _sync(device)
-    return steps / (time.perf_counter() - start)
+
+    return steps / time_steps(step, steps, warmup, device)
 
 
 def time_genlab(images, labels, perm, anchors, steps, warmup, batch_size, lam, hidden, device) -> float:
@@ -100,15 +96,12 @@ def time_genlab(images, labels, perm, anchors, steps, warmup, batch_size, lam, h
     y_all = torch.from_numpy(labels.astype(np.int64)).to(device)
     perm = perm.to(device)
     order = torch.randperm(len(x_all), device=device)
-    start = None
-    for i in range(warmup + steps):
-        if i == warmup:
-            _sync(device)
-            start = time.perf_counter()
+
+    def step(i: int) -> None:
         idx = order[i * batch_size:(i + 1) * batch_size]
         cl.train_step(model, opt, x_all[idx][:, perm], y_all[idx], ewc, lam, update="gradient")  # the same maths
-    _sync(device)
-    return steps / (time.perf_counter() - start)
+
+    return steps / time_steps(step, steps, warmup, device)
 
 
 def time_fisher(images, labels, n: int, hidden: int, device) -> tuple[float, float, float]:
@@ -117,7 +110,7 @@ def time_fisher(images, labels, n: int, hidden: int, device) -> tuple[float, flo
     model = cl.MLP(hidden).to(device)
     x = torch.from_numpy(images[:n].reshape(n, -1).astype(np.float32) / 255.0).to(device)
     y = torch.from_numpy(labels[:n].astype(np.int64)).to(device)
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     ref = {k: torch.zeros_like(p) for k, p in model.named_parameters()}
     for xi, yi in zip(x, y):  # one backward pass per example
@@ -125,23 +118,18 @@ def time_fisher(images, labels, n: int, hidden: int, device) -> tuple[float, flo
         F.log_softmax(model(xi[None]), dim=1)[0, yi].backward()
         for k, p in model.named_parameters():
             ref[k] += p.grad ** 2 / n
-    _sync(device)
+    sync(device)
     t_ref = time.perf_counter() - start
     start = time.perf_counter()
     ours = cl.fisher_diagonal(model, x, y)
-    _sync(device)
+    sync(device)
     t_ours = time.perf_counter() - start
     gap = max(float(((ours[k] - ref[k]).abs().max() / ref[k].abs().max().clamp_min(1e-30))) for k in ref)
     return n / t_ref, n / t_ours, gap
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="genlab bench continual", description=__doc__.split("\n\n")[0])
+    parser = parser_for("continual", __doc__)
     parser.add_argument("--steps", type=int, default=100, help="timed optimiser steps per loop")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -149,8 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--past-tasks", type=int, default=9, help="consolidated tasks (9 = the last of 10)")
     parser.add_argument("--ewc-lambda", type=float, default=100.0)
     parser.add_argument("--fisher-samples", type=int, default=500)
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    add_device_argument(parser)
+    add_json_argument(parser)
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     images, labels = load_split("mnist", "train")
@@ -170,17 +158,12 @@ def main(argv: list[str] | None = None) -> dict:
         "fisher_ratio": round(fisher_ours / fisher_ref, 2),
         "fisher_max_relative_gap": gap,
         "steps": args.steps, "batch_size": args.batch_size, "hidden": args.hidden, "past_tasks": args.past_tasks,
-        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
+        "device": device_name(device),
+        **machine_info(),
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"EWC training step, {args.past_tasks} past tasks, batch {args.batch_size}:\n"
-              f"  reference {ref:8.2f} steps/s\n  genlab    {ours:8.2f} steps/s\n  ratio     {ours / ref:8.2f}x\n"
-              f"Fisher diagonal, {args.fisher_samples} examples:\n"
-              f"  reference {fisher_ref:8.1f} examples/s\n  genlab    {fisher_ours:8.1f} examples/s\n"
-              f"  ratio     {fisher_ours / fisher_ref:8.2f}x   (max relative difference {gap:.1e})")
-    return result
+    return report(result, args.json,
+                  f"EWC training step, {args.past_tasks} past tasks, batch {args.batch_size}:\n"
+                  f"  reference {ref:8.2f} steps/s\n  genlab    {ours:8.2f} steps/s\n  ratio     {ours / ref:8.2f}x\n"
+                  f"Fisher diagonal, {args.fisher_samples} examples:\n"
+                  f"  reference {fisher_ref:8.1f} examples/s\n  genlab    {fisher_ours:8.1f} examples/s\n"
+                  f"  ratio     {fisher_ours / fisher_ref:8.2f}x   (max relative difference {gap:.1e})")

@@ -15,16 +15,13 @@ Adam, and the data set held as one tensor batched by indexing.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import time
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from genlab.benchmarks.common import (add_device_argument, add_json_argument, device_name, machine_info,
+                                     parser_for, report, time_steps)
 from genlab.engine import resolve_device
 from genlab.experiments import dcgan
 
@@ -56,19 +53,23 @@ def reference_models(latent_dim: int = 100):
     return generator, discriminator
 
 
-def time_reference(images, steps: int, warmup: int, batch_size: int, device: torch.device) -> float:
-    """Images per second of the reference loop over ``steps`` steps after ``warmup``."""
+def time_reference(images, steps: int, warmup: int, batch_size: int, device: torch.device,
+                   loss_name: str = "non-saturating", grad_norms: bool = False) -> float:
+    """Images per second of the reference loop over ``steps`` steps after ``warmup``.
+
+    ``images``: uint8 (N, 28, 28). The generator loss is the non-saturating BCE or, with
+    ``loss_name="minimax"``, ``log(1 - sigmoid(h))``; ``grad_norms`` adds the course
+    solution's per-step generator gradient norm, summed over parameters in Python (§2).
+    """
     generator, discriminator = (m.to(device) for m in reference_models())
     opt_g = torch.optim.Adam(generator.parameters(), lr=1e-4)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=1e-4)
     bce = nn.BCEWithLogitsLoss()
     loader = DataLoader(_PerSampleFashionMNIST(images), batch_size=batch_size, shuffle=True, drop_last=True)
     it = iter(loader)
-    start = None
-    for i in range(warmup + steps):
-        if i == warmup:
-            _sync(device)
-            start = time.perf_counter()
+    norms = []
+
+    def step(i: int) -> None:
         real = next(it).to(device)
         z = torch.randn(batch_size, 100, device=device)
         fake = generator(z)
@@ -79,45 +80,50 @@ def time_reference(images, steps: int, warmup: int, batch_size: int, device: tor
         opt_d.step()
         z = torch.randn(batch_size, 100, device=device)
         out = discriminator(generator(z))
-        loss_g = bce(out, torch.ones_like(out))
+        if loss_name == "minimax":
+            loss_g = torch.log(1 - torch.sigmoid(out)).mean()
+        else:
+            loss_g = bce(out, torch.ones_like(out))
         opt_g.zero_grad()
         loss_g.backward()
+        if grad_norms:
+            norms.append(sum(p.grad.norm() ** 2 for p in generator.parameters()).sqrt().item())
         opt_g.step()
-    _sync(device)
-    return steps * batch_size / (time.perf_counter() - start)
+
+    return steps * batch_size / time_steps(step, steps, warmup, device)
+
+
+def time_train_step(config, images, steps: int, warmup: int, device: torch.device, train_step) -> float:
+    """Images per second of ``train_step(generator, discriminator, opt_g, opt_d, real, autocast)``
+    on the models and optimisers of ``config`` (a DCGAN or GAN config: batch_size, precision),
+    over ``steps`` steps after ``warmup``. ``images``: uint8 (N, 28, 28), held as one tensor."""
+    generator, discriminator, opt_g, opt_d = dcgan.build(config, device)
+    data = torch.from_numpy(images.copy()).to(device).unsqueeze(1).float().div_(127.5).sub_(1.0)
+    autocast = dcgan.autocast_for(device, config.precision)
+    order = torch.randperm(len(data), device=device)
+    batch_size = config.batch_size
+
+    def step(i: int) -> None:
+        real = data[order[i * batch_size:(i + 1) * batch_size]]
+        train_step(generator, discriminator, opt_g, opt_d, real, autocast)
+
+    return steps * batch_size / time_steps(step, steps, warmup, device)
 
 
 def time_genlab(images, steps: int, warmup: int, batch_size: int, device: torch.device, precision: str) -> float:
     """Images per second of genlab's trainer step over ``steps`` steps after ``warmup``."""
     config = dcgan.DCGANConfig(batch_size=batch_size, precision=precision)
-    generator, discriminator, opt_g, opt_d = dcgan.build(config, device)
-    data = torch.from_numpy(images.copy()).to(device).unsqueeze(1).float().div_(127.5).sub_(1.0)
-    autocast = dcgan.autocast_for(device, precision)
-    order = torch.randperm(len(data), device=device)
-    start = None
-    for i in range(warmup + steps):
-        if i == warmup:
-            _sync(device)
-            start = time.perf_counter()
-        real = data[order[i * batch_size:(i + 1) * batch_size]]
-        dcgan.train_step(generator, discriminator, opt_g, opt_d, real, autocast)
-    _sync(device)
-    return steps * batch_size / (time.perf_counter() - start)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    return time_train_step(config, images, steps, warmup, device, dcgan.train_step)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="genlab bench dcgan", description=__doc__.split("\n\n")[0])
+    parser = parser_for("dcgan", __doc__)
     parser.add_argument("--steps", type=int, default=40, help="timed steps per loop")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_device_argument(parser)
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    add_json_argument(parser)
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     torch.manual_seed(0)
@@ -130,15 +136,10 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio": round(ours / ref, 2),
         "steps": args.steps,
         "batch_size": args.batch_size,
-        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "device": device_name(device),
         "precision": args.precision,
         "bf16": dcgan.bf16_supported(device) if args.precision == "auto" else args.precision == "bf16",
-        "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
+        **machine_info(),
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"reference {ref:8.1f} images/s\ngenlab    {ours:8.1f} images/s\nratio     {ours / ref:8.2f}x")
-    return result
+    return report(result, args.json,
+                  f"reference {ref:8.1f} images/s\ngenlab    {ours:8.1f} images/s\nratio     {ours / ref:8.2f}x")

@@ -16,86 +16,40 @@ with the gradient probe off (after the first epoch) and on (the first epoch).
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import time
-
 import torch
-from torch import nn
-from torch.utils.data import DataLoader
 
-from genlab.benchmarks.dcgan import _PerSampleFashionMNIST as _PerSampleImages
-from genlab.benchmarks.dcgan import _sync, reference_models
+from genlab.benchmarks import dcgan as bench_dcgan
+from genlab.benchmarks.common import (add_device_argument, add_json_argument, device_name, machine_info,
+                                     parser_for, report)
 from genlab.data import load_split
 from genlab.engine import resolve_device
 from genlab.experiments import dcgan, gan
 
 
 def time_reference(images, steps: int, warmup: int, batch_size: int, device: torch.device, loss_name: str) -> float:
-    """Images per second of the reference loop over ``steps`` steps after ``warmup``."""
-    generator, discriminator = (m.to(device) for m in reference_models())
-    opt_g = torch.optim.Adam(generator.parameters(), lr=1e-4)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=1e-4)
-    bce = nn.BCEWithLogitsLoss()
-    loader = DataLoader(_PerSampleImages(images), batch_size=batch_size, shuffle=True, drop_last=True)
-    it = iter(loader)
-    norms = []
-    start = None
-    for i in range(warmup + steps):
-        if i == warmup:
-            _sync(device)
-            start = time.perf_counter()
-        real = next(it).to(device)
-        z = torch.randn(batch_size, 100, device=device)
-        fake = generator(z)
-        out_real, out_fake = discriminator(real), discriminator(fake.detach())
-        loss_d = bce(out_real, torch.ones_like(out_real)) + bce(out_fake, torch.zeros_like(out_fake))
-        opt_d.zero_grad()
-        loss_d.backward()
-        opt_d.step()
-        z = torch.randn(batch_size, 100, device=device)
-        out = discriminator(generator(z))
-        if loss_name == "minimax":
-            loss_g = torch.log(1 - torch.sigmoid(out)).mean()
-        else:
-            loss_g = bce(out, torch.ones_like(out))
-        opt_g.zero_grad()
-        loss_g.backward()
-        norms.append(sum(p.grad.norm() ** 2 for p in generator.parameters()).sqrt().item())
-        opt_g.step()
-    _sync(device)
-    return steps * batch_size / (time.perf_counter() - start)
+    """Images per second of the reference loop over ``steps`` steps after ``warmup``: §1's, with
+    ``loss_name``'s generator loss and the generator gradient norm taken at every step."""
+    return bench_dcgan.time_reference(images, steps, warmup, batch_size, device, loss_name, grad_norms=True)
 
 
 def time_genlab(images, steps: int, warmup: int, batch_size: int, device: torch.device, precision: str,
                 loss_name: str, probe: bool) -> float:
     """Images per second of :func:`genlab.experiments.gan.train_step` after ``warmup`` steps."""
     config = gan.GANConfig(batch_size=batch_size, precision=precision, generator_loss=loss_name)
-    generator, discriminator, opt_g, opt_d = dcgan.build(config, device)
-    data = torch.from_numpy(images.copy()).to(device).unsqueeze(1).float().div_(127.5).sub_(1.0)
-    autocast = dcgan.autocast_for(device, precision)
-    order = torch.randperm(len(data), device=device)
-    start = None
-    for i in range(warmup + steps):
-        if i == warmup:
-            _sync(device)
-            start = time.perf_counter()
-        real = data[order[i * batch_size:(i + 1) * batch_size]]
-        gan.train_step(generator, discriminator, opt_g, opt_d, real, autocast, loss_name, probe)
-    _sync(device)
-    return steps * batch_size / (time.perf_counter() - start)
+    return bench_dcgan.time_train_step(
+        config, images, steps, warmup, device,
+        lambda g, d, opt_g, opt_d, real, autocast: gan.train_step(g, d, opt_g, opt_d, real, autocast, loss_name, probe))
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="genlab bench gan", description=__doc__.split("\n\n")[0])
+    parser = parser_for("gan", __doc__)
     parser.add_argument("--steps", type=int, default=30, help="timed steps per loop")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--generator-loss", default="minimax", choices=["minimax", "non-saturating"])
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_device_argument(parser)
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    add_json_argument(parser)
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     torch.manual_seed(0)
@@ -113,16 +67,11 @@ def main(argv: list[str] | None = None) -> dict:
         "generator_loss": args.generator_loss,
         "steps": args.steps,
         "batch_size": args.batch_size,
-        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "device": device_name(device),
         "precision": args.precision,
         "bf16": dcgan.bf16_supported(device) if args.precision == "auto" else args.precision == "bf16",
-        "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
+        **machine_info(),
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"reference          {ref:8.1f} images/s\ngenlab             {ours:8.1f} images/s\n"
-              f"genlab, probe on   {probed:8.1f} images/s\nratio              {ours / ref:8.2f}x")
-    return result
+    return report(result, args.json,
+                  f"reference          {ref:8.1f} images/s\ngenlab             {ours:8.1f} images/s\n"
+                  f"genlab, probe on   {probed:8.1f} images/s\nratio              {ours / ref:8.2f}x")

@@ -20,16 +20,14 @@ are both reported; the sides alternate ``--rounds`` times and the best round cou
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import platform
 import time
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from genlab.benchmarks.common import add_json_argument, machine_info, parser_for, report
 from genlab.experiments.optimizers import (Cell, OptimizersConfig, StackedGrid, epoch_order, load_mnist,
                                            make_classifier)
 from genlab.optim import OPTIMIZERS
@@ -78,12 +76,12 @@ def time_grid(config: OptimizersConfig, x, y, order, steps: int) -> tuple[float,
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="genlab bench optimizers", description=__doc__.split("\n\n")[0])
+    parser = parser_for("optimizers", __doc__)
     parser.add_argument("--steps", type=int, default=60, help="training steps per run (at most one epoch)")
     parser.add_argument("--rounds", type=int, default=2, help="alternations of the sides; the best round counts")
     parser.add_argument("--threads", type=int, default=None, help="torch threads, both sides (default: as set)")
     parser.add_argument("--dataloader", action="store_true", help="also time the plain loop with a DataLoader")
-    parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    add_json_argument(parser)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.rounds < 1:
         parser.error("--steps and --rounds must be >= 1")
@@ -116,15 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
         # the full grid (54 runs x 15 epochs x 469 steps) at these rates, training only
         "full_grid_plain_cpu_min": round(best["plain"][1] / steps * full_steps / 60, 1),
         "full_grid_stacked_cpu_min": round(best["grid"][1] / steps * full_steps / 60, 1),
-        "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
+        **machine_info(),
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"{n_runs} runs x {steps} steps, batch {config.batch_size}, {torch.get_num_threads()} thread(s)")
-        for name, (wall, cpu) in best.items():
-            print(f"{name:17s} {wall:8.2f} s wall {cpu:8.2f} s CPU")
-        print(f"speedup (plain / grid): {result['speedup_wall']:.2f}x wall, {result['speedup_cpu']:.2f}x CPU")
-    return result
+    lines = [f"{n_runs} runs x {steps} steps, batch {config.batch_size}, {torch.get_num_threads()} thread(s)"]
+    lines += [f"{name:17s} {wall:8.2f} s wall {cpu:8.2f} s CPU" for name, (wall, cpu) in best.items()]
+    lines.append(f"speedup (plain / grid): {result['speedup_wall']:.2f}x wall, {result['speedup_cpu']:.2f}x CPU")
+    return report(result, args.json, "\n".join(lines))

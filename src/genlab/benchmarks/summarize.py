@@ -15,13 +15,12 @@ to be equal.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import time
 
 import torch
 
+from genlab.benchmarks.common import (add_device_argument, add_json_argument, device_name, machine_info,
+                                     parser_for, report, sync)
 from genlab.engine import resolve_device
 from genlab.transformer import Transformer, greedy_decode
 
@@ -40,8 +39,7 @@ def time_generation(model: Transformer, src: torch.Tensor, new_tokens: int, use_
     for _ in range(repeats):
         start = time.perf_counter()
         tokens = greedy_decode(model, src, new_tokens, use_cache=use_cache, stop_at_eos=False)
-        if src.device.type == "cuda":
-            torch.cuda.synchronize(src.device)
+        sync(src.device)
         best = min(best, time.perf_counter() - start)
     return best, tokens
 
@@ -50,13 +48,13 @@ def main(argv: list[str] | None = None) -> dict:
     from genlab.experiments.summarize import SummarizeConfig, model_config
     from genlab.summaries import SentencePieceTokenizer, tokenizer_dir
 
-    parser = argparse.ArgumentParser(prog="genlab bench summarize", description=__doc__.split("\n\n")[0])
+    parser = parser_for("summarize", __doc__)
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per source")
     parser.add_argument("--batch-size", type=int, default=8, help="sources decoded together")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (best one kept)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (both sides)")
-    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    add_device_argument(parser, default="cpu")
+    add_json_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -78,14 +76,10 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_size": src.shape[0],
         "source_tokens": src.shape[1],
         "model": {k: getattr(config, k) for k in ("d_model", "n_heads", "n_layers", "d_ff")},
-        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
+        "device": device_name(device),
+        **machine_info(),
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"cached   {result['tokens_per_s_cached']:9.1f} tokens/s\nuncached {result['tokens_per_s_uncached']:9.1f} "
-              f"tokens/s\nspeed-up {result['speedup']:9.2f}x (same tokens: {result['same_tokens']})")
-    return result
+    return report(result, args.json,
+                  f"cached   {result['tokens_per_s_cached']:9.1f} tokens/s\n"
+                  f"uncached {result['tokens_per_s_uncached']:9.1f} tokens/s\n"
+                  f"speed-up {result['speedup']:9.2f}x (same tokens: {result['same_tokens']})")

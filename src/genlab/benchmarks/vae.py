@@ -18,17 +18,15 @@ figure of each side is its median round.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from genlab.benchmarks.common import (add_device_argument, add_json_argument, device_name, machine_info,
+                                     parser_for, report, time_steps)
 from genlab.engine import resolve_device
 from genlab.experiments import vae
 
@@ -71,11 +69,9 @@ def time_reference(images, steps: int, warmup: int, batch_size: int, device: tor
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = DataLoader(_PerSampleMNIST(images), batch_size=batch_size, shuffle=True, drop_last=True)
     it = iter(loader)
-    start = None
-    for i in range(warmup + steps):
-        if i == warmup:
-            _sync(device)
-            start = time.perf_counter()
+
+    def step(i: int) -> None:
+        nonlocal it
         try:
             x = next(it)
         except StopIteration:
@@ -86,8 +82,8 @@ def time_reference(images, steps: int, warmup: int, batch_size: int, device: tor
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    _sync(device)
-    return (time.perf_counter() - start) / steps
+
+    return time_steps(step, steps, warmup, device) / steps
 
 
 def time_genlab(images, steps: int, warmup: int, batch_size: int, device: torch.device, seeds: int) -> float:
@@ -95,32 +91,24 @@ def time_genlab(images, steps: int, warmup: int, batch_size: int, device: torch.
     config = vae.VAEConfig(seeds=seeds, batch_size=batch_size)
     model, optimizer, gens = vae.build(config, device)
     stream = vae.BatchStream(torch.from_numpy(images.reshape(-1, 784).copy()).to(device), batch_size, gens)
-    start = None
-    for i in range(warmup + steps):
-        if i == warmup:
-            _sync(device)
-            start = time.perf_counter()
+
+    def step(i: int) -> None:
         eps = vae.draw_noise(gens, batch_size, config.latent_dim, device)
         vae.train_step(model, optimizer, stream.next(), eps)
-    _sync(device)
-    return (time.perf_counter() - start) / steps
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    return time_steps(step, steps, warmup, device) / steps
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="genlab bench vae", description=__doc__.split("\n\n")[0])
+    parser = parser_for("vae", __doc__)
     parser.add_argument("--steps", type=int, default=300, help="timed iterations per loop and round")
     parser.add_argument("--warmup", type=int, default=20, help="untimed iterations first")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
     parser.add_argument("--seeds", type=int, default=3, help="models trained together by genlab")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--iterations", type=int, default=10000, help="run length the projections are for")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    add_device_argument(parser)
+    add_json_argument(parser)
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     torch.manual_seed(0)
@@ -144,16 +132,12 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": args.steps,
         "rounds": args.rounds,
         "batch_size": args.batch_size,
-        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
+        "device": device_name(device),
+        **machine_info(),
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"reference          {ref * 1e3:8.2f} ms/iteration   {ref * n:7.1f} s per seed for {n}\n"
-              f"genlab, 1 seed     {one * 1e3:8.2f} ms/iteration   {one * n:7.1f} s per seed\n"
-              f"genlab, {args.seeds} stacked  {many * 1e3:8.2f} ms/iteration   {many * n / args.seeds:7.1f} s per seed\n"
-              f"speed-up {ref / one:.2f}x (one seed), {args.seeds * ref / many:.2f}x ({args.seeds} seeds)")
-    return result
+    return report(result, args.json,
+                  f"reference          {ref * 1e3:8.2f} ms/iteration   {ref * n:7.1f} s per seed for {n}\n"
+                  f"genlab, 1 seed     {one * 1e3:8.2f} ms/iteration   {one * n:7.1f} s per seed\n"
+                  f"genlab, {args.seeds} stacked  {many * 1e3:8.2f} ms/iteration   "
+                  f"{many * n / args.seeds:7.1f} s per seed\n"
+                  f"speed-up {ref / one:.2f}x (one seed), {args.seeds * ref / many:.2f}x ({args.seeds} seeds)")

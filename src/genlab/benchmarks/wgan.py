@@ -17,14 +17,12 @@ normalisation applied in place once per critic step (:mod:`genlab.lipschitz`), f
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import time
 
 import torch
 from torch import nn
 
+from genlab.benchmarks.common import add_device_argument, add_json_argument, machine_info, parser_for, report
 from genlab.engine import resolve_device
 from genlab.experiments import wgan
 
@@ -97,28 +95,24 @@ def time_genlab(config: wgan.WGANConfig, method: str, iterations: int, warmup: i
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="genlab bench wgan", description=__doc__.split("\n\n")[0])
+    parser = parser_for("wgan", __doc__)
     parser.add_argument("--iterations", type=int, default=500, help="timed critic iterations per loop")
     parser.add_argument("--warmup", type=int, default=20, help="untimed iterations first")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--hidden", type=int, default=128, help="hidden width of both networks")
-    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    add_device_argument(parser, default="cpu")
+    add_json_argument(parser)
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     config = wgan.WGANConfig(batch_size=args.batch_size, generator_hidden=args.hidden, critic_hidden=args.hidden)
     result = {"iterations": args.iterations, "batch_size": args.batch_size, "hidden": args.hidden,
-              "device": str(device), "torch_threads": torch.get_num_threads(),
-              "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "methods": {}}
+              "device": str(device), **machine_info(), "methods": {}}
     for method in METHODS:
         ref = time_reference(config, method, args.iterations, args.warmup, device)
         ours = time_genlab(config, method, args.iterations, args.warmup, device)
         result["methods"][method] = {"reference_iterations_per_s": round(ref, 1),
                                      "genlab_iterations_per_s": round(ours, 1), "ratio": round(ours / ref, 2)}
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for method, r in result["methods"].items():
-            print(f"{method:17s} reference {r['reference_iterations_per_s']:8.1f} it/s   "
-                  f"genlab {r['genlab_iterations_per_s']:8.1f} it/s   ratio {r['ratio']:.2f}x")
-    return result
+    return report(result, args.json, "\n".join(
+        f"{method:17s} reference {r['reference_iterations_per_s']:8.1f} it/s   "
+        f"genlab {r['genlab_iterations_per_s']:8.1f} it/s   ratio {r['ratio']:.2f}x"
+        for method, r in result["methods"].items()))

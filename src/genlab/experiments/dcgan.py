@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 
 from genlab import plots
 from genlab.data import load_split
-from genlab.engine import (RunConfig, RunDir, TrainingDiverged, config_to_dict, load_checkpoint, resolve_device,
-                           rng_state, save_checkpoint, seed_everything, set_rng_state)
+from genlab.engine import (RunConfig, RunDir, TrainingDiverged, config_from_dict, config_to_dict, load_checkpoint,
+                           resolve_device, rng_state, save_checkpoint, seed_everything, set_rng_state)
 from genlab.experiments import Experiment
 from genlab.layers import FastDropout
 
@@ -211,9 +211,10 @@ def build(config: DCGANConfig, device: torch.device):
     return generator, discriminator, opt_g, opt_d
 
 
-def load_images(data_dir: Path | None, split: str, device: torch.device) -> torch.Tensor:
-    """The FashionMNIST split as one float32 tensor (N, 1, 28, 28) in [-1, 1] on ``device``."""
-    images, _ = load_split(DATASET, split, data_dir)
+def load_images(data_dir: Path | None, split: str, device: torch.device, dataset: str = DATASET) -> torch.Tensor:
+    """The split of ``dataset`` (FashionMNIST by default) as one float32 tensor (N, 1, 28, 28)
+    in [-1, 1] on ``device``."""
+    images, _ = load_split(dataset, split, data_dir)
     return torch.from_numpy(images.copy()).to(device).unsqueeze(1).float().div_(127.5).sub_(1.0)
 
 
@@ -416,14 +417,15 @@ def plot_run(run_dir: RunDir) -> list[Path]:
 
 
 def evaluate_generator(generator: Generator, device: torch.device, seed: int, n: int,
-                       data_dir: Path | None = None) -> dict:
-    """FID/KID/IS of ``n`` generated images against the 10,000 FashionMNIST test images."""
+                       data_dir: Path | None = None, dataset: str = DATASET) -> dict:
+    """FID/KID/IS of ``n`` generated images (latents seeded by ``seed + 2``) against the 10,000
+    test images of ``dataset`` (FashionMNIST by default; see :mod:`genlab.quality`)."""
     from genlab.quality import image_quality
 
-    real = torch.from_numpy(load_split(DATASET, "test", data_dir)[0].copy()).unsqueeze(1)
+    real = torch.from_numpy(load_split(dataset, "test", data_dir)[0].copy()).unsqueeze(1)
     z = torch.randn(n, generator.latent_dim, generator=torch.Generator().manual_seed(seed + 2)).to(device)
     fake = generate(generator, z).unsqueeze(1)
-    return image_quality(fake, real, DATASET)
+    return image_quality(fake, real, dataset)
 
 
 def write_summary(run_dir: RunDir, config: DCGANConfig, metrics: dict | None, elapsed: float | None) -> Path:
@@ -471,7 +473,11 @@ def finish(run_dir: RunDir, config: DCGANConfig, generator: Generator, fixed_z: 
     return metrics
 
 
-def _restore(run_path: Path, device: torch.device):
+def restore_generator(run_path: Path, device: torch.device) -> tuple[dict, Generator]:
+    """The last checkpoint of a run (dcgan or gan: same generator) and its generator on ``device``.
+
+    Returns (checkpoint dict, :class:`Generator` with the saved weights, in training mode).
+    """
     ckpt = load_checkpoint(Path(run_path) / "checkpoints" / "last.pt", device)
     cfg = ckpt["config"]
     generator = Generator(cfg["latent_dim"], cfg["leaky_slope"]).to(device)
@@ -479,27 +485,36 @@ def _restore(run_path: Path, device: torch.device):
     return ckpt, generator
 
 
-def evaluate(run_path: Path) -> dict:
-    """``genlab eval RUN_DIR``: FID/KID/IS written into metrics.json and summary.md."""
+def evaluate_run(run_path: Path, experiment: str, config_cls: type, finish_fn, elapsed_key: str):
+    """``genlab eval`` of a dcgan-style run: restore its generator and config from the last
+    checkpoint, then ``finish_fn(run_dir, config, generator, fixed_z, device, elapsed)``, which
+    writes figures, metrics.json and summary.md and returns the metrics. FID/KID/IS are
+    computed on the run's ``fid_samples`` images, 10,000 where the run skipped them.
+
+    ``elapsed_key``: the checkpoint's key of the training seconds (``elapsed`` in dcgan,
+    ``elapsed_s`` in gan); missing -> None.
+    """
     device = resolve_device("auto")
-    ckpt, generator = _restore(run_path, device)
-    fields = {k: v for k, v in ckpt["config"].items() if k in DCGANConfig.__dataclass_fields__}
-    fields.update(out=Path(run_path), resume=True, grid_epochs=tuple(fields.get("grid_epochs", ())))
-    if fields.get("data_dir"):
-        fields["data_dir"] = Path(fields["data_dir"])
-    config = DCGANConfig(**fields)
+    ckpt, generator = restore_generator(run_path, device)
+    config = config_from_dict(config_cls, ckpt["config"], tuple_keys=("grid_epochs",), out=Path(run_path),
+                              resume=True)
     if config.fid_samples == 0:
         config.fid_samples = 10000
-    run_dir = RunDir("dcgan", config, device)
-    metrics = finish(run_dir, config, generator, ckpt["fixed_z"], device, ckpt.get("elapsed"))
+    run_dir = RunDir(experiment, config, device)
+    metrics = finish_fn(run_dir, config, generator, ckpt["fixed_z"], device, ckpt.get(elapsed_key))
     run_dir.close()
     return metrics
 
 
+def evaluate(run_path: Path) -> dict:
+    """``genlab eval RUN_DIR``: FID/KID/IS written into metrics.json and summary.md."""
+    return evaluate_run(run_path, "dcgan", DCGANConfig, finish, "elapsed")
+
+
 def sample(run_path: Path, n: int, seed: int = 0) -> np.ndarray:
-    """``genlab sample``: ``n`` images from a run's generator, uint8 (n, 28, 28)."""
+    """``genlab sample``: ``n`` images from a run's generator (dcgan or gan), uint8 (n, 28, 28)."""
     device = resolve_device("auto")
-    _, generator = _restore(run_path, device)
+    _, generator = restore_generator(run_path, device)
     z = torch.randn(n, generator.latent_dim, generator=torch.Generator().manual_seed(seed)).to(device)
     return generate(generator, z).numpy()
 

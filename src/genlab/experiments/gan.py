@@ -33,12 +33,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from genlab import plots
-from genlab.data import load_split
 from genlab.engine import (RunConfig, RunDir, TrainingDiverged, config_to_dict, load_checkpoint, resolve_device,
                            rng_state, save_checkpoint, seed_everything, set_rng_state)
-from genlab.experiments import Experiment
+from genlab.experiments import Experiment, dcgan
 from genlab.experiments.dcgan import (Discriminator, Generator, _moving_average, autocast_for, build,
-                                      discriminator_loss, generate)
+                                      discriminator_loss, evaluate_run, generate, sample)
 from genlab.experiments.dcgan import generator_loss as non_saturating_generator_loss
 
 DATASET = "mnist"
@@ -169,8 +168,7 @@ def train_step(generator: Generator, discriminator: Discriminator, opt_g: torch.
 
 def load_images(data_dir: Path | None, split: str, device: torch.device) -> torch.Tensor:
     """The MNIST split as float32 (N, 1, 28, 28) in [-1, 1] on ``device``."""
-    images, _ = load_split(DATASET, split, data_dir)
-    return torch.from_numpy(images.copy()).to(device).unsqueeze(1).float().div_(127.5).sub_(1.0)
+    return dcgan.load_images(data_dir, split, device, DATASET)
 
 
 def run(config: GANConfig) -> Path:
@@ -351,12 +349,7 @@ def evaluate_generator(generator: Generator, device: torch.device, seed: int, n:
                        data_dir: Path | None = None) -> dict:
     """FID/KID/IS of ``n`` generated images against the 10,000 MNIST test images
     (genlab's MNIST domain classifier, see :mod:`genlab.quality`)."""
-    from genlab.quality import image_quality
-
-    real = torch.from_numpy(load_split(DATASET, "test", data_dir)[0].copy()).unsqueeze(1)
-    z = torch.randn(n, generator.latent_dim, generator=torch.Generator().manual_seed(seed + 2)).to(device)
-    fake = generate(generator, z).unsqueeze(1)
-    return image_quality(fake, real, DATASET)
+    return dcgan.evaluate_generator(generator, device, seed, n, data_dir, DATASET)
 
 
 def finish(run_dir: RunDir, config: GANConfig, generator: Generator, fixed_z: torch.Tensor,
@@ -435,35 +428,9 @@ def compare_gradient_norms(run_paths: list[Path], path: Path, steps: int | None 
 # eval / sample / bench
 # ---------------------------------------------------------------------------------------
 
-def _restore(run_path: Path, device: torch.device):
-    ckpt = load_checkpoint(Path(run_path) / "checkpoints" / "last.pt", device)
-    cfg = ckpt["config"]
-    generator = Generator(cfg["latent_dim"], cfg["leaky_slope"]).to(device)
-    generator.load_state_dict(ckpt["generator"])
-    return ckpt, generator
-
-
 def evaluate(run_path: Path) -> dict:
     """``genlab eval RUN_DIR``: FID/KID/IS on 10,000 samples, rewritten into metrics.json."""
-    device = resolve_device("auto")
-    ckpt, generator = _restore(run_path, device)
-    fields = {k: v for k, v in ckpt["config"].items() if k in GANConfig.__dataclass_fields__}
-    fields.update(out=Path(run_path), resume=True, fid_samples=fields.get("fid_samples") or 10000)
-    if fields.get("data_dir"):
-        fields["data_dir"] = Path(fields["data_dir"])
-    config = GANConfig(**fields)
-    run_dir = RunDir("gan", config, device)
-    metrics = finish(run_dir, config, generator, ckpt["fixed_z"], device, ckpt.get("elapsed_s"))
-    run_dir.close()
-    return metrics
-
-
-def sample(run_path: Path, n: int, seed: int = 0) -> np.ndarray:
-    """``genlab sample``: ``n`` images from a run's generator, uint8 (n, 28, 28)."""
-    device = resolve_device("auto")
-    _, generator = _restore(run_path, device)
-    z = torch.randn(n, generator.latent_dim, generator=torch.Generator().manual_seed(seed)).to(device)
-    return generate(generator, z).numpy()
+    return evaluate_run(run_path, "gan", GANConfig, finish, "elapsed_s")
 
 
 def bench(argv: list[str]) -> dict:

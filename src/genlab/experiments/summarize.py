@@ -44,11 +44,10 @@ REFERENCE_ROUGE = {"from scratch (full XSum)": (18.82, 3.02, 15.19),
 
 
 @dataclass
-class SummarizeConfig(RunConfig):
-    """SPEC §10 from-scratch Transformer; defaults are the documented CPU run."""
+class SummaryDataConfig(RunConfig):
+    """The (document, summary) pairs to use: the options :func:`load_data` reads (shared with
+    :mod:`genlab.experiments.t5_finetune`)."""
 
-    epochs: int = 5
-    """Passes over the training part."""
     data_dir: Path | None = None
     """Shared data folder holding xsum/, bbc-news-summary/, t5-small-tokenizer/ (default: <repo>/../shared/data)."""
     dataset: str = "xsum-subset"
@@ -57,6 +56,14 @@ class SummarizeConfig(RunConfig):
     """A JSONL file of pairs (fields document or article, summary, optional id, split); overrides --dataset."""
     official_split: bool = False
     """Use the file's own split labels instead of the 90/5/5 hash split (for the full XSum)."""
+
+
+@dataclass
+class SummarizeConfig(SummaryDataConfig):
+    """SPEC §10 from-scratch Transformer; defaults are the documented CPU run."""
+
+    epochs: int = 5
+    """Passes over the training part."""
     tokenizer: Path | None = None
     """The t5-small tokenizer folder (spiece.model); default <data-dir>/t5-small-tokenizer."""
     max_source_len: int = 256

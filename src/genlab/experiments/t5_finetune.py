@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from genlab.engine import (RunConfig, RunDir, TrainingDiverged, config_to_dict, load_checkpoint, resolve_device,
-                           rng_state, save_checkpoint, seed_everything, set_rng_state)
+from genlab.engine import (RunDir, TrainingDiverged, config_to_dict, load_checkpoint, resolve_device, rng_state,
+                           save_checkpoint, seed_everything, set_rng_state)
 from genlab.experiments import Experiment
-from genlab.experiments.summarize import epoch_batches, finish, load_data
+from genlab.experiments.summarize import SummaryDataConfig, epoch_batches, finish, load_data
 from genlab.summaries import Pair, tokenizer_dir
 
 PREFIX = "summarize: "
@@ -37,21 +37,13 @@ TINY_T5 = {"d_model": 64, "d_ff": 128, "d_kv": 16, "num_heads": 4, "num_layers":
 
 
 @dataclass
-class T5FinetuneConfig(RunConfig):
-    """SPEC §10 T5 fine-tuning."""
+class T5FinetuneConfig(SummaryDataConfig):
+    """SPEC §10 T5 fine-tuning (the data options, --dataset etc., are :class:`SummaryDataConfig`'s)."""
 
     init: Path | None = None
     """Local T5 checkpoint folder (config.json + weights, e.g. a downloaded t5-small) to fine-tune."""
     random_init: bool = False
     """Start from a tiny randomly initialised T5 instead of --init (tests and smoke runs; no pretraining)."""
-    data_dir: Path | None = None
-    """Shared data folder holding xsum/, bbc-news-summary/, t5-small-tokenizer/ (default: <repo>/../shared/data)."""
-    dataset: str = "xsum-subset"
-    """xsum-subset, bbc-news-summary, or xsum-hf (Hugging Face hub; needs internet and `datasets`)."""
-    data: Path | None = None
-    """A JSONL file of pairs (fields document or article, summary, optional id, split); overrides --dataset."""
-    official_split: bool = False
-    """Use the file's own split labels instead of the 90/5/5 hash split (for the full XSum)."""
     tokenizer: Path | None = None
     """Tokenizer folder; default: --init if it holds spiece.model, else <data-dir>/t5-small-tokenizer."""
     max_source_len: int = 512

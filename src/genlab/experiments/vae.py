@@ -38,8 +38,8 @@ from tqdm.auto import tqdm
 
 from genlab import plots
 from genlab.data import load_split
-from genlab.engine import (RunConfig, RunDir, TrainingDiverged, config_to_dict, load_checkpoint, resolve_device,
-                           save_checkpoint, seed_everything)
+from genlab.engine import (RunConfig, RunDir, TrainingDiverged, config_from_dict, config_to_dict, load_checkpoint,
+                           resolve_device, save_checkpoint, seed_everything)
 from genlab.experiments import Experiment
 
 DATASET = "mnist"
@@ -602,11 +602,7 @@ def write_summary(run_dir: RunDir, config: VAEConfig, metrics: dict) -> Path:
 
 def _restore(run_path: Path, device: torch.device) -> tuple[VAEConfig, VAE]:
     ckpt = load_checkpoint(Path(run_path) / "checkpoints" / "last.pt", device)
-    fields = {k: v for k, v in ckpt["config"].items() if k in VAEConfig.__dataclass_fields__}
-    fields.update(out=Path(run_path), resume=True, device=str(device.type))
-    if fields.get("data_dir"):
-        fields["data_dir"] = Path(fields["data_dir"])
-    config = VAEConfig(**fields)
+    config = config_from_dict(VAEConfig, ckpt["config"], out=Path(run_path), resume=True, device=str(device.type))
     model = VAE(config.seeds, config.latent_dim, config.hidden_dim).to(device)
     model.load_state_dict(ckpt["model"])
     return config, model
