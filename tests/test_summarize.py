@@ -244,3 +244,15 @@ def test_cli_smoke_on_real_pairs(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_test"] == 3 and set(metrics["rouge"]["lead_1"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
     assert len((out / "test_summaries.jsonl").read_text().splitlines()) == 3
+
+
+def test_bench_t5_small_size_matches_the_t5_small_config():
+    """`genlab bench summarize --size t5-small` times a model of t5-small's sizes (its config.json)."""
+    from genlab.benchmarks.summarize import SIZES
+    from genlab.summaries import tokenizer_dir
+
+    t5 = json.loads((tokenizer_dir(None, None) / "config.json").read_text())
+    size = SIZES["t5-small"]
+    assert (size["d_model"], size["n_heads"], size["d_ff"]) == (t5["d_model"], t5["num_heads"], t5["d_ff"])
+    assert size["n_layers"] == t5["num_layers"] == t5["num_decoder_layers"]
+    assert SIZES["default"] == {}

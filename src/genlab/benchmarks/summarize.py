@@ -5,11 +5,12 @@ values are computed once, and the decoder self-attention keys/values of past tok
 (:class:`genlab.transformer.KVCache`), so each step decodes one token. Uncached: every step
 re-decodes the whole prefix and recomputes the cross-attention projections (the encoder
 still runs once). Both generate exactly ``--new-tokens`` tokens per source (EOS ignored),
-greedily, from the same model (the ``genlab run summarize`` default sizes, random weights:
-speed does not depend on the weights) on real XSum test documents; the tokens are checked
-to be equal.
+greedily, from the same model (``--size``: the ``genlab run summarize`` defaults or
+t5-small's sizes; random weights: speed does not depend on the weights) on real XSum test
+documents; the tokens are checked to be equal.
 
     genlab bench summarize --json
+    genlab bench summarize --size t5-small --json
     python benchmarks/bench_summarize.py --new-tokens 64 --batch-size 8
 """
 
@@ -23,6 +24,13 @@ from genlab.benchmarks.common import (add_device_argument, add_json_argument, de
                                      parser_for, report, sync)
 from genlab.engine import resolve_device
 from genlab.transformer import Transformer, greedy_decode
+
+
+SIZES = {
+    "default": {},  # the SummarizeConfig defaults: d_model 128, 4 heads, 2 + 2 layers, d_ff 512
+    "t5-small": {"d_model": 512, "n_heads": 8, "n_layers": 6, "d_ff": 2048},  # t5-small config.json
+}
+"""Model sizes the benchmark can time (speed does not depend on the weights, so both are random)."""
 
 
 def _sources(batch_size: int, max_source_len: int, tokenizer, device: torch.device) -> torch.Tensor:
@@ -53,12 +61,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=8, help="sources decoded together")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (best one kept)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (both sides)")
+    parser.add_argument("--size", default="default", choices=sorted(SIZES),
+                        help="model sizes: the `genlab run summarize` defaults, or t5-small's "
+                             "(d_model 512, 8 heads, 6 + 6 layers, d_ff 2048)")
     add_device_argument(parser, default="cpu")
     add_json_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    config = SummarizeConfig()
+    config = SummarizeConfig(**SIZES[args.size])
     tokenizer = SentencePieceTokenizer(tokenizer_dir(None, config.data_dir))
     torch.manual_seed(0)
     model = Transformer(model_config(config, tokenizer)).to(device).eval()
@@ -75,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
         "new_tokens": args.new_tokens,
         "batch_size": src.shape[0],
         "source_tokens": src.shape[1],
+        "size": args.size,
         "model": {k: getattr(config, k) for k in ("d_model", "n_heads", "n_layers", "d_ff")},
         "device": device_name(device),
         **machine_info(),
