@@ -16,7 +16,6 @@ Adam, and the data set held as one tensor batched by indexing.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
