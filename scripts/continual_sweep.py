@@ -5,8 +5,8 @@
 
 Reads each run's metrics/summary.csv, keeps the rows of ``--model``, and draws the EWC rows
 (average accuracy, plasticity and forgetting against λ, log scale) with the other methods'
-average accuracy as reference lines, exactly as a single run with all the λ would
-(`genlab.experiments.continual._plot_sweep`). Prints the merged table.
+average accuracy as reference lines (from the first run that has the method), as a single run
+with all the λ would (`genlab.experiments.continual.plot_lambda_sweep`). Prints the merged table.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import argparse
 import csv
 from pathlib import Path
 
-from genlab.experiments.continual import _plot_sweep
+from genlab.experiments.continual import plot_lambda_sweep
 
 TEXT_FIELDS = {"model", "method", "label"}
 
@@ -32,12 +32,16 @@ def main() -> None:
     parser.add_argument("--model", default="mlp", choices=["mlp", "cnn"])
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = parser.parse_args()
-    rows = [row for run in args.runs for row in read_rows(run) if row["model"] == args.model]
+    rows, seen = [], set()
+    for row in (row for run in args.runs for row in read_rows(run) if row["model"] == args.model):
+        if row["method"] == "ewc" or row["label"] not in seen:  # one line per other method: the first run's
+            rows.append(row)
+            seen.add(row["label"])
     sweep = sorted((row for row in rows if row["method"] == "ewc"), key=lambda row: row["lambda"])
     if not sweep:
         raise SystemExit(f"no EWC rows for model {args.model} in {[str(r) for r in args.runs]}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    _plot_sweep(sweep, rows, args.model, args.out)
+    plot_lambda_sweep(sweep, rows, args.model, args.out)
     print("| method | λ | average accuracy | backward transfer | plasticity | task 1 at end |")
     print("|---|---|---|---|---|---|")
     for row in [r for r in rows if r["method"] != "ewc"] + sweep:

@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import genlab
 from genlab.experiments.reinforce import (Classifier, Gradient, ReinforceConfig, RunningMean, Task, ZeroOneLoss,

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import genlab
 from genlab.summaries import (DataError, hash_split, lead_1, load_pairs, rouge_scores, shared_data_dir,

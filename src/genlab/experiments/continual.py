@@ -663,7 +663,7 @@ def write_outputs(run_dir: RunDir, results: list[dict], tasks: int) -> list[dict
         sweep = sorted((row for row in rows if row["model"] == model and row["method"] == "ewc"),
                        key=lambda row: row["lambda"])
         if len(sweep) > 1:
-            _plot_sweep(sweep, rows, model, figs / f"ewc_lambda_sweep_{model}.png")
+            plot_lambda_sweep(sweep, rows, model, figs / f"ewc_lambda_sweep_{model}.png")
     return rows
 
 
@@ -709,7 +709,15 @@ def _plot_average(results: list[dict], model: str, tasks: int, path: Path) -> No
     plt.close(fig)
 
 
-def _plot_sweep(sweep: list[dict], rows: list[dict], model: str, path: Path) -> None:
+def plot_lambda_sweep(sweep: list[dict], rows: list[dict], model: str, path: Path) -> None:
+    """The EWC λ sweep of one model as a PNG at ``path``: average accuracy, plasticity and
+    forgetting (each in [0, 1], with their seed std as error bars) against λ on a log axis, and
+    the average accuracy of every other method of ``rows`` (naive, rehearsal) as a dashed line.
+
+    Args: ``sweep``: the EWC summary rows (keys ``lambda``, ``average_accuracy``, ``plasticity``,
+    ``forgetting`` and their ``*_std``), in λ order; ``rows``: all summary rows (keys ``model``,
+    ``method``, ``label``, ``average_accuracy``); ``model``: ``"mlp"`` or ``"cnn"``.
+    """
     lams = [max(row["lambda"], 1e-3) for row in sweep]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for key, name in (("average_accuracy", "average accuracy after the last task"),

@@ -37,7 +37,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from genlab import plots
 from genlab.data import load_split
 from genlab.engine import (RunConfig, RunDir, config_to_dict, load_checkpoint, resolve_device, save_checkpoint)
 from genlab.experiments import Experiment
