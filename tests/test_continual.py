@@ -29,19 +29,43 @@ def test_fisher_diagonal_matches_logistic_regression_closed_form():
     torch.testing.assert_close(fisher["bias"], expected_b, rtol=1e-10, atol=1e-12)
 
 
-def test_fisher_diagonal_of_a_network_matches_per_sample_autograd():
+def test_exact_fisher_matches_logistic_regression_closed_form():
+    # The Fisher proper takes the expectation over y ~ p(y | x): for W,
+    # Σ_c p_c (δ_kc − p_k)² x_j² = p_k (1 − p_k) x_j², and p_k (1 − p_k) for b.
+    torch.manual_seed(0)
+    model = nn.Linear(5, 3).double()
+    x, y = torch.randn(37, 5, dtype=torch.float64), torch.randint(0, 3, (37,))
+    p = torch.softmax(model(x), dim=1).detach()
+    expected_w = ((p * (1 - p)).unsqueeze(2) * x.pow(2).unsqueeze(1)).mean(0)
+    fisher = cl.fisher_diagonal(model, x, y, chunk_size=10, kind="exact")
+    torch.testing.assert_close(fisher["weight"], expected_w, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fisher["bias"], (p * (1 - p)).mean(0), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["empirical", "exact"])
+@pytest.mark.parametrize("make", [lambda: cl.MLP(16), cl.CNN], ids=["mlp-per-layer", "cnn-vmap"])
+def test_fisher_diagonal_of_a_network_matches_per_sample_autograd(make, kind):
+    # The MLP takes the per-layer closed form, the CNN the vmap path; both against one
+    # backward pass per (example, label) weighted as the definition says.
     torch.manual_seed(1)
-    model = cl.CNN()
+    model = make()
     x, y = torch.randn(6, 784), torch.randint(0, 10, (6,))
     expected = {k: torch.zeros_like(p) for k, p in model.named_parameters()}
     for xi, yi in zip(x, y):
-        model.zero_grad()
-        F.log_softmax(model(xi[None]), dim=1)[0, yi].backward()
-        for k, p in model.named_parameters():
-            expected[k] += p.grad.pow(2) / len(x)
-    fisher = cl.fisher_diagonal(model, x, y)
+        log_p = F.log_softmax(model(xi[None]), dim=1)[0]
+        labels = [(int(yi), 1.0)] if kind == "empirical" else [(c, float(log_p[c].detach().exp())) for c in range(10)]
+        for c, weight in labels:
+            grads = torch.autograd.grad(log_p[c], list(model.parameters()), retain_graph=True)
+            for (k, _), g in zip(model.named_parameters(), grads):
+                expected[k] += weight * g.pow(2) / len(x)
+    fisher = cl.fisher_diagonal(model, x, y, chunk_size=4, kind=kind)
     for k in expected:
         torch.testing.assert_close(fisher[k], expected[k], rtol=1e-4, atol=1e-9)
+
+
+def test_fisher_diagonal_refuses_an_unknown_kind():
+    with pytest.raises(ValueError, match="empirical"):
+        cl.fisher_diagonal(nn.Linear(3, 2), torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), kind="true")
 
 
 def _anchors(model, tasks, seed=0):

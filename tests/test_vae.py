@@ -131,6 +131,20 @@ def test_a_seed_trains_the_same_alone_and_stacked_with_others():
     assert not torch.allclose(stacked.decoder.fc3.bias[0], stacked.decoder.fc3.bias[1])
 
 
+def test_batch_stream_binarises_each_pixel_with_probability_intensity_over_255():
+    levels = torch.tensor([0, 51, 128, 255], dtype=torch.uint8)
+    images = levels[:, None].expand(4, 784).contiguous()  # one constant image per level
+    stream = vae.BatchStream(images, 4, [torch.Generator().manual_seed(0)])
+    ones = torch.zeros(4)
+    for _ in range(50):  # 50 x 784 draws per level; each batch is the four images in a fresh order
+        x = stream.next()[0]  # (4, 784)
+        assert set(x.unique().tolist()) <= {0.0, 1.0}
+        ones[stream.orders[0]] += x.sum(1)
+    freq = ones / (50 * 784)  # standard error <= 0.0026
+    assert freq[0] == 0 and freq[3] == 1
+    torch.testing.assert_close(freq, levels.float() / 255, atol=0.01, rtol=0)
+
+
 def _trained_tiny_model():
     """A VAE fitted for 100 steps to 1,000 MNIST digits: far enough from its prior that the bounds differ."""
     config = vae.VAEConfig(seed=0, batch_size=100)

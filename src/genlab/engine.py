@@ -15,6 +15,7 @@ A run directory looks like::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime as _dt
@@ -315,3 +316,19 @@ class RunDir:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """True where bf16 matrix work is native: CUDA with bf16, or a CPU with AVX512-BF16/AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # older torch
+        return False
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` for ``precision`` "bf16", or "auto" where :func:`bf16_supported`; else a no-op."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and bf16_supported(device))
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)

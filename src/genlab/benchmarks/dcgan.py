@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from genlab.benchmarks.common import (add_device_argument, add_json_argument, device_name, machine_info,
                                      parser_for, report, time_steps)
-from genlab.engine import resolve_device
+from genlab.engine import autocast_for, bf16_supported, resolve_device
 from genlab.experiments import dcgan
 
 
@@ -98,7 +98,7 @@ def time_train_step(config, images, steps: int, warmup: int, device: torch.devic
     over ``steps`` steps after ``warmup``. ``images``: uint8 (N, 28, 28), held as one tensor."""
     generator, discriminator, opt_g, opt_d = dcgan.build(config, device)
     data = torch.from_numpy(images.copy()).to(device).unsqueeze(1).float().div_(127.5).sub_(1.0)
-    autocast = dcgan.autocast_for(device, config.precision)
+    autocast = autocast_for(device, config.precision)
     order = torch.randperm(len(data), device=device)
     batch_size = config.batch_size
 
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_size": args.batch_size,
         "device": device_name(device),
         "precision": args.precision,
-        "bf16": dcgan.bf16_supported(device) if args.precision == "auto" else args.precision == "bf16",
+        "bf16": bf16_supported(device) if args.precision == "auto" else args.precision == "bf16",
         **machine_info(),
     }
     return report(result, args.json,

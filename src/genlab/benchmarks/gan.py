@@ -22,8 +22,8 @@ from genlab.benchmarks import dcgan as bench_dcgan
 from genlab.benchmarks.common import (add_device_argument, add_json_argument, device_name, machine_info,
                                      parser_for, report)
 from genlab.data import load_split
-from genlab.engine import resolve_device
-from genlab.experiments import dcgan, gan
+from genlab.engine import bf16_supported, resolve_device
+from genlab.experiments import gan
 
 
 def time_reference(images, steps: int, warmup: int, batch_size: int, device: torch.device, loss_name: str) -> float:
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_size": args.batch_size,
         "device": device_name(device),
         "precision": args.precision,
-        "bf16": dcgan.bf16_supported(device) if args.precision == "auto" else args.precision == "bf16",
+        "bf16": bf16_supported(device) if args.precision == "auto" else args.precision == "bf16",
         **machine_info(),
     }
     return report(result, args.json,

@@ -6,8 +6,9 @@ per-sample ``Dataset`` that scales each uint8 image to [0, 1] and flattens it, a
 decoder of ``nn.Linear`` + ``nn.ELU``, the negative ELBO from the same formulas, and the
 default ``torch.optim.Adam``; several seeds are several runs of that loop, one after the
 other. genlab's step is :func:`genlab.experiments.vae.train_step`: the data set held as one
-uint8 tensor indexed per batch, fused Adam, and ``--seeds`` models stacked into batched
-GEMMs (one optimiser step for all of them).
+uint8 tensor indexed per batch and binarised by one comparison with uniforms, bf16 autocast
+of the matrix products where the CPU supports it (``--precision``), fused Adam, and
+``--seeds`` models stacked into batched GEMMs (one optimiser step for all of them).
 
 Rounds alternate reference and genlab so that both see the same background load; the
 figure of each side is its median round.
@@ -27,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from genlab.benchmarks.common import (add_device_argument, add_json_argument, device_name, machine_info,
                                      parser_for, report, time_steps)
-from genlab.engine import resolve_device
+from genlab.engine import autocast_for, bf16_supported, resolve_device
 from genlab.experiments import vae
 
 
@@ -86,15 +87,17 @@ def time_reference(images, steps: int, warmup: int, batch_size: int, device: tor
     return time_steps(step, steps, warmup, device) / steps
 
 
-def time_genlab(images, steps: int, warmup: int, batch_size: int, device: torch.device, seeds: int) -> float:
+def time_genlab(images, steps: int, warmup: int, batch_size: int, device: torch.device, seeds: int,
+                precision: str = "auto") -> float:
     """Seconds per iteration of genlab's trainer with ``seeds`` stacked models."""
-    config = vae.VAEConfig(seeds=seeds, batch_size=batch_size)
+    config = vae.VAEConfig(seeds=seeds, batch_size=batch_size, precision=precision)
     model, optimizer, gens = vae.build(config, device)
     stream = vae.BatchStream(torch.from_numpy(images.reshape(-1, 784).copy()).to(device), batch_size, gens)
+    autocast = autocast_for(device, precision)
 
     def step(i: int) -> None:
         eps = vae.draw_noise(gens, batch_size, config.latent_dim, device)
-        vae.train_step(model, optimizer, stream.next(), eps)
+        vae.train_step(model, optimizer, stream.next(), eps, autocast)
 
     return time_steps(step, steps, warmup, device) / steps
 
@@ -107,6 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, default=3, help="models trained together by genlab")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--iterations", type=int, default=10000, help="run length the projections are for")
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                        help="genlab's arithmetic (the reference is always fp32)")
     add_device_argument(parser)
     add_json_argument(parser)
     args = parser.parse_args(argv)
@@ -116,8 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
     ref, one, many = [], [], []
     for _ in range(args.rounds):
         ref.append(time_reference(images, args.steps, args.warmup, args.batch_size, device))
-        one.append(time_genlab(images, args.steps, args.warmup, args.batch_size, device, 1))
-        many.append(time_genlab(images, args.steps, args.warmup, args.batch_size, device, args.seeds))
+        one.append(time_genlab(images, args.steps, args.warmup, args.batch_size, device, 1, args.precision))
+        many.append(time_genlab(images, args.steps, args.warmup, args.batch_size, device, args.seeds, args.precision))
     ref, one, many = statistics.median(ref), statistics.median(one), statistics.median(many)
     n = args.iterations
     result = {
@@ -132,6 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": args.steps,
         "rounds": args.rounds,
         "batch_size": args.batch_size,
+        "bf16": bf16_supported(device) if args.precision == "auto" else args.precision == "bf16",
         "device": device_name(device),
         **machine_info(),
     }

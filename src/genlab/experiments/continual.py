@@ -52,6 +52,7 @@ from genlab.experiments import Experiment  # noqa: E402
 
 Method = Literal["naive", "ewc", "rehearsal"]
 ModelName = Literal["mlp", "cnn"]
+FisherKind = Literal["empirical", "exact"]
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # of the 60,000 training pixels scaled to [0, 1]
 # SPEC §9 anchor: EWC average accuracy after 10 permuted-MNIST tasks.
 REFERENCE = {"ewc_average_accuracy_public_baseline": 0.83, "ewc_average_accuracy_paper": 0.94}
@@ -71,8 +72,10 @@ class ContinualConfig(RunConfig):
     """Passes over the 60,000 training images per task."""
     batch_size: int = 128
     """Examples of the current task per optimiser step."""
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    """Optimiser of every task: sgd, or adam (betas 0.9, 0.999; needs --ewc-update gradient for EWC)."""
     lr: float = 0.1
-    """SGD learning rate."""
+    """Learning rate of the optimiser."""
     momentum: float = 0.0
     """SGD momentum."""
     hidden: int = 400
@@ -86,6 +89,9 @@ class ContinualConfig(RunConfig):
     proximal (the exact proximal step of the quadratic after the SGD step on the data loss; stable for every λ)."""
     fisher_samples: int = 500
     """Training examples of the finished task whose squared gradients estimate its Fisher diagonal."""
+    fisher: FisherKind = "empirical"
+    """EWC's Fisher: empirical (squared gradients at the true labels, as in the EWC paper) or exact (the expectation
+    over the model's own predictive distribution, 10 backward passes per example)."""
     memory_per_task: int = 1000
     """Rehearsal: training examples kept from each finished task."""
     replay_batch: int = 128
@@ -111,6 +117,9 @@ class ContinualConfig(RunConfig):
             raise ValueError("--fisher-samples, --eval-samples, --probe-every and --seeds must be >= 1")
         if self.eval_samples > 10000:
             raise ValueError(f"--eval-samples is at most 10000 (the MNIST test set), got {self.eval_samples}")
+        if self.optimizer == "adam" and self.ewc_update == "proximal" and "ewc" in self.methods:
+            raise ValueError("the proximal EWC step is the proximal operator for an SGD step of size --lr; "
+                             "with --optimizer adam pass --ewc-update gradient")
         if any(lam < 0 for lam in self.lambdas):
             raise ValueError(f"EWC λ must be >= 0, got {self.lambdas}")
 
@@ -175,20 +184,106 @@ def build_model(name: str, hidden: int) -> nn.Module:
 # EWC (Kirkpatrick et al. 2017)
 # ---------------------------------------------------------------------------------------
 
-def fisher_diagonal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 128) -> dict[str, torch.Tensor]:
-    """Diagonal empirical Fisher information F_i = (1/N) Σ_n (∂ log p(y_n | x_n, θ) / ∂θ_i)².
+def fisher_diagonal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 128,
+                    kind: FisherKind = "empirical") -> dict[str, torch.Tensor]:
+    """Diagonal Fisher information of a classifier, averaged over the N examples (x, y).
 
-    Per-sample gradients come from ``torch.func.vmap(grad(...))`` in chunks of
-    ``chunk_size``; the labels are the true ones (the empirical Fisher, as in the EWC
-    paper's permuted-MNIST experiments), and the model is evaluated in its current mode.
+    - ``kind="empirical"``: F_i = (1/N) Σ_n (∂ log p(y_n | x_n, θ) / ∂θ_i)² at the true labels,
+      as in the EWC paper's permuted-MNIST experiments (Kirkpatrick et al. 2017, eq. 3 and §2.1).
+    - ``kind="exact"``: F_i = (1/N) Σ_n Σ_c p(c | x_n, θ) (∂ log p(c | x_n, θ) / ∂θ_i)², the
+      expectation over the model's own predictive distribution (the Fisher proper; Martens 2020,
+      "New insights and perspectives on the natural gradient method", §9.2; Kunstner et al. 2019
+      on why the empirical one can differ). ``y`` is then unused. C times the cost of "empirical".
+
+    Models whose every parameter belongs to an ``nn.Linear`` applied once to (N, fan_in)
+    inputs (the MLP) use the per-layer closed form: the per-example gradient of a Linear
+    weight is the outer product δ_n a_nᵀ of the output gradient and the input, so
+    Σ_n (δ_n a_nᵀ)² = (δ²)ᵀ (a²), one GEMM per layer and one batched backward pass per chunk
+    (Goodfellow 2015, "Efficient per-example gradient computations"). Other models (the CNN)
+    take per-example gradients with ``torch.func.vmap(grad(...))``. Both are evaluated in the
+    model's current mode.
 
     Args:
-        model: maps float (N, ...) inputs to logits (N, C).
+        model: maps float (N, ...) inputs to logits (N, C); no layer may mix examples (no batch norm).
         x: inputs (N, ...); y: int64 labels (N,).
+        chunk_size: examples per batched pass (memory: chunk_size × parameters floats on the vmap path).
+        kind: "empirical" or "exact".
 
     Returns:
-        {parameter name: float32 tensor of the parameter's shape}, every entry >= 0.
+        {parameter name: tensor of the parameter's shape and dtype}, every entry >= 0.
+
+    Raises:
+        ValueError: for an unknown ``kind``.
     """
+    if kind not in ("empirical", "exact"):
+        raise ValueError(f"unknown Fisher kind {kind!r}; choose 'empirical' or 'exact'")
+    linears = _linear_layers(model)
+    total = {k: torch.zeros_like(p) for k, p in model.named_parameters()}
+    for i in range(0, len(x), chunk_size):
+        xb, yb = x[i:i + chunk_size], y[i:i + chunk_size]
+        if linears is not None:
+            _fisher_sum_linear(model, linears, xb, yb if kind == "empirical" else None, total)
+        elif kind == "empirical":
+            _fisher_sum_vmap(model, xb, yb, None, total)
+        else:
+            with torch.no_grad():
+                probs = torch.softmax(model(xb), dim=1)  # (n, C)
+            for c in range(probs.shape[1]):
+                _fisher_sum_vmap(model, xb, torch.full_like(yb, c), probs[:, c], total)
+    return {k: v / len(x) for k, v in total.items()}
+
+
+def _linear_layers(model: nn.Module) -> dict[str, nn.Linear] | None:
+    """{module name: layer} when every parameter of ``model`` is an ``nn.Linear``'s, else None."""
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    owned = {f"{name}.{p}" if name else p for name, m in linears.items() for p, _ in m.named_parameters()}
+    return linears if owned == {k for k, _ in model.named_parameters()} else None
+
+
+def _fisher_sum_linear(model: nn.Module, linears: dict[str, nn.Linear], x: torch.Tensor, y: torch.Tensor | None,
+                       total: dict[str, torch.Tensor]) -> None:
+    """total += Σ_n (∂ log p(y_n | x_n) / ∂θ)² (y given) or Σ_n Σ_c p(c | x_n) (∂ log p(c | x_n) / ∂θ)²
+    (y None) for an all-Linear model, per layer in closed form from one forward pass."""
+    inputs, outputs, handles = {}, {}, []
+
+    def keep(name):
+        def hook(module, args, output):
+            if name in inputs or args[0].dim() != 2:
+                raise RuntimeError(f"fisher_diagonal's per-layer path needs each nn.Linear applied once to "
+                                   f"(N, fan_in) inputs; {name!r} is not")
+            inputs[name], outputs[name] = args[0].detach(), output
+        return hook
+
+    for name, layer in linears.items():
+        handles.append(layer.register_forward_hook(keep(name)))
+    try:
+        with torch.enable_grad():
+            log_probs = F.log_softmax(model(x), dim=1)  # (n, C)
+    finally:
+        for h in handles:
+            h.remove()
+    if y is not None:
+        targets = [(log_probs.gather(1, y[:, None]).sum(), None)]
+    else:
+        probs = log_probs.detach().exp()
+        targets = [(log_probs[:, c].sum(), probs[:, c]) for c in range(log_probs.shape[1])]
+    for i, (objective, weight) in enumerate(targets):
+        # Per-example terms do not interact, so the gradient of their sum at a layer's output
+        # holds each example's own δ_n.
+        deltas = torch.autograd.grad(objective, list(outputs.values()), retain_graph=i + 1 < len(targets))
+        for name, delta in zip(outputs, deltas):
+            d2 = delta.square()  # (n, fan_out)
+            if weight is not None:
+                d2 = d2 * weight[:, None]
+            prefix = f"{name}." if name else ""
+            total[prefix + "weight"] += d2.T @ inputs[name].square()  # (fan_out, fan_in)
+            if linears[name].bias is not None:
+                total[prefix + "bias"] += d2.sum(0)
+
+
+def _fisher_sum_vmap(model: nn.Module, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None,
+                     total: dict[str, torch.Tensor]) -> None:
+    """total += Σ_n w_n (∂ log p(y_n | x_n) / ∂θ)² from per-example gradients by vmap."""
     from torch.func import functional_call, grad, vmap
 
     params = {k: v.detach() for k, v in model.named_parameters()}
@@ -198,13 +293,12 @@ def fisher_diagonal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_si
         logits = functional_call(model, (p, buffers), (xi.unsqueeze(0),))  # (1, C)
         return -F.cross_entropy(logits, yi.unsqueeze(0))  # log p(y | x, θ)
 
-    per_sample = vmap(grad(log_likelihood), in_dims=(None, 0, 0))
-    total = {k: torch.zeros_like(v) for k, v in params.items()}
-    for i in range(0, len(x), chunk_size):
-        grads = per_sample(params, x[i:i + chunk_size], y[i:i + chunk_size])  # each (n, *shape)
-        for k, g in grads.items():
-            total[k] += g.pow(2).sum(0)
-    return {k: v / len(x) for k, v in total.items()}
+    grads = vmap(grad(log_likelihood), in_dims=(None, 0, 0))(params, x, y)  # each (n, *shape)
+    for k, g in grads.items():
+        sq = g.square()
+        if weight is not None:
+            sq = sq * weight.view(-1, *([1] * (sq.dim() - 1)))
+        total[k] += sq.sum(0)
 
 
 def ewc_penalty(params: dict[str, torch.Tensor], anchors: list[tuple[dict, dict]], lam: float) -> torch.Tensor:
@@ -452,7 +546,8 @@ def run_job(job: Job, config: ContinualConfig, data: dict, device: torch.device,
     perms = permutations(config.tasks, job.seed).to(device)  # (T, 784)
     torch.manual_seed(job.seed)
     model = build_model(job.model, config.hidden).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    opt = (torch.optim.Adam(model.parameters(), lr=config.lr) if config.optimizer == "adam"
+           else torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum))
     gen = torch.Generator().manual_seed(job.seed + 7919)  # data order, memory, replay and Fisher samples
     ewc = EWC(model) if job.method == "ewc" else None
     memory = ReplayMemory(config.memory_per_task, device) if job.method == "rehearsal" else None
@@ -504,7 +599,7 @@ def run_job(job: Job, config: ContinualConfig, data: dict, device: torch.device,
         penalty = ewc.penalty(lam) if ewc is not None else 0.0
         if ewc is not None:
             pick = torch.randperm(n_train, generator=gen)[:config.fisher_samples].to(device)
-            ewc.consolidate(fisher_diagonal(model, train_x[pick][:, perm], train_y[pick]))
+            ewc.consolidate(fisher_diagonal(model, train_x[pick][:, perm], train_y[pick], kind=config.fisher))
         if memory is not None:
             memory.add_task(n_train, gen)
         task += 1

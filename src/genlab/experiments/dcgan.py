@@ -11,7 +11,6 @@ a discriminator of two strided convolutions with dropout, binary cross-entropy o
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import signal
@@ -28,8 +27,9 @@ from tqdm.auto import tqdm
 
 from genlab import plots
 from genlab.data import load_split
-from genlab.engine import (RunConfig, RunDir, TrainingDiverged, config_from_dict, config_to_dict, load_checkpoint,
-                           resolve_device, rng_state, save_checkpoint, seed_everything, set_rng_state)
+from genlab.engine import (RunConfig, RunDir, TrainingDiverged, autocast_for,
+                           config_from_dict, config_to_dict, load_checkpoint, resolve_device, rng_state,
+                           save_checkpoint, seed_everything, set_rng_state)
 from genlab.experiments import Experiment
 from genlab.layers import FastDropout
 
@@ -151,21 +151,6 @@ def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------
-
-def bf16_supported(device: torch.device) -> bool:
-    """True where bf16 matrix work is native: CUDA with bf16, or a CPU with AVX512-BF16/AMX."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # older torch
-        return False
-
-
-def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    use_bf16 = precision == "bf16" or (precision == "auto" and bf16_supported(device))
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
-
 
 def train_step(generator: Generator, discriminator: Discriminator, opt_g: torch.optim.Optimizer,
                opt_d: torch.optim.Optimizer, real: torch.Tensor, autocast) -> torch.Tensor:

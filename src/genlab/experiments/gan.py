@@ -33,10 +33,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from genlab import plots
-from genlab.engine import (RunConfig, RunDir, TrainingDiverged, config_to_dict, load_checkpoint, resolve_device,
-                           rng_state, save_checkpoint, seed_everything, set_rng_state)
+from genlab.engine import (RunConfig, RunDir, TrainingDiverged, autocast_for, config_to_dict, load_checkpoint,
+                           resolve_device, rng_state, save_checkpoint, seed_everything, set_rng_state)
 from genlab.experiments import Experiment, dcgan
-from genlab.experiments.dcgan import (Discriminator, Generator, _moving_average, autocast_for, build,
+from genlab.experiments.dcgan import (Discriminator, Generator, _moving_average, build,
                                       discriminator_loss, evaluate_run, generate, sample)
 from genlab.experiments.dcgan import generator_loss as non_saturating_generator_loss
 

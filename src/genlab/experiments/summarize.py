@@ -31,8 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from genlab import plots
-from genlab.engine import (RunConfig, RunDir, TrainingDiverged, config_to_dict, load_checkpoint, resolve_device,
-                           rng_state, save_checkpoint, seed_everything, set_rng_state)
+from genlab.engine import (RunConfig, RunDir, TrainingDiverged, autocast_for, config_to_dict, load_checkpoint,
+                           resolve_device, rng_state, save_checkpoint, seed_everything, set_rng_state)
 from genlab.experiments import Experiment
 from genlab.summaries import (ROUGE_KEYS, Pair, SentencePieceTokenizer, default_data_file, lead_1, load_hf_xsum,
                               load_pairs, rouge_scores, split_pairs, tokenizer_dir)
@@ -247,12 +247,6 @@ def summarise(model: Transformer, tokenizer: SentencePieceTokenizer, documents: 
 # Training
 # ---------------------------------------------------------------------------------------
 
-def _autocast(device: torch.device, precision: str):
-    from genlab.experiments.dcgan import autocast_for
-
-    return autocast_for(device, precision)
-
-
 def run(config: SummarizeConfig) -> Path:
     """Train, then summarise the test part and score it; returns the run directory."""
     device = resolve_device(config.device)
@@ -269,7 +263,7 @@ def run(config: SummarizeConfig) -> Path:
     mc = model_config(config, tokenizer)
     model = Transformer(mc).to(device)
     opt, sched = build_optimizer(model, config, total_steps)
-    autocast = _autocast(device, config.precision)
+    autocast = autocast_for(device, config.precision)
     epoch, step = 0, 0
     if config.resume:
         ckpt = load_checkpoint(run_dir.checkpoint, device)
