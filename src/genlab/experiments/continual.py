@@ -79,8 +79,7 @@ class ContinualConfig(RunConfig):
     momentum: float = 0.0
     """SGD momentum."""
     hidden: int = 1000
-    """Width of the MLP's two hidden layers (Kirkpatrick et al. 2017 use 400 to 2000; docs/results/continual.md
-    measures 256 to 1000)."""
+    """Width of the MLP's two hidden layers (docs/results/continual.md compares 256 to 1000: EWC needs the width)."""
     ewc_lambda: float = 10.0
     """EWC penalty weight λ when no sweep is given (the best of the sweep at width 1000)."""
     ewc_lambdas: tuple[float, ...] = ()
@@ -193,8 +192,8 @@ def fisher_diagonal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_si
       as in the EWC paper's permuted-MNIST experiments (Kirkpatrick et al. 2017, eq. 3 and §2.1).
     - ``kind="exact"``: F_i = (1/N) Σ_n Σ_c p(c | x_n, θ) (∂ log p(c | x_n, θ) / ∂θ_i)², the
       expectation over the model's own predictive distribution (the Fisher proper; Martens 2020,
-      "New insights and perspectives on the natural gradient method", §9.2; Kunstner et al. 2019
-      on why the empirical one can differ). ``y`` is then unused. C times the cost of "empirical".
+      "New insights and perspectives on the natural gradient method"; Kunstner et al. 2019,
+      "Limitations of the empirical Fisher approximation", on why the empirical one can differ). ``y`` is then unused. C times the cost of "empirical".
 
     Models whose every parameter belongs to an ``nn.Linear`` applied once to (N, fan_in)
     inputs (the MLP) use the per-layer closed form: the per-example gradient of a Linear
@@ -215,6 +214,7 @@ def fisher_diagonal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_si
 
     Raises:
         ValueError: for an unknown ``kind``.
+        RuntimeError: an all-Linear model that applies a layer twice or to inputs that are not (N, fan_in).
     """
     if kind not in ("empirical", "exact"):
         raise ValueError(f"unknown Fisher kind {kind!r}; choose 'empirical' or 'exact'")
