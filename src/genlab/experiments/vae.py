@@ -404,8 +404,10 @@ def evaluate_iwae(model: VAE, x: torch.Tensor, k: int, seed: int, chunk: int = 1
     """Mean IWAE bound on the test NLL per model (S,) float64, nats per image, k samples per image."""
     g = torch.Generator(x.device).manual_seed(model_seeds(seed)[2] + 1)
     total = torch.zeros(model.n_models, dtype=torch.float64, device=x.device)
-    for i in range(0, len(x), chunk):
-        total += model.negative_iwae_bound(x[i:i + chunk], k, g).double().sum(-1)
+    with tqdm(total=len(x), unit="img", desc=f"IWAE k={k} x{model.n_models}", dynamic_ncols=True, disable=None) as bar:
+        for i in range(0, len(x), chunk):
+            total += model.negative_iwae_bound(x[i:i + chunk], k, g).double().sum(-1)
+            bar.update(len(x[i:i + chunk]))
     return total / len(x)
 
 
