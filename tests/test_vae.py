@@ -11,6 +11,7 @@ from torch import nn
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
 from conftest import genlab
+from genlab.engine import autocast_for
 from genlab.experiments import vae
 from genlab.experiments.vae import VAE, StackedLinear, kl_normal, log_normal, sample_gaussian
 
@@ -114,15 +115,18 @@ def test_stacked_linear_matches_nn_linear_and_torch_func():
     torch.testing.assert_close(stacked(x), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_a_seed_trains_the_same_alone_and_stacked_with_others():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_seed_trains_the_same_alone_and_stacked_with_others(precision):
     images = torch.randint(0, 256, (500, 784), dtype=torch.uint8)
+    cpu = torch.device("cpu")
 
     def train(seed, seeds, steps=5):
-        config = vae.VAEConfig(seed=seed, seeds=seeds, batch_size=50)
-        model, optimizer, gens = vae.build(config, torch.device("cpu"))
+        config = vae.VAEConfig(seed=seed, seeds=seeds, batch_size=50, precision=precision)
+        model, optimizer, gens = vae.build(config, cpu)
         stream = vae.BatchStream(images, config.batch_size, gens)
         for _ in range(steps):
-            vae.train_step(model, optimizer, stream.next(), vae.draw_noise(gens, 50, 10, torch.device("cpu")))
+            vae.train_step(model, optimizer, stream.next(), vae.draw_noise(gens, 50, 10, cpu),
+                           autocast_for(cpu, precision))
         return model
 
     stacked, alone = train(42, 2), train(43, 1)
