@@ -68,6 +68,13 @@ def test_fisher_diagonal_refuses_an_unknown_kind():
         cl.fisher_diagonal(nn.Linear(3, 2), torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), kind="true")
 
 
+def test_config_refuses_adam_with_the_proximal_ewc_step():
+    with pytest.raises(ValueError, match="--ewc-update gradient"):
+        cl.ContinualConfig(optimizer="adam")
+    cl.ContinualConfig(optimizer="adam", ewc_update="gradient")
+    cl.ContinualConfig(optimizer="adam", methods=("naive",))  # no EWC: nothing to refuse
+
+
 def _anchors(model, tasks, seed=0):
     gen = torch.Generator().manual_seed(seed)
     return [({k: torch.rand(p.shape, generator=gen, dtype=p.dtype) for k, p in model.named_parameters()},

@@ -202,6 +202,8 @@ def test_config_validation():
         vae.VAEConfig(seeds=0)
     with pytest.raises(ValueError, match="--iw-samples"):
         vae.VAEConfig(iw_samples=-1)
+    with pytest.raises(ValueError, match="--precision"):
+        vae.VAEConfig(precision="fp16")
 
 
 @pytest.mark.slow

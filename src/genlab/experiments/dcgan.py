@@ -27,9 +27,8 @@ from tqdm.auto import tqdm
 
 from genlab import plots
 from genlab.data import load_split
-from genlab.engine import (RunConfig, RunDir, TrainingDiverged, autocast_for,
-                           config_from_dict, config_to_dict, load_checkpoint, resolve_device, rng_state,
-                           save_checkpoint, seed_everything, set_rng_state)
+from genlab.engine import (RunConfig, RunDir, TrainingDiverged, autocast_for, config_from_dict, config_to_dict,
+                           load_checkpoint, resolve_device, rng_state, save_checkpoint, seed_everything, set_rng_state)
 from genlab.experiments import Experiment
 from genlab.layers import FastDropout
 
