@@ -11,7 +11,7 @@ from torch import nn
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
 from conftest import genlab
-from genlab.engine import autocast_for
+from genlab.engine import compute_dtype
 from genlab.experiments import vae
 from genlab.experiments.vae import VAE, StackedLinear, kl_normal, log_normal, sample_gaussian
 
@@ -84,6 +84,30 @@ def test_negative_elbo_bound_matches_torch_distributions_and_its_gradients():
     assert model.encoder.fc1.weight.grad[0].abs().max() == 0
 
 
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-10), (torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_written_out_gradients_equal_autograd(dtype, tolerance):
+    """negative_elbo_and_gradients (the training step's fast path) against autograd of
+    negative_elbo_bound in float64: exact in float64 and float32, to bf16's rounding in bf16."""
+    torch.manual_seed(0)
+    model = VAE(n_models=2).double()
+    with torch.no_grad():  # a model away from its initialisation: larger weights, varied signs
+        for p in model.parameters():
+            p.mul_(3.0)
+    x = torch.bernoulli(torch.full((2, 16, 784), 0.3, dtype=torch.float64))
+    eps = torch.randn(2, 16, 10, dtype=torch.float64)
+    nelbo, kl, rec = model.negative_elbo_bound(x, eps)
+    expected = torch.autograd.grad(nelbo.sum(), list(model.parameters()))
+
+    loss_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    model = model.to(loss_dtype)
+    terms, grads = vae.negative_elbo_and_gradients(model, x.to(loss_dtype), eps.to(loss_dtype), dtype)
+    torch.testing.assert_close(terms.double(), torch.stack([nelbo, kl, rec]).detach(), rtol=tolerance, atol=0)
+    for (name, _), got, want in zip(model.named_parameters(), grads, expected):
+        assert got.dtype == loss_dtype and got.shape == want.shape, name
+        error = (got.double() - want).norm() / want.norm()
+        assert error < tolerance, f"{name}: relative error {error:.2e}"
+
+
 def test_sample_gaussian_mean_variance_and_gradients():
     torch.manual_seed(0)
     m = torch.tensor([1.0, -2.0, 0.5], requires_grad=True)
@@ -126,7 +150,7 @@ def test_a_seed_trains_the_same_alone_and_stacked_with_others(precision):
         stream = vae.BatchStream(images, config.batch_size, gens)
         for _ in range(steps):
             vae.train_step(model, optimizer, stream.next(), vae.draw_noise(gens, 50, 10, cpu),
-                           autocast_for(cpu, precision))
+                           compute_dtype(cpu, precision))
         return model
 
     stacked, alone = train(42, 2), train(43, 1)

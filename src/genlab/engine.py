@@ -328,7 +328,13 @@ def bf16_supported(device: torch.device) -> bool:
         return False
 
 
-def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on ``device`` for ``precision`` "bf16", or "auto" where :func:`bf16_supported`; else a no-op."""
+def compute_dtype(device: torch.device, precision: str) -> torch.dtype:
+    """torch.bfloat16 for ``precision`` "bf16", or "auto" where :func:`bf16_supported`; else torch.float32."""
     use_bf16 = precision == "bf16" or (precision == "auto" and bf16_supported(device))
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    return torch.bfloat16 if use_bf16 else torch.float32
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` where :func:`compute_dtype` says bf16; else a no-op."""
+    enabled = compute_dtype(device, precision) == torch.bfloat16
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)

@@ -6,9 +6,11 @@ per-sample ``Dataset`` that scales each uint8 image to [0, 1] and flattens it, a
 decoder of ``nn.Linear`` + ``nn.ELU``, the negative ELBO from the same formulas, and the
 default ``torch.optim.Adam``; several seeds are several runs of that loop, one after the
 other. genlab's step is :func:`genlab.experiments.vae.train_step`: the data set held as one
-uint8 tensor indexed per batch and binarised by one comparison with uniforms, bf16 autocast
-of the matrix products where the CPU supports it (``--precision``), fused Adam, and
-``--seeds`` models stacked into batched GEMMs (one optimiser step for all of them).
+uint8 tensor indexed per batch and binarised by one comparison with uniforms, the loss and
+its gradients written out (``negative_elbo_and_gradients``) with the matrix products in bf16
+where the CPU supports it (``--precision``), fused Adam, and ``--seeds`` models stacked into
+batched GEMMs (one optimiser step for all of them). A third loop times the same step with
+autocast and autograd's backward pass instead (the ablation).
 
 Rounds alternate reference and genlab so that both see the same background load; the
 figure of each side is its median round.
@@ -28,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from genlab.benchmarks.common import (add_device_argument, add_json_argument, device_name, machine_info,
                                      parser_for, report, time_steps)
-from genlab.engine import autocast_for, bf16_supported, resolve_device
+from genlab.engine import autocast_for, bf16_supported, compute_dtype, resolve_device
 from genlab.experiments import vae
 
 
@@ -88,16 +90,28 @@ def time_reference(images, steps: int, warmup: int, batch_size: int, device: tor
 
 
 def time_genlab(images, steps: int, warmup: int, batch_size: int, device: torch.device, seeds: int,
-                precision: str = "auto") -> float:
-    """Seconds per iteration of genlab's trainer with ``seeds`` stacked models."""
+                precision: str = "auto", autograd: bool = False) -> float:
+    """Seconds per iteration of genlab's trainer with ``seeds`` stacked models.
+
+    ``autograd=True`` is the ablation of :func:`genlab.experiments.vae.negative_elbo_and_gradients`:
+    the same step with ``VAE.negative_elbo_bound`` under autocast and autograd's backward pass.
+    """
     config = vae.VAEConfig(seeds=seeds, batch_size=batch_size, precision=precision)
     model, optimizer, gens = vae.build(config, device)
     stream = vae.BatchStream(torch.from_numpy(images.reshape(-1, 784).copy()).to(device), batch_size, gens)
-    autocast = autocast_for(device, precision)
+    dtype, autocast = compute_dtype(device, precision), autocast_for(device, precision)
 
     def step(i: int) -> None:
         eps = vae.draw_noise(gens, batch_size, config.latent_dim, device)
-        vae.train_step(model, optimizer, stream.next(), eps, autocast)
+        if not autograd:
+            vae.train_step(model, optimizer, stream.next(), eps, dtype)
+            return
+        x = stream.next()
+        with autocast:
+            nelbo, _, _ = model.negative_elbo_bound(x, eps)
+        optimizer.zero_grad(set_to_none=True)
+        nelbo.sum().backward()
+        optimizer.step()
 
     return time_steps(step, steps, warmup, device) / steps
 
@@ -118,18 +132,22 @@ def main(argv: list[str] | None = None) -> dict:
     device = resolve_device(args.device)
     torch.manual_seed(0)
     images, _ = vae.load_split(vae.DATASET, "train")
-    ref, one, many = [], [], []
+    ref, one, many, plain = [], [], [], []
     for _ in range(args.rounds):
         ref.append(time_reference(images, args.steps, args.warmup, args.batch_size, device))
         one.append(time_genlab(images, args.steps, args.warmup, args.batch_size, device, 1, args.precision))
+        plain.append(time_genlab(images, args.steps, args.warmup, args.batch_size, device, 1, args.precision,
+                                 autograd=True))
         many.append(time_genlab(images, args.steps, args.warmup, args.batch_size, device, args.seeds, args.precision))
-    ref, one, many = statistics.median(ref), statistics.median(one), statistics.median(many)
+    ref, one, many, plain = (statistics.median(t) for t in (ref, one, many, plain))
     n = args.iterations
     result = {
         "reference_ms_per_iteration": round(ref * 1e3, 3),
         "genlab_ms_per_iteration": round(one * 1e3, 3),
         f"genlab_{args.seeds}_seeds_ms_per_iteration": round(many * 1e3, 3),
+        "genlab_autograd_ms_per_iteration": round(plain * 1e3, 3),
         "speedup_one_seed": round(ref / one, 2),
+        "speedup_over_autograd_step": round(plain / one, 2),
         f"speedup_{args.seeds}_seeds": round(args.seeds * ref / many, 2),
         f"reference_s_for_{n}_iterations_per_seed": round(ref * n, 1),
         f"genlab_s_for_{n}_iterations_one_seed": round(one * n, 1),
@@ -144,6 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
     return report(result, args.json,
                   f"reference          {ref * 1e3:8.2f} ms/iteration   {ref * n:7.1f} s per seed for {n}\n"
                   f"genlab, 1 seed     {one * 1e3:8.2f} ms/iteration   {one * n:7.1f} s per seed\n"
+                  f"  autograd step    {plain * 1e3:8.2f} ms/iteration   {plain * n:7.1f} s per seed\n"
                   f"genlab, {args.seeds} stacked  {many * 1e3:8.2f} ms/iteration   "
                   f"{many * n / args.seeds:7.1f} s per seed\n"
                   f"speed-up {ref / one:.2f}x (one seed), {args.seeds * ref / many:.2f}x ({args.seeds} seeds)")

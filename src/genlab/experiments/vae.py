@@ -24,7 +24,6 @@ trajectory it would follow alone with seed ``seed + i``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -39,7 +38,7 @@ from tqdm.auto import tqdm
 
 from genlab import plots
 from genlab.data import load_split
-from genlab.engine import (RunConfig, RunDir, TrainingDiverged, autocast_for, config_from_dict, config_to_dict,
+from genlab.engine import (RunConfig, RunDir, TrainingDiverged, compute_dtype, config_from_dict, config_to_dict,
                            load_checkpoint, resolve_device, save_checkpoint, seed_everything)
 from genlab.experiments import Experiment
 
@@ -68,7 +67,7 @@ class VAEConfig(RunConfig):
     lr: float = 1e-3
     """Adam learning rate."""
     precision: str = "auto"
-    """Training arithmetic: auto (bf16 autocast of the matrix products where the hardware supports it), bf16 or
+    """Training arithmetic: auto (the matrix products in bf16 where the hardware supports it), bf16 or
     fp32. The loss terms, the parameters and Adam stay float32; evaluation is always float32."""
     latent_dim: int = 10
     """Dimension of z; the prior is N(0, I)."""
@@ -223,12 +222,13 @@ class VAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (S, B, 784) or (B, 784) in [0, 1] -> mean and variance of q(z|x), each (S, B, latent_dim)."""
-        m, h = self.encoder(self._per_model(x)).float().chunk(2, dim=-1)  # float32 under autocast too
+        x = self._per_model(x)
+        m, h = self.encoder(x).to(x.dtype).chunk(2, dim=-1)  # x's dtype (float32) under autocast too
         return m, F.softplus(h) + VARIANCE_FLOOR
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z (S, B, latent_dim) -> Bernoulli logits of p(x|z), (S, B, 784), float32 under autocast too."""
-        return self.decoder(z).float()
+        """z (S, B, latent_dim) -> Bernoulli logits of p(x|z), (S, B, 784), z's dtype under autocast too."""
+        return self.decoder(z).to(z.dtype)
 
     def negative_elbo_bound(self, x: torch.Tensor, eps: torch.Tensor | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -285,6 +285,100 @@ class VAE(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------
+# The training step's loss and gradients, written out
+# ---------------------------------------------------------------------------------------
+
+def _mlp_forward(x: torch.Tensor, params: tuple[torch.Tensor, ...], dtype: torch.dtype
+                 ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """:class:`StackedMLP`'s forward pass with its matrix products in ``dtype``.
+
+    x (S, B, fan_in); params (w1, b1, w2, b2, w3, b3) as in :class:`StackedLinear`.
+    Returns the output (S, B, fan_out) in x's dtype and, per layer, its input and its weight
+    in ``dtype`` (the backward pass needs both; each weight is cast once per step).
+    """
+    saved = []
+    h = x
+    for layer in range(3):
+        w, b = params[2 * layer], params[2 * layer + 1]
+        # A product with a dimension under 64 (the latent layers) is faster unconverted.
+        layer_dtype = dtype if min(w.shape[1:]) >= 64 else x.dtype
+        h, w, b = h.to(layer_dtype), w.to(layer_dtype), b.to(layer_dtype)
+        saved.append((h, w))
+        h = torch.baddbmm(b, h, w)  # (S, B, fan_out)
+        if layer < 2:
+            h = F.elu(h)
+    return h.to(x.dtype), saved
+
+
+def _mlp_backward(grad_out: torch.Tensor, saved: list[tuple[torch.Tensor, torch.Tensor]], input_grad: bool
+                  ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """The backward pass of :func:`_mlp_forward` for the upstream gradient grad_out (S, B, fan_out).
+
+    For h = a W + b: dW = a^T dh, db = sum over the batch of dh, da = dh W^T; through a = ELU(h):
+    dh = da * (1 if h > 0 else a + 1), computed from the saved ELU output (``elu_backward``).
+    Returns the gradient of the input (None unless ``input_grad``) and the parameter gradients
+    in the order (w1, b1, w2, b2, w3, b3), all in grad_out's dtype.
+    """
+    grads: list[torch.Tensor] = []
+    out_dtype = grad_out.dtype
+    g = grad_out
+    for layer in (2, 1, 0):
+        a, w = saved[layer]
+        g = g.to(w.dtype)
+        grads[:0] = [torch.bmm(a.transpose(1, 2), g).to(out_dtype), g.sum(1, keepdim=True, dtype=out_dtype)]
+        if layer == 0 and not input_grad:
+            return None, grads
+        g = torch.bmm(g, w.transpose(1, 2))  # (S, B, fan_in)
+        if layer > 0:
+            g = torch.ops.aten.elu_backward(g, 1.0, 1.0, 1.0, True, a)  # a is this ELU's output
+    return g.to(out_dtype), grads
+
+
+@torch.no_grad()
+def negative_elbo_and_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, dtype: torch.dtype
+                                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The training loss sum_i nelbo_i of the S stacked models and its gradients, with the
+    backward pass written out (the training step's fast path; autograd is not involved).
+
+    The same maths as :meth:`VAE.negative_elbo_bound`: KL(q || N(0, I)) = 1/2 sum(v - log v +
+    m^2 - 1) and -log p(x|z) at z = m + sqrt(v) eps, each averaged over the batch; the six
+    matrix products run in ``dtype`` (bf16 or float32), everything else in float32. Autocast
+    plus autograd spend ~60 casts and ~250 small ops on the same step; here each weight is
+    cast once and reused in the backward pass, and the autograd engine is skipped: ~15 %
+    faster per step on a 2-core CPU (``genlab bench vae`` times both). Tests check the
+    gradients against autograd's of ``negative_elbo_bound`` in float64 and float32.
+
+    Args:
+        model: the S stacked VAEs (their parameters are read, not changed).
+        x: binary images (S, B, 784) float32.
+        eps: the N(0, I) noise of z, (S, B, latent_dim) float32.
+        dtype: torch.bfloat16 or torch.float32, the matrix products' arithmetic.
+
+    Returns:
+        The (3, S) float32 tensor of (nelbo, kl, rec) per model (nats per image), and the
+        gradients of sum_i nelbo_i with respect to ``model.parameters()``, in that order, float32.
+    """
+    params = list(model.parameters())
+    batch = x.shape[1]
+    out, enc_saved = _mlp_forward(x, params[:6], dtype)
+    m, h = out.chunk(2, dim=-1)  # (S, B, z) each
+    v = F.softplus(h) + VARIANCE_FLOOR
+    sd = v.sqrt()
+    z = m + sd * eps  # (S, B, z)
+    logits, dec_saved = _mlp_forward(z, params[6:], dtype)  # (S, B, 784)
+    rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1).mean(-1)  # (S,)
+    kl = 0.5 * (v - v.log() + m.square() - 1).sum(-1).mean(-1)  # (S,)
+    # Backward, for the loss sum_i mean_b (kl + rec):
+    d_logits = (torch.sigmoid(logits) - x) / batch  # d rec / d logits: the Bernoulli likelihood's gradient
+    dz, dec_grads = _mlp_backward(d_logits, dec_saved, input_grad=True)
+    dm = dz + m / batch  # z = m + sd * eps, and d KL / d m = m
+    dv = dz * eps / (2 * sd) + 0.5 * (1 - 1 / v) / batch  # d sd / d v = 1 / (2 sd), d KL / d v = (1 - 1/v) / 2
+    dh = dv * torch.sigmoid(h)  # v = softplus(h) + floor
+    _, enc_grads = _mlp_backward(torch.cat([dm, dh], dim=-1), enc_saved, input_grad=False)
+    return torch.stack([kl + rec, kl, rec]), enc_grads + dec_grads
+
+
+# ---------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------
 
@@ -329,7 +423,7 @@ def build(config: VAEConfig, device: torch.device) -> tuple[VAE, torch.optim.Opt
 class BatchStream:
     """Per-model minibatches: model i reshuffles the training set each epoch with its generator
     and binarises each batch afresh: x ~ Bernoulli(i / 255) for intensity i, drawn as
-    x = [255 u < i] with one u ~ U[0, 1) per pixel from the model's generator.
+    x = [u < i] with one u uniform on {0, ..., 254} per pixel from the model's generator.
 
     ``next()`` -> (S, B, 784) float32 in {0, 1}. Its state is the generators' (saved in the
     checkpoint) plus the position, so a resumed stream continues exactly.
@@ -350,9 +444,11 @@ class BatchStream:
         idx = self.orders[:, self.position * self.batch_size:(self.position + 1) * self.batch_size]  # (S, B)
         self.position += 1
         intensities = self.images[idx]  # (S, B, 784) uint8
-        # P(255 u < i) = i / 255: the Bernoulli draw as one comparison (torch.bernoulli is ~10x slower on CPU).
-        u = torch.stack([torch.rand(intensities.shape[1:], generator=g, device=device) for g in self.generators])
-        return (u.mul_(255.0) < intensities).float()
+        # u uniform on {0, ..., 254}: P(u < i) = i / 255 exactly, one uint8 comparison per pixel
+        # (torch.bernoulli on the float probabilities is ~10x slower on CPU).
+        u = torch.stack([torch.randint(0, 255, intensities.shape[1:], generator=g, device=device, dtype=torch.uint8)
+                         for g in self.generators])
+        return (u < intensities).float()
 
     def state_dict(self) -> dict:
         return {"orders": self.orders, "position": self.position}
@@ -367,20 +463,20 @@ def draw_noise(generators: list[torch.Generator], batch_size: int, latent_dim: i
 
 
 def train_step(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, eps: torch.Tensor,
-               autocast: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
-    """One Adam step on every model: minimise sum_i nelbo_i on x (S, B, 784) with noise eps.
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """One Adam step on every model: minimise sum_i nelbo_i on x (S, B, 784) with noise eps (S, B, z).
 
-    ``autocast`` (from :func:`genlab.engine.autocast_for`) wraps the forward pass; the loss
-    terms are float32 either way.
+    The loss and its gradients come from :func:`negative_elbo_and_gradients` with the matrix
+    products in ``dtype`` (:func:`genlab.engine.compute_dtype` of ``--precision``); the loss
+    terms, the parameters and Adam are float32 either way.
 
-    Returns the detached (3, S) float32 tensor of (nelbo, kl, rec) per model, nats per image.
+    Returns the (3, S) float32 tensor of (nelbo, kl, rec) per model, nats per image.
     """
-    with autocast or contextlib.nullcontext():
-        nelbo, kl, rec = model.negative_elbo_bound(x, eps)
-    optimizer.zero_grad(set_to_none=True)
-    nelbo.sum().backward()
+    terms, grads = negative_elbo_and_gradients(model, x, eps, dtype)
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g
     optimizer.step()
-    return torch.stack([nelbo, kl, rec]).detach()
+    return terms
 
 
 @torch.no_grad()
@@ -469,7 +565,7 @@ def run(config: VAEConfig) -> Path:
         with (run_dir.path / "metrics" / "eval.jsonl").open("a") as f:
             f.write(json.dumps(row) + "\n")
 
-    autocast = autocast_for(device, config.precision)
+    dtype = compute_dtype(device, config.precision)
     bar = tqdm(total=total, initial=step, unit="it", desc=f"vae x{config.seeds}", dynamic_ncols=True, disable=None)
     while step < total:
         start = time.perf_counter()
@@ -477,7 +573,7 @@ def run(config: VAEConfig) -> Path:
         while step < chunk_end:
             x = stream.next()  # (S, B, 784)
             eps = draw_noise(train_gens, config.batch_size, config.latent_dim, device)  # (S, B, z)
-            pending.append(train_step(model, optimizer, x, eps, autocast))
+            pending.append(train_step(model, optimizer, x, eps, dtype))
             step += 1
         if device.type == "cuda":
             torch.cuda.synchronize(device)
