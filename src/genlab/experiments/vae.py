@@ -443,7 +443,7 @@ class BatchStream:
             self.position = 0
         idx = self.orders[:, self.position * self.batch_size:(self.position + 1) * self.batch_size]  # (S, B)
         self.position += 1
-        intensities = self.images[idx]  # (S, B, 784) uint8
+        intensities = self.images.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)  # (S, B, 784) uint8
         # u uniform on {0, ..., 254}: P(u < i) = i / 255 exactly, one uint8 comparison per pixel
         # (torch.bernoulli on the float probabilities is ~10x slower on CPU).
         u = torch.stack([torch.randint(0, 255, intensities.shape[1:], generator=g, device=device, dtype=torch.uint8)
