@@ -144,6 +144,42 @@ def test_bad_options_are_refused_with_the_fix():
     assert "dcgan" in genlab("list").stdout
 
 
+def test_cuda_graph_is_refused_off_cuda_with_the_fix(tmp_path):
+    proc = genlab("run", "dcgan", "--cuda-graph", "--device", "cpu", "--max-steps", "1",
+                  "--out", str(tmp_path / "g"), check=False)
+    assert proc.returncode == 2 and "--cuda-graph needs a CUDA device" in proc.stderr
+    assert not (tmp_path / "g").exists()
+    generator, discriminator, opt_g, opt_d = dcgan.build(dcgan.DCGANConfig(), torch.device("cpu"))
+    with pytest.raises(ValueError, match="CUDA device"):
+        dcgan.GraphedTrainStep(generator, discriminator, opt_g, opt_d, [(64, 1, 28, 28)], "fp32")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_graph_replays_the_eager_step(precision):
+    """Replayed graphs (a full and a partial batch shape) give the eager step's metrics and weights."""
+    cuda = torch.device("cuda")
+    data = torch.rand(200, 1, 28, 28, device=cuda) * 2 - 1
+    batches = [data[:64], data[64:128], data[128:192], data[192:]]  # the last is partial (8)
+    config = dcgan.DCGANConfig(precision=precision, cuda_graph=True)
+
+    def train(graphed: bool):
+        torch.manual_seed(0)
+        models = dcgan.build(config, cuda, capturable=True)
+        if graphed:
+            step = dcgan.GraphedTrainStep(*models, [(64, 1, 28, 28), (8, 1, 28, 28)], precision)
+        else:
+            autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16")
+            step = lambda real: dcgan.train_step(*models, real, autocast)  # noqa: E731
+        metrics = torch.stack([step(b) for b in batches * 2])  # two "epochs"
+        return metrics, models[0].state_dict()
+
+    eager, graphed = train(False), train(True)
+    torch.testing.assert_close(graphed[0], eager[0], rtol=2e-3, atol=2e-3)
+    for name, value in eager[1].items():
+        torch.testing.assert_close(graphed[1][name], value, rtol=2e-3, atol=2e-3, msg=name)
+
+
 def test_bench_prints_the_promised_json():
     proc = genlab("bench", "dcgan", "--steps", "2", "--warmup", "1", "--json")
     result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -109,10 +109,22 @@ def time_train_step(config, images, steps: int, warmup: int, device: torch.devic
     return steps * batch_size / time_steps(step, steps, warmup, device)
 
 
-def time_genlab(images, steps: int, warmup: int, batch_size: int, device: torch.device, precision: str) -> float:
-    """Images per second of genlab's trainer step over ``steps`` steps after ``warmup``."""
-    config = dcgan.DCGANConfig(batch_size=batch_size, precision=precision)
-    return time_train_step(config, images, steps, warmup, device, dcgan.train_step)
+def time_genlab(images, steps: int, warmup: int, batch_size: int, device: torch.device, precision: str,
+                cuda_graph: bool = False) -> float:
+    """Images per second of genlab's trainer step over ``steps`` steps after ``warmup``; with
+    ``cuda_graph``, of its replayed CUDA graph (:class:`genlab.experiments.dcgan.GraphedTrainStep`)."""
+    config = dcgan.DCGANConfig(batch_size=batch_size, precision=precision, cuda_graph=cuda_graph)
+    if not cuda_graph:
+        return time_train_step(config, images, steps, warmup, device, dcgan.train_step)
+    generator, discriminator, opt_g, opt_d = dcgan.build(config, device, capturable=True)
+    data = torch.from_numpy(images.copy()).to(device).unsqueeze(1).float().div_(127.5).sub_(1.0)
+    graphed = dcgan.GraphedTrainStep(generator, discriminator, opt_g, opt_d, [(batch_size, 1, 28, 28)], precision)
+    order = torch.randperm(len(data), device=device)
+
+    def step(i: int) -> None:
+        graphed(data[order[i * batch_size:(i + 1) * batch_size]])
+
+    return steps * batch_size / time_steps(step, steps, warmup, device)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -122,13 +134,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=64)
     add_device_argument(parser)
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    parser.add_argument("--cuda-graph", action="store_true", help="time genlab's step replayed as a CUDA graph")
     add_json_argument(parser)
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
+    if args.cuda_graph and device.type != "cuda":
+        parser.error(f"--cuda-graph needs a CUDA device, and this benchmark runs on {device}")
     torch.manual_seed(0)
     images, _ = dcgan.load_split(dcgan.DATASET, "train")
     ref = time_reference(images, args.steps, args.warmup, args.batch_size, device)
-    ours = time_genlab(images, args.steps, args.warmup, args.batch_size, device, args.precision)
+    ours = time_genlab(images, args.steps, args.warmup, args.batch_size, device, args.precision, args.cuda_graph)
     result = {
         "reference_images_per_s": round(ref, 1),
         "genlab_images_per_s": round(ours, 1),
@@ -137,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_size": args.batch_size,
         "device": device_name(device),
         "precision": args.precision,
+        "cuda_graph": args.cuda_graph,
         "bf16": bf16_supported(device) if args.precision == "auto" else args.precision == "bf16",
         **machine_info(),
     }

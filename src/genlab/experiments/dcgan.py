@@ -11,6 +11,7 @@ a discriminator of two strided convolutions with dropout, binary cross-entropy o
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import signal
@@ -27,8 +28,8 @@ from tqdm.auto import tqdm
 
 from genlab import plots
 from genlab.data import load_split
-from genlab.engine import (RunConfig, RunDir, TrainingDiverged, autocast_for, config_from_dict, config_to_dict,
-                           load_checkpoint, resolve_device, rng_state, save_checkpoint, seed_everything, set_rng_state)
+from genlab.engine import (RunConfig, RunDir, TrainingDiverged, autocast_for, compute_dtype, config_from_dict,
+                           config_to_dict, load_checkpoint, resolve_device, rng_state, save_checkpoint, seed_everything, set_rng_state)
 from genlab.experiments import Experiment
 from genlab.layers import FastDropout
 
@@ -68,6 +69,9 @@ class DCGANConfig(RunConfig):
     """Optimiser steps between progress-bar and NaN checks."""
     subset: int | None = None
     """Train on the first N training images only (quick looks and tests)."""
+    cuda_graph: bool = False
+    """Replay the training step as captured CUDA graphs (CUDA only; not yet timed on a GPU, see
+    GraphedTrainStep)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -184,14 +188,81 @@ def train_step(generator: Generator, discriminator: Discriminator, opt_g: torch.
     return torch.stack([loss_d.detach(), loss_g.detach(), d_real, d_fake])
 
 
-def build(config: DCGANConfig, device: torch.device):
-    """Models and optimisers of a config, on ``device``."""
+class GraphedTrainStep:
+    """:func:`train_step` captured as CUDA graphs and replayed (``--cuda-graph``; CUDA only).
+
+    At batch 64 a DCGAN step is a few hundred small kernels, and on a large GPU their launch
+    cost rather than their arithmetic sets the pace; replaying a captured graph launches them
+    all at once (PyTorch docs, "CUDA Graphs", whole-network capture). What capture needs, done
+    here: one static input buffer and one graph per batch shape (the full batch and the epoch's
+    last, partial one); Adam with ``capturable=True`` (:func:`build`); autocast with
+    ``cache_enabled=False``; a few warm-up steps on a side stream before capture, after which
+    the models, the optimisers and the RNG are restored, so the warm-up leaves no trace and a
+    replayed run follows the eager one (CUDA graphs draw their random numbers from the same
+    Philox offsets as eager kernels).
+
+    Not timed yet: no GPU has been lent to this project's sessions, so ``--cuda-graph`` stays
+    off by default until a GPU run has measured it and ``tests/test_dcgan.py`` has checked it
+    against the eager step there.
+
+    Args:
+        generator, discriminator, opt_g, opt_d: as for :func:`train_step`, on one CUDA device.
+        shapes: the batch shapes to capture, each (N, 1, 28, 28).
+        precision: auto, bf16 or fp32, as ``--precision``.
+        warmup: eager steps per shape before capture.
+
+    Calling it with a batch ``real`` of a captured shape returns the (4,) metrics of
+    :func:`train_step` (a fresh tensor). Raises ValueError off CUDA and KeyError for a batch
+    shape that was not captured.
+    """
+
+    def __init__(self, generator: Generator, discriminator: Discriminator, opt_g: torch.optim.Optimizer,
+                 opt_d: torch.optim.Optimizer, shapes: list[tuple[int, ...]], precision: str, warmup: int = 3):
+        device = next(generator.parameters()).device
+        if device.type != "cuda":
+            raise ValueError(f"CUDA graphs need the models on a CUDA device, not {device}; use --device cuda")
+        self.models = (generator, discriminator, opt_g, opt_d)
+        bf16 = compute_dtype(device, precision) == torch.bfloat16
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False)
+        self.inputs = {tuple(shape): torch.zeros(shape, device=device) for shape in shapes}
+
+        saved = [copy.deepcopy(m.state_dict()) for m in self.models]
+        saved_rng = rng_state()
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for real in self.inputs.values():
+                for _ in range(warmup):
+                    train_step(*self.models, real, autocast)
+        torch.cuda.current_stream(device).wait_stream(side)
+        for m, state in zip(self.models, saved):
+            m.load_state_dict(state)  # the optimisers get fresh state tensors here, before capture
+        set_rng_state(saved_rng)
+        generator.zero_grad(set_to_none=True)
+        discriminator.zero_grad(set_to_none=True)
+
+        self.graphs: dict[tuple[int, ...], torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[tuple[int, ...], torch.Tensor] = {}
+        for shape, real in self.inputs.items():
+            self.graphs[shape] = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graphs[shape]):
+                self.outputs[shape] = train_step(*self.models, real, autocast)
+
+    def __call__(self, real: torch.Tensor) -> torch.Tensor:
+        shape = tuple(real.shape)
+        self.inputs[shape].copy_(real)
+        self.graphs[shape].replay()
+        return self.outputs[shape].clone()
+
+
+def build(config: DCGANConfig, device: torch.device, capturable: bool = False):
+    """Models and optimisers of a config, on ``device``; ``capturable`` Adam for CUDA graph capture."""
     generator = Generator(config.latent_dim, config.leaky_slope).to(device)
     discriminator = Discriminator(config.leaky_slope, config.dropout).to(device)
     betas = (config.beta1, config.beta2)
     fused = device.type in ("cpu", "cuda")
-    opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=betas, fused=fused)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=betas, fused=fused)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=betas, fused=fused, capturable=capturable)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=betas, fused=fused, capturable=capturable)
     return generator, discriminator, opt_g, opt_d
 
 
@@ -237,6 +308,9 @@ def _in_main_thread() -> bool:
 def run(config: DCGANConfig) -> Path:
     """Train the DCGAN; returns the run directory. See the module docstring."""
     device = resolve_device(config.device)
+    if config.cuda_graph and device.type != "cuda":
+        raise ValueError(f"--cuda-graph needs a CUDA device, and this run is on {device}: drop --cuda-graph "
+                         f"or use --device cuda")
     run_dir = RunDir("dcgan", config, device)
     autocast = autocast_for(device, config.precision)
     data = load_images(config.data_dir, "train", device)[:config.subset]  # (60000, 1, 28, 28)
@@ -244,7 +318,7 @@ def run(config: DCGANConfig) -> Path:
     steps_per_epoch = math.ceil(n_data / config.batch_size)
 
     seed_everything(config.seed)
-    generator, discriminator, opt_g, opt_d = build(config, device)
+    generator, discriminator, opt_g, opt_d = build(config, device, capturable=config.cuda_graph)
     fixed_z = torch.randn(64, config.latent_dim, generator=torch.Generator().manual_seed(config.seed + 1))
     epoch, batch, step, elapsed_before = 0, 0, 0, 0.0
     sums = torch.zeros(4, dtype=torch.float64, device=device)
@@ -260,6 +334,14 @@ def run(config: DCGANConfig) -> Path:
         set_rng_state(ckpt["rng"])
         run_dir.truncate_metrics(step, epoch)
         print(f"resuming {run_dir.path} at epoch {epoch + 1}, batch {batch}, step {step}")
+
+    if config.cuda_graph:
+        shapes = [(config.batch_size, 1, 28, 28)] + ([(n_data % config.batch_size, 1, 28, 28)]
+                                                     if n_data % config.batch_size else [])
+        step_fn = GraphedTrainStep(generator, discriminator, opt_g, opt_d, shapes, config.precision)
+    else:
+        def step_fn(real: torch.Tensor) -> torch.Tensor:
+            return train_step(generator, discriminator, opt_g, opt_d, real, autocast)
 
     def checkpoint() -> None:
         save_checkpoint(run_dir.checkpoint, _checkpoint_state(
@@ -305,7 +387,7 @@ def run(config: DCGANConfig) -> Path:
             order = order.to(device)
             while batch < steps_per_epoch and step < total_steps:
                 idx = order[batch * config.batch_size:(batch + 1) * config.batch_size]
-                metrics = train_step(generator, discriminator, opt_g, opt_d, data[idx], autocast)
+                metrics = step_fn(data[idx])
                 pending.append(metrics)
                 sums += metrics.double()
                 batch += 1
