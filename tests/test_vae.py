@@ -228,6 +228,8 @@ def test_config_validation():
         vae.VAEConfig(iw_samples=-1)
     with pytest.raises(ValueError, match="--precision"):
         vae.VAEConfig(precision="fp16")
+    with pytest.raises(ValueError, match="--iw-batch"):
+        vae.VAEConfig(iw_batch=0)
 
 
 @pytest.mark.slow

@@ -51,6 +51,11 @@ VARIANCE_FLOOR = 1e-8
 # SPEC §4 reference: test-set mean +/- standard error over seeds, nats per image.
 REFERENCE = {"nelbo": (98.12, 0.77), "kl": (20.38, 0.38), "rec": (77.93, 0.65)}
 TERMS = ("nelbo", "kl", "rec")
+IWAE_ROWS = 5000
+"""Decoder rows (models x samples x images) per chunk of the IWAE bound: its (rows, 784) float32
+activations then stay cache-sized (~16 MB); 1.4-1.8x faster on the 2-core CPU than 10,000 rows
+and more (k = 1,000: 10 images per chunk at one seed took 10.2-11.2 ms per image, 5 images 6.2-8.0;
+3 seeds: 39 ms against 22 ms at 1 image)."""
 TERM_NAMES = {"nelbo": "negative ELBO", "kl": "KL", "rec": "reconstruction"}
 
 
@@ -77,8 +82,9 @@ class VAEConfig(RunConfig):
     """k of the importance-weighted test NLL bound (Burda et al. 2016); 0 skips it."""
     iw_test_subset: int | None = None
     """IWAE bound on the first N test images only (it costs k decoder passes per image and model)."""
-    iw_batch: int = 10
-    """Test images per chunk of the IWAE bound (memory ~ seeds * iw_samples * iw_batch * 3 KB)."""
+    iw_batch: int | None = None
+    """Test images per chunk of the IWAE bound; default: the most that keep seeds * iw_samples * images
+    within IWAE_ROWS decoder rows (memory ~ 3 KB per row)."""
     eval_every: int = 1000
     """Iterations between test-set evaluations of the three terms (the test curves)."""
     log_every: int = 100
@@ -94,7 +100,7 @@ class VAEConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("iterations", "seeds", "batch_size", "latent_dim", "hidden_dim", "iw_batch", "eval_every",
+        for name in ("iterations", "seeds", "batch_size", "latent_dim", "hidden_dim", "eval_every",
                      "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -106,7 +112,7 @@ class VAEConfig(RunConfig):
             raise ValueError(f"--lr must be > 0, got {self.lr}")
         if self.subset is not None and self.subset < self.batch_size:
             raise ValueError(f"--subset must be >= --batch-size ({self.batch_size}), got {self.subset}")
-        for name in ("test_subset", "iw_test_subset"):
+        for name in ("test_subset", "iw_test_subset", "iw_batch"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
 
@@ -498,8 +504,13 @@ def evaluate_terms(model: VAE, x: torch.Tensor, seeds: list[int], chunk: int = 2
 
 
 @torch.no_grad()
-def evaluate_iwae(model: VAE, x: torch.Tensor, k: int, seed: int, chunk: int = 10) -> torch.Tensor:
-    """Mean IWAE bound on the test NLL per model (S,) float64, nats per image, k samples per image."""
+def evaluate_iwae(model: VAE, x: torch.Tensor, k: int, seed: int, chunk: int | None = None) -> torch.Tensor:
+    """Mean IWAE bound on the test NLL per model (S,) float64, nats per image, k samples per image.
+
+    ``chunk`` images go through :meth:`VAE.negative_iwae_bound` at a time; by default as many as
+    keep S * k * chunk within :data:`IWAE_ROWS` (the noise drawn depends on the chunking).
+    """
+    chunk = chunk or max(1, IWAE_ROWS // (model.n_models * k))
     g = torch.Generator(x.device).manual_seed(model_seeds(seed)[2] + 1)
     total = torch.zeros(model.n_models, dtype=torch.float64, device=x.device)
     with tqdm(total=len(x), unit="img", desc=f"IWAE k={k} x{model.n_models}", dynamic_ncols=True, disable=None) as bar:
