@@ -1,6 +1,7 @@
 """The DCGAN run end to end on the real FashionMNIST: CLI smoke run, determinism, resume,
 Ctrl-C, divergence handling, sampling and evaluation."""
 
+import copy
 import json
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from conftest import genlab
-from genlab.engine import TrainingDiverged, load_checkpoint
+from genlab.engine import TrainingDiverged, load_checkpoint, rng_state, set_rng_state
 from genlab.experiments import dcgan
 
 SMALL = dict(subset=320, batch_size=64, fid_samples=0, log_every=1)  # 5 steps per epoch
@@ -152,6 +153,40 @@ def test_cuda_graph_is_refused_off_cuda_with_the_fix(tmp_path):
     generator, discriminator, opt_g, opt_d = dcgan.build(dcgan.DCGANConfig(), torch.device("cpu"))
     with pytest.raises(ValueError, match="CUDA device"):
         dcgan.GraphedTrainStep(generator, discriminator, opt_g, opt_d, [(64, 1, 28, 28)], "fp32")
+
+
+def test_warm_up_is_undone_in_place_as_graph_capture_needs():
+    """GraphedTrainStep's restore after its warm-up steps, on the CPU: the models, the RNG and
+    Adam's state return to where they were (fresh, then after one step) without replacing
+    Adam's state tensors, and the next step is the one an un-warmed run takes."""
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    generator, discriminator, opt_g, opt_d = dcgan.build(dcgan.DCGANConfig(), cpu)
+    real = torch.rand(8, 1, 28, 28) * 2 - 1
+    autocast = torch.autocast("cpu", enabled=False)
+    optimizers = (opt_g, opt_d)
+
+    def step():
+        metrics = dcgan.train_step(generator, discriminator, opt_g, opt_d, real, autocast)
+        return metrics, [p.detach().clone() for p in generator.parameters()]
+
+    for _ in range(2):  # from a fresh optimiser, then from one with state
+        models = [copy.deepcopy(m.state_dict()) for m in (generator, discriminator)]
+        states = [dcgan._optimizer_state_copy(opt) for opt in optimizers]
+        rng = rng_state()
+        expected = step()
+        tensors = [id(v) for opt in optimizers for state in opt.state.values() for v in state.values()]
+        step()  # a "warm-up" step to undo
+        for m, state in zip((generator, discriminator), models):
+            m.load_state_dict(state)
+        for opt, before in zip(optimizers, states):
+            dcgan._restore_optimizer_state_in_place(opt, before)
+        set_rng_state(rng)
+        assert [id(v) for opt in optimizers for state in opt.state.values() for v in state.values()] == tensors
+        again = step()
+        torch.testing.assert_close(again[0], expected[0], rtol=0, atol=0)
+        for a, b in zip(again[1], expected[1]):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")

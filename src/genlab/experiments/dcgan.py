@@ -188,6 +188,26 @@ def train_step(generator: Generator, discriminator: Discriminator, opt_g: torch.
     return torch.stack([loss_d.detach(), loss_g.detach(), d_real, d_fake])
 
 
+def _optimizer_state_copy(opt: torch.optim.Optimizer) -> dict:
+    """A copy of ``opt.state`` keyed by the same parameters (``copy.deepcopy`` would copy the keys too)."""
+    return {param: {key: value.clone() if torch.is_tensor(value) else copy.deepcopy(value)
+                    for key, value in state.items()} for param, state in opt.state.items()}
+
+
+def _restore_optimizer_state_in_place(opt: torch.optim.Optimizer, before: dict) -> None:
+    """Put ``opt``'s per-parameter state back to ``before`` (from :func:`_optimizer_state_copy`) without
+    replacing its tensors: values copied in, or zeroed (Adam's lazy initial state) for a
+    parameter that had no state yet. A graph captured afterwards then updates tensors that
+    already exist; state created during capture would be re-initialised at every replay."""
+    for param, state in opt.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                if param in before:
+                    value.copy_(before[param][key])
+                else:
+                    value.zero_()
+
+
 class GraphedTrainStep:
     """:func:`train_step` captured as CUDA graphs and replayed (``--cuda-graph``; CUDA only).
 
@@ -196,8 +216,9 @@ class GraphedTrainStep:
     all at once (PyTorch docs, "CUDA Graphs", whole-network capture). What capture needs, done
     here: one static input buffer and one graph per batch shape (the full batch and the epoch's
     last, partial one); Adam with ``capturable=True`` (:func:`build`); autocast with
-    ``cache_enabled=False``; a few warm-up steps on a side stream before capture, after which
-    the models, the optimisers and the RNG are restored, so the warm-up leaves no trace and a
+    ``cache_enabled=False``; a few warm-up steps on a side stream before capture (they also
+    create Adam's state, which must exist before capture), after which the models, the
+    optimisers' state (in place) and the RNG are restored, so the warm-up leaves no trace and a
     replayed run follows the eager one (CUDA graphs draw their random numbers from the same
     Philox offsets as eager kernels).
 
@@ -226,7 +247,8 @@ class GraphedTrainStep:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False)
         self.inputs = {tuple(shape): torch.zeros(shape, device=device) for shape in shapes}
 
-        saved = [copy.deepcopy(m.state_dict()) for m in self.models]
+        saved_models = [copy.deepcopy(m.state_dict()) for m in (generator, discriminator)]
+        saved_optim = [_optimizer_state_copy(opt) for opt in (opt_g, opt_d)]
         saved_rng = rng_state()
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
@@ -235,8 +257,10 @@ class GraphedTrainStep:
                 for _ in range(warmup):
                     train_step(*self.models, real, autocast)
         torch.cuda.current_stream(device).wait_stream(side)
-        for m, state in zip(self.models, saved):
-            m.load_state_dict(state)  # the optimisers get fresh state tensors here, before capture
+        for m, state in zip((generator, discriminator), saved_models):
+            m.load_state_dict(state)  # copies in place
+        for opt, before in zip((opt_g, opt_d), saved_optim):
+            _restore_optimizer_state_in_place(opt, before)
         set_rng_state(saved_rng)
         generator.zero_grad(set_to_none=True)
         discriminator.zero_grad(set_to_none=True)
