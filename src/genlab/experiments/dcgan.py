@@ -223,7 +223,7 @@ class GraphedTrainStep:
     Philox offsets as eager kernels).
 
     Not timed yet: no GPU has been lent to this project's sessions, so ``--cuda-graph`` stays
-    off by default until a GPU run has measured it and ``tests/test_dcgan.py`` has checked it
+    off by default until a GPU run has measured it and ``tests/test_dcgan_run.py`` has checked it
     against the eager step there.
 
     Args:
