@@ -92,19 +92,27 @@ def time_reference(images, steps: int, warmup: int, batch_size: int, device: tor
     return steps * batch_size / time_steps(step, steps, warmup, device)
 
 
-def time_train_step(config, images, steps: int, warmup: int, device: torch.device, train_step) -> float:
+def time_train_step(config, images, steps: int, warmup: int, device: torch.device, train_step,
+                    cuda_graph: bool = False) -> float:
     """Images per second of ``train_step(generator, discriminator, opt_g, opt_d, real, autocast)``
     on the models and optimisers of ``config`` (a DCGAN or GAN config: batch_size, precision),
-    over ``steps`` steps after ``warmup``. ``images``: uint8 (N, 28, 28), held as one tensor."""
-    generator, discriminator, opt_g, opt_d = dcgan.build(config, device)
+    over ``steps`` steps after ``warmup``. ``images``: uint8 (N, 28, 28), held as one tensor.
+    ``cuda_graph``: the DCGAN step replayed as a CUDA graph
+    (:class:`genlab.experiments.dcgan.GraphedTrainStep`) instead."""
+    generator, discriminator, opt_g, opt_d = dcgan.build(config, device, capturable=cuda_graph)
     data = torch.from_numpy(images.copy()).to(device).unsqueeze(1).float().div_(127.5).sub_(1.0)
     autocast = autocast_for(device, config.precision)
     order = torch.randperm(len(data), device=device)
     batch_size = config.batch_size
+    graphed = (dcgan.GraphedTrainStep(generator, discriminator, opt_g, opt_d, [(batch_size, 1, 28, 28)],
+                                      config.precision) if cuda_graph else None)
 
     def step(i: int) -> None:
         real = data[order[i * batch_size:(i + 1) * batch_size]]
-        train_step(generator, discriminator, opt_g, opt_d, real, autocast)
+        if graphed is not None:
+            graphed(real)
+        else:
+            train_step(generator, discriminator, opt_g, opt_d, real, autocast)
 
     return steps * batch_size / time_steps(step, steps, warmup, device)
 
@@ -112,19 +120,9 @@ def time_train_step(config, images, steps: int, warmup: int, device: torch.devic
 def time_genlab(images, steps: int, warmup: int, batch_size: int, device: torch.device, precision: str,
                 cuda_graph: bool = False) -> float:
     """Images per second of genlab's trainer step over ``steps`` steps after ``warmup``; with
-    ``cuda_graph``, of its replayed CUDA graph (:class:`genlab.experiments.dcgan.GraphedTrainStep`)."""
+    ``cuda_graph``, of its replayed CUDA graph."""
     config = dcgan.DCGANConfig(batch_size=batch_size, precision=precision, cuda_graph=cuda_graph)
-    if not cuda_graph:
-        return time_train_step(config, images, steps, warmup, device, dcgan.train_step)
-    generator, discriminator, opt_g, opt_d = dcgan.build(config, device, capturable=True)
-    data = torch.from_numpy(images.copy()).to(device).unsqueeze(1).float().div_(127.5).sub_(1.0)
-    graphed = dcgan.GraphedTrainStep(generator, discriminator, opt_g, opt_d, [(batch_size, 1, 28, 28)], precision)
-    order = torch.randperm(len(data), device=device)
-
-    def step(i: int) -> None:
-        graphed(data[order[i * batch_size:(i + 1) * batch_size]])
-
-    return steps * batch_size / time_steps(step, steps, warmup, device)
+    return time_train_step(config, images, steps, warmup, device, dcgan.train_step, cuda_graph)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -6,7 +6,8 @@ per-sample ``Dataset`` that scales each uint8 image to [0, 1] and flattens it, a
 decoder of ``nn.Linear`` + ``nn.ELU``, the negative ELBO from the same formulas, and the
 default ``torch.optim.Adam``; several seeds are several runs of that loop, one after the
 other. genlab's step is :func:`genlab.experiments.vae.train_step`: the data set held as one
-uint8 tensor indexed per batch and binarised by one comparison with uniforms, the loss and
+uint8 tensor gathered per batch with ``index_select`` and binarised by one comparison with
+uniform uint8 draws on {0, ..., 254} (exactly Bernoulli(i / 255)), the loss and
 its gradients written out (``negative_elbo_and_gradients``) with the matrix products in bf16
 where the CPU supports it (``--precision``), fused Adam, and ``--seeds`` models stacked into
 batched GEMMs (one optimiser step for all of them). A third loop times the same step with

@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 from genlab import plots
 from genlab.data import load_split
 from genlab.engine import (RunConfig, RunDir, TrainingDiverged, autocast_for, compute_dtype, config_from_dict,
-                           config_to_dict, load_checkpoint, resolve_device, rng_state, save_checkpoint, seed_everything, set_rng_state)
+                           config_to_dict, load_checkpoint, resolve_device, rng_state, save_checkpoint,
+                           seed_everything, set_rng_state)
 from genlab.experiments import Experiment
 from genlab.layers import FastDropout
 
@@ -242,7 +243,7 @@ class GraphedTrainStep:
         device = next(generator.parameters()).device
         if device.type != "cuda":
             raise ValueError(f"CUDA graphs need the models on a CUDA device, not {device}; use --device cuda")
-        self.models = (generator, discriminator, opt_g, opt_d)
+        self.step_args = (generator, discriminator, opt_g, opt_d)  # train_step's first four arguments
         bf16 = compute_dtype(device, precision) == torch.bfloat16
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False)
         self.inputs = {tuple(shape): torch.zeros(shape, device=device) for shape in shapes}
@@ -255,7 +256,7 @@ class GraphedTrainStep:
         with torch.cuda.stream(side):
             for real in self.inputs.values():
                 for _ in range(warmup):
-                    train_step(*self.models, real, autocast)
+                    train_step(*self.step_args, real, autocast)
         torch.cuda.current_stream(device).wait_stream(side)
         for m, state in zip((generator, discriminator), saved_models):
             m.load_state_dict(state)  # copies in place
@@ -270,7 +271,7 @@ class GraphedTrainStep:
         for shape, real in self.inputs.items():
             self.graphs[shape] = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graphs[shape]):
-                self.outputs[shape] = train_step(*self.models, real, autocast)
+                self.outputs[shape] = train_step(*self.step_args, real, autocast)
 
     def __call__(self, real: torch.Tensor) -> torch.Tensor:
         shape = tuple(real.shape)

@@ -72,7 +72,7 @@ class VAEConfig(RunConfig):
     lr: float = 1e-3
     """Adam learning rate."""
     precision: str = "auto"
-    """Training arithmetic: auto (the matrix products in bf16 where the hardware supports it), bf16 or
+    """Training arithmetic: auto (the wide matrix products in bf16 where the hardware supports it), bf16 or
     fp32. The loss terms, the parameters and Adam stay float32; evaluation is always float32."""
     latent_dim: int = 10
     """Dimension of z; the prior is N(0, I)."""
@@ -294,7 +294,7 @@ class VAE(nn.Module):
 # The training step's loss and gradients, written out
 # ---------------------------------------------------------------------------------------
 
-def _mlp_forward(x: torch.Tensor, params: tuple[torch.Tensor, ...], dtype: torch.dtype
+def _mlp_forward(x: torch.Tensor, params: list[torch.Tensor], dtype: torch.dtype
                  ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
     """:class:`StackedMLP`'s forward pass with its matrix products in ``dtype``.
 
