@@ -68,6 +68,9 @@ class GANConfig(RunConfig):
     """Dropout probability in the discriminator."""
     precision: str = "auto"
     """auto (bf16 autocast where the hardware supports it), bf16 or fp32."""
+    layout: str = "auto"
+    """Memory layout of the discriminator's convolutions: auto (per CPU kind), contiguous or
+    channels_last (as dcgan's --layout)."""
     probe_steps: int | None = None
     """Steps from the start at which both losses' generator gradient norms are measured
     (default: the first epoch; 0 turns the probe off)."""
@@ -84,6 +87,8 @@ class GANConfig(RunConfig):
             raise ValueError(f"--generator-loss must be one of {sorted(GENERATOR_LOSSES)}, got {self.generator_loss!r}")
         if self.batch_size < 2:
             raise ValueError(f"--batch-size must be >= 2 (batch norm), got {self.batch_size}")
+        if self.layout not in ("auto", "contiguous", "channels_last"):
+            raise ValueError(f"--layout must be auto, contiguous or channels_last, got {self.layout!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.subset is not None and self.subset < self.batch_size:
@@ -231,14 +236,14 @@ def run(config: GANConfig) -> Path:
         while epoch < config.epochs and step < total_steps:
             order = torch.randperm(n_data, generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
             order = order.to(device)
-            sums = torch.zeros(len(STEP_KEYS), dtype=torch.float64)
+            sums = torch.zeros(len(STEP_KEYS), dtype=torch.float64, device=device)
             batch = 0
             while batch < steps_per_epoch and step < total_steps:
                 idx = order[batch * config.batch_size:(batch + 1) * config.batch_size]
                 metrics = train_step(generator, discriminator, opt_g, opt_d, data[idx], autocast,
                                      config.generator_loss, probe=step < probe_steps)
                 pending.append(metrics)
-                sums += metrics.double().cpu()
+                sums += metrics.double()
                 batch += 1
                 step += 1
                 if step % config.log_every == 0:

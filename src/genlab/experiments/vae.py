@@ -548,7 +548,12 @@ def run(config: VAEConfig) -> Path:
         optimizer.load_state_dict(ckpt["optimizer"])
         stream.load_state_dict(ckpt["stream"])
         for g, state in zip(train_gens, ckpt["train_generators"]):
-            g.set_state(state.cpu())
+            try:
+                g.set_state(state.cpu())
+            except RuntimeError:  # CPU (Mersenne Twister) and CUDA (Philox) states differ in kind
+                raise ValueError(f"{run_dir.checkpoint}: its training-noise generators are not {device.type} "
+                                 f"generators, so the run cannot continue on {device.type}; resume it with "
+                                 f"--device set to the device it was trained on (env.json)") from None
         step, train_seconds = ckpt["step"], ckpt["train_seconds"]
         run_dir.truncate_metrics(step, 0)
         _truncate_jsonl(run_dir.path / "metrics" / "eval.jsonl", step)
