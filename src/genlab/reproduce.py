@@ -101,6 +101,8 @@ class RunResult:
         resumed: whether the run was continued from a checkpoint with ``--resume``.
         command: the command line that ran (empty when skipped).
         host: the machine that ran it.
+        ray_task: the Ray task id when it ran as a Ray task, else "".
+        resources: what Ray assigned to the task (``{"CPU": 2.0, "GPU": 0.25}``), else {}.
     """
 
     experiment: str
@@ -111,6 +113,18 @@ class RunResult:
     resumed: bool = False
     command: list[str] = field(default_factory=list)
     host: str = ""
+    ray_task: str = ""
+    resources: dict[str, float] = field(default_factory=dict)
+
+
+def _ray_context() -> tuple[str, dict[str, float]]:
+    """(task id, assigned resources) inside a Ray task; ("", {}) elsewhere (Ray is not imported for it)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return "", {}
+    ctx = ray.get_runtime_context()
+    task = ctx.get_task_id() or ""
+    return task, ({k: float(v) for k, v in ctx.get_assigned_resources().items()} if task else {})
 
 
 def _valid_record(run_dir: Path) -> bool:
@@ -163,8 +177,9 @@ def run_one(spec: RunSpec) -> RunResult:
             log.write(f"error: could not start {cmd[0]}: {err}\n")
             returncode = 127
     seconds = time.perf_counter() - start
+    task, resources = _ray_context()
     result = RunResult(spec.experiment, "done", seconds, returncode, resumed=resume, command=cmd,
-                       host=socket.gethostname())
+                       host=socket.gethostname(), ray_task=task, resources=resources)
     if returncode != 0:
         result.status = "failed"
         result.message = f"exit {returncode}: {_error_line(spec.log)}"
