@@ -28,7 +28,7 @@ def test_every_experiment_has_three_profiles_that_parse(name, tmp_path):
         assert config.out == tmp_path / profile
     # smoke runs are smaller than quick ones, quick ones no larger than full ones (where a size is given)
     smoke = tyro.cli(config_cls, args=profiles.profile_args(name, "smoke"))
-    default = config_cls()  if name != "t5-finetune" else None
+    default = config_cls() if name != "t5-finetune" else None
     if default is not None and hasattr(default, "iterations"):
         assert smoke.iterations < default.iterations
 
@@ -101,3 +101,17 @@ def test_reproduce_cli_errors(tmp_path):
     assert proc.returncode == 2 and "unknown experiment 'nope'" in proc.stderr
     proc = genlab("reproduce", "dcgan", "--profile", "smoke", "--jobs", "0", "--out", str(tmp_path), check=False)
     assert proc.returncode == 2 and "--jobs must be >= 1" in proc.stderr
+
+
+@pytest.mark.parametrize("log, line", [
+    ("$ genlab run x\nTraceback (most recent call last):\n  File 'a.py'\nValueError: --subset must be >= 1\n",
+     "ValueError: --subset must be >= 1"),
+    ("$ genlab run x\nstep 3\nerror: --device cuda asked for, but no CUDA GPU is visible; use --device cpu\n",
+     "error: --device cuda asked for, but no CUDA GPU is visible; use --device cpu"),
+    ("\x1b[31m╭─ Unrecognized options ──╮\n│ Unrecognized options: --nope │\n│ ───── │\n"
+     "│ For full helptext, run genlab run minimax --help │\n╰────╯\n", "Unrecognized options: --nope"),
+    ("epoch 1\r50%\rKilled\n", "Killed"),
+])
+def test_error_line_says_why(tmp_path, log, line):
+    (tmp_path / "x.log").write_text(log)
+    assert reproduce._error_line(tmp_path / "x.log") == line

@@ -140,15 +140,17 @@ _BOX = re.compile(r"[│╭╮╰╯─┃━┏┓┗┛]")
 
 
 def _error_line(log: Path, limit: int = 400) -> str:
-    """The line of a run's log that says why it failed: the last ``error:``/``Error`` line, else the last line."""
+    """The line of a run's log that says why it failed: the last ``error:`` line or exception, else the
+    last line that is not a pointer to ``--help`` (tyro's boxes and ANSI colours stripped)."""
     try:
         text = log.read_text(errors="replace")[-20000:]
     except OSError:
         return "no log"
     lines = [_BOX.sub("", _ANSI.sub("", line)).strip() for line in text.replace("\r", "\n").splitlines()]
-    lines = [line for line in lines if line]
+    lines = [line for line in lines if line and not line.startswith(("For full helptext", "$ "))]
     for line in reversed(lines):
-        if line.startswith("error:") or re.match(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b", line):
+        if (line.lower().startswith("error") or re.match(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b", line)
+                or line.startswith("Unrecognized options:")):
             return line[:limit]
     return lines[-1][:limit] if lines else "no output"
 
