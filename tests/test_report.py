@@ -287,3 +287,12 @@ def test_smoke_course_report_in_the_browser(smoke_course, tmp_path):
     assert variance > 100, f"blank screenshot (grey-level variance {variance:.1f})"
     colours = np.unique(np.asarray(image).reshape(-1, 3), axis=0)
     assert len(colours) > 20  # text, badges, rules: more than a couple of colours
+
+
+def test_two_runs_of_one_experiment_get_their_own_anchors(tmp_path):
+    a = make_run(tmp_path / "a", "vae", [Metric("negative_elbo", 100.0, headline=True)])
+    b = make_run(tmp_path / "b", "vae", [Metric("negative_elbo", 101.0, headline=True)])
+    assert [e.name for e in report.collect([a, b])] == ["vae", "b"]  # one call: the second named by its folder
+    html = report.render(report.collect([a]) + report.collect([b]), "html", readings=None)
+    assert html.count('id="run-vae"') == 1 and html.count('id="run-vae-2"') == 1
+    assert 'href="#run-vae-2"' in html

@@ -307,6 +307,11 @@ def render(entries: list[Entry], fmt: str = "html", readings: Path | None = DEFA
     env.filters["markdown"] = _markdown_to_html
     env.filters["mdcell"] = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
     views = [_view(e, readings, (md_base or Path.cwd()).resolve()) for e in entries]
+    seen: dict[str, int] = {}
+    for v in views:  # two runs of one experiment: run-vae, run-vae-2
+        seen[v["anchor"]] = seen.get(v["anchor"], 0) + 1
+        if seen[v["anchor"]] > 1:
+            v["anchor"] += f"-{seen[v['anchor']]}"
     counts = {}
     for v in views:
         for m in v["headline"]:
