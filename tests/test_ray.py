@@ -85,3 +85,26 @@ echo "head-stopped"
     assert rc == (0 if all(r["status"] == "done" for r in state.values()) else 1)
     html = (out / "report.html").read_text()
     assert 'data-experiment="minimax"' in html and 'data-experiment="divergence"' in html
+
+
+@pytest.mark.slow
+def test_jobs_start_a_local_ray(tmp_path):
+    _namespace_or_skip()
+    out = tmp_path / "course"
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    script = f"""
+ip link set lo up
+RAY_TMPDIR={temp} {sys.executable} -m genlab reproduce minimax bandit --profile smoke --jobs 2 --threads 1 --out {out}
+echo "reproduce-rc=$?"
+"""
+    try:
+        proc = _in_namespace(script, tmp_path)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    assert "reproduce-rc=" in proc.stdout, proc.stdout + proc.stderr
+    state = json.loads((out / "reproduce.json").read_text())["runs"]
+    assert sorted(state) == ["bandit", "minimax"]
+    for run in state.values():
+        assert run["returncode"] == 0 and run["status"] in ("done", "no record"), run
+        assert len(run["ray_task"]) > 8 and run["resources"] == {"CPU": 1.0}, run
+    assert (out / "report.html").is_file()

@@ -115,3 +115,11 @@ def test_reproduce_cli_errors(tmp_path):
 def test_error_line_says_why(tmp_path, log, line):
     (tmp_path / "x.log").write_text(log)
     assert reproduce._error_line(tmp_path / "x.log") == line
+
+
+def test_without_ray_jobs_and_address_are_refused_with_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # `import ray` raises ImportError
+    for kwargs in ({"jobs": 2}, {"address": "auto"}):
+        with pytest.raises(RuntimeError, match=r"pip install 'genlab\[ray\]'.*or use --jobs 1"):
+            reproduce.reproduce(["minimax"], "smoke", tmp_path / "c", live=False, **kwargs)
+    assert not (tmp_path / "c").exists()  # refused before anything was written
