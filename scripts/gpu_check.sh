@@ -37,13 +37,13 @@ step() {  # step NAME LIMIT_S CMD...: run CMD under a time limit, log it, record
   tail -n 3 "$OUT/$name.log"
 }
 
-step cuda_tests 170 env GENLAB_TEST_CUDA=1 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests \
+step cuda_tests 120 env GENLAB_TEST_CUDA=1 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests \
   --junitxml="$OUT/cuda_tests.xml"
-step bench_eager 60 "$PY" -m genlab bench dcgan --device cuda --steps 200 --rounds 3 --json
-step bench_compile 120 "$PY" -m genlab bench dcgan --device cuda --steps 200 --rounds 3 --compile --json
-step bench_graph 60 "$PY" -m genlab bench dcgan --device cuda --steps 200 --rounds 3 --cuda-graph --json
-step dcgan_full 200 "$PY" -m genlab run dcgan --device cuda --cuda-graph --out "$OUT/dcgan_full"
-step smoke_all 150 "$PY" -m genlab reproduce all --profile smoke --device cuda --out "$OUT/smoke"
+step bench_eager 40 "$PY" -m genlab bench dcgan --device cuda --steps 200 --rounds 3 --json
+step bench_compile 80 "$PY" -m genlab bench dcgan --device cuda --steps 200 --rounds 3 --compile --json
+step bench_graph 40 "$PY" -m genlab bench dcgan --device cuda --steps 200 --rounds 3 --cuda-graph --json
+step dcgan_full 130 "$PY" -m genlab run dcgan --device cuda --cuda-graph --out "$OUT/dcgan_full"
+step smoke_all 90 "$PY" -m genlab reproduce all --profile smoke --device cuda --out "$OUT/smoke"
 
 "$PY" - "$OUT" <<'PYEOF'
 import json, sys
