@@ -37,7 +37,7 @@ step() {  # step NAME LIMIT_S CMD...: run CMD under a time limit, log it, record
   tail -n 3 "$OUT/$name.log"
 }
 
-step cuda_tests 120 env GENLAB_TEST_CUDA=1 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests \
+step cuda_tests 120 env GENLAB_TEST_CUDA=1 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests/test_cuda.py tests/test_dcgan_run.py \
   --junitxml="$OUT/cuda_tests.xml"
 step bench_eager 40 "$PY" -m genlab bench dcgan --device cuda --steps 200 --rounds 3 --json
 step bench_compile 80 "$PY" -m genlab bench dcgan --device cuda --steps 200 --rounds 3 --compile --json
