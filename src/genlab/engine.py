@@ -235,6 +235,8 @@ def environment(device: torch.device, seed: int) -> dict[str, Any]:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     if device.type == "cuda" or cpu_isa() != "none":
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         env["bf16_over_fp32_gemm"] = round(bf16_speedup(device), 2)  # what --precision auto went by
     return env
 
@@ -364,6 +366,8 @@ def gemm_flops(dtype: torch.dtype, device: torch.device, n: int = 1024, repeats:
 
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
+    if device.type == "cuda":  # the first product of a dtype starts cuBLAS and picks its kernel
+        torch.mm(a, b)
     best = float("inf")
     for i in range(repeats + 1):
         if device.type == "cuda":
@@ -412,6 +416,8 @@ def bf16_supported(device: torch.device) -> bool:
     """
     if device.type == "cpu" and cpu_isa() == "none":
         return False
+    if device.type == "cuda" and device.index is None:  # one cache entry per GPU: "cuda" is "cuda:0"
+        device = torch.device("cuda", torch.cuda.current_device())
     return bf16_speedup(device) >= BF16_MIN_SPEEDUP
 
 

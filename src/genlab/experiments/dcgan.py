@@ -144,6 +144,8 @@ class Discriminator(nn.Module):
                          3: torch.channels_last if "conv2" in channels_last else torch.contiguous_format}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.channels_last:
+            return self.net(x)
         for i, layer in enumerate(self.net):
             if i in self._formats:  # a convolution: its input in the chosen layout
                 x = x.contiguous(memory_format=self._formats[i])
@@ -151,12 +153,13 @@ class Discriminator(nn.Module):
         return x
 
 
-#: Convolutions run channels-last, per CPU kind (:func:`genlab.engine.cpu_isa`), from per-layer
-#: measurements (docs/benchmarks.md, "DCGAN layout per layer"; ``genlab bench dcgan --layers``
-#: measures them on any machine). On AMX the 64 -> 128 convolution runs 3x faster channels-last
-#: while the whole step channels-last is slower; on Zen 4 (AVX512-BF16) and AVX2 no layer gains
-#: beyond noise, so everything stays contiguous.
-CHANNELS_LAST_BY_ISA: dict[str, tuple[str, ...]] = {"amx_bf16": ("conv2",), "avx512_bf16": (), "none": ()}
+#: Convolutions run channels-last, per CPU kind (:func:`genlab.engine.cpu_isa`), read from
+#: per-layer forward + backward timings (``genlab bench dcgan --layers``; docs/benchmarks.md,
+#: "DCGAN layout per layer"). On the machines measured, no layer gains beyond noise from
+#: channels-last (Zen 4 AVX512-BF16; Sapphire Rapids AMX at 2 threads: conv2 41.5 vs 42.2 ms),
+#: and the whole AMX step was slower with conv2 channels-last, so every entry is contiguous.
+#: A machine whose measurement says otherwise adds its layers here or passes ``--layout``.
+CHANNELS_LAST_BY_ISA: dict[str, tuple[str, ...]] = {"amx_bf16": (), "avx512_bf16": (), "none": ()}
 
 
 def layout_for(device: torch.device, layout: str = "auto") -> tuple[str, ...]:
