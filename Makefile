@@ -44,7 +44,7 @@ test-parity-avx2: data
 	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -m parity
 
 bench: data
-	$(VENV)/bin/genlab bench dcgan --steps 40
+	$(VENV)/bin/genlab bench dcgan
 
 clean:
 	rm -rf $(VENV) runs
