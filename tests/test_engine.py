@@ -58,3 +58,13 @@ def test_config_validation_and_run_dir_guard(tmp_path):
         RunDir("x", RunConfig(out=tmp_path / "run"), torch.device("cpu"))
     with pytest.raises(FileNotFoundError, match="drop --resume"):
         load_checkpoint(tmp_path / "none.pt")
+
+
+def test_the_precision_probe_leaves_the_global_random_stream_alone():
+    from genlab.engine import gemm_flops
+
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    gemm_flops(torch.float32, torch.device("cpu"), n=64, repeats=1)
+    torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)

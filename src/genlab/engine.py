@@ -364,8 +364,9 @@ def gemm_flops(dtype: torch.dtype, device: torch.device, n: int = 1024, repeats:
     than ``give_up_after_s`` seconds is returned as the measurement (emulated kernels)."""
     import time
 
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
+    rng = torch.Generator(device).manual_seed(0)  # its own stream: timing must not move a run's draws
+    a = torch.randn(n, n, device=device, generator=rng).to(dtype)
+    b = torch.randn(n, n, device=device, generator=rng).to(dtype)
     if device.type == "cuda":  # the first product of a dtype starts cuBLAS and picks its kernel
         torch.mm(a, b)
     best = float("inf")
