@@ -439,9 +439,9 @@ def reproduce(names: list[str], profile: str, out: str | Path, jobs: int = 1, ad
 
     interrupted = False
     try:
-        if use_ray:
+        if use_ray and todo:  # nothing left to run: no Ray to start
             _execute_ray(todo, jobs, address, on_start, on_done)
-        else:
+        elif todo:
             _execute_local(todo, on_start, on_done)
     except KeyboardInterrupt:
         interrupted = True
