@@ -7,7 +7,7 @@ STAMP := $(VENV)/.genlab-installed
 # CUDA wheel of the same version (pip install torch==2.13.0 --index-url ...).
 TORCH ?= torch==2.13.0
 
-.PHONY: run test data install bench clean
+.PHONY: run test data install browser bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,15 +16,25 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-install: $(STAMP)
+install: $(STAMP) browser
 
 data: $(STAMP)
 	PY=$(PY) bash scripts/get_data.sh
 
+# Debian's chromium renders the report in the browser tests (tests/test_report.py); skipped without it.
+browser:
+	@command -v chromium >/dev/null || { \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing chromium with apt-get"; \
+	    apt-get install -y -qq chromium >/dev/null 2>&1 \
+	      || { apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null; } \
+	      || echo "apt-get could not install chromium; the browser tests will be skipped"; \
+	  else echo "no root apt-get: chromium not installed, the browser tests will be skipped"; fi; }
+
 run: data
 	$(VENV)/bin/genlab run dcgan
 
-test: data
+test: data browser
 	$(PY) -m pytest -q
 
 bench: data

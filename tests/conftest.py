@@ -1,10 +1,22 @@
+"""Shared test helpers.
+
+CPU tests run on the CPU even on a GPU host: unless ``GENLAB_TEST_CUDA=1``, the GPUs are hidden
+from this process and from every ``genlab`` subprocess it starts (``CUDA_VISIBLE_DEVICES=""``,
+set before torch initialises CUDA), so ``--device auto`` resolves to the CPU. Tests marked
+``cuda`` need a GPU and are skipped without one: run them with
+``GENLAB_TEST_CUDA=1 pytest -m cuda`` (``scripts/gpu_check.sh`` does).
+"""
+
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+if os.environ.get("GENLAB_TEST_CUDA") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -12,6 +24,16 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(2)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    reason = ("needs a CUDA GPU; run with GENLAB_TEST_CUDA=1 on a GPU host" if os.environ.get("GENLAB_TEST_CUDA") == "1"
+              else "CUDA test: GPUs are hidden from the CPU suite; run GENLAB_TEST_CUDA=1 pytest -m cuda")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def genlab(*args: str, check: bool = True, env_extra: dict[str, str] | None = None,

@@ -65,6 +65,7 @@ def test_reward_baseline_leaves_the_expectation_unchanged():
     torch.testing.assert_close(mean_with, exact_gradient(theta, rewards), rtol=1e-13, atol=1e-15)
 
 
+@pytest.mark.parity
 def test_training_is_reproducible_and_baseline_beats_constant():
     config = BanditConfig(steps=300, seeds=40, variants=("constant", "baseline"))
     a, b = train("constant", config, 300), train("constant", config, 300)

@@ -43,6 +43,7 @@ def test_exact_fisher_matches_logistic_regression_closed_form():
     torch.testing.assert_close(fisher["bias"], (p * (1 - p)).mean(0), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("kind", ["empirical", "exact"])
 @pytest.mark.parametrize("make", [lambda: cl.MLP(16), cl.CNN], ids=["mlp-per-layer", "cnn-vmap"])
 def test_fisher_diagonal_of_a_network_matches_per_sample_autograd(make, kind):
@@ -106,6 +107,7 @@ def test_ewc_penalty_by_hand():
     assert float(cl.ewc_penalty(params, [], 3.0)) == 0.0
 
 
+@pytest.mark.parity
 def test_consolidated_ewc_penalty_and_gradient_match_the_per_task_sum():
     torch.manual_seed(2)
     model = cl.MLP(hidden=8).double()
@@ -199,6 +201,7 @@ def _small_data():
     return {"train_x": train_x[:1024], "train_y": train_y[:1024], "test_x": test_x[:1000], "test_y": test_y[:1000]}
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("method", ["ewc", "rehearsal"])
 def test_a_job_resumed_from_a_task_checkpoint_ends_where_the_whole_job_does(method):
     config = cl.ContinualConfig(tasks=3, batch_size=64, replay_batch=32, memory_per_task=64, fisher_samples=64,

@@ -81,9 +81,32 @@ def test_fast_dropout_gradient_and_modes():
         FastDropout(1.0)
 
 
+@pytest.mark.parity
 def test_fast_dropout_matches_torch_distribution_on_bf16():
     torch.manual_seed(0)
     x = torch.ones(200_000, dtype=torch.bfloat16)
     ours = (fast_dropout(x, 0.3) != 0).float().mean().item()
     theirs = (F.dropout(x, 0.3) != 0).float().mean().item()
     assert abs(ours - theirs) < 0.005
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("channels_last", [("conv2",), ("conv1", "conv2")])
+def test_discriminator_layout_changes_kernels_not_the_maths(channels_last):
+    """Channels-last convolutions compute the same logits and gradients. The kernels sum the
+    1,600 products of a conv2 output (64 channels x 25 taps) in another order, so they agree to
+    about 1,600 float32 roundings of the largest term, not bit for bit."""
+    torch.manual_seed(0)
+    plain = Discriminator(dropout=0.0)
+    laid_out = Discriminator(dropout=0.0, channels_last=channels_last)
+    laid_out.load_state_dict(plain.state_dict())
+    x = torch.rand(16, 1, 28, 28) * 2 - 1
+    out_plain, out_laid = plain(x), laid_out(x)
+    out_plain.sum().backward()
+    out_laid.sum().backward()
+    tol = 1600 * 2.0**-24
+    torch.testing.assert_close(out_laid, out_plain, rtol=0, atol=tol * out_plain.abs().max().item())
+    for (name, a), b in zip(plain.named_parameters(), laid_out.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=0, atol=tol * a.grad.abs().max().item(), msg=name)
+    with pytest.raises(ValueError, match="unknown discriminator layers"):
+        Discriminator(channels_last=("conv3",))

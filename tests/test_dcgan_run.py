@@ -74,6 +74,7 @@ def test_sample_and_eval_commands(smoke_run, tmp_path):
     assert json.loads(proc.stdout)["fid"] == pytest.approx(first, rel=1e-6)  # the same generator, the same draws
 
 
+@pytest.mark.parity
 def test_same_seed_same_losses(tmp_path):
     a = dcgan.run(dcgan.DCGANConfig(out=tmp_path / "a", epochs=2, **SMALL))
     b = dcgan.run(dcgan.DCGANConfig(out=tmp_path / "b", epochs=2, **SMALL))
@@ -82,6 +83,7 @@ def test_same_seed_same_losses(tmp_path):
     assert _steps(a) != _steps(c)
 
 
+@pytest.mark.parity
 def test_resume_gives_the_same_run(tmp_path):
     full = dcgan.run(dcgan.DCGANConfig(out=tmp_path / "full", epochs=3, **SMALL))
     part = tmp_path / "part"
@@ -147,6 +149,7 @@ def test_cuda_graph_is_refused_off_cuda_with_the_fix(tmp_path):
         dcgan.GraphedTrainStep(generator, discriminator, opt_g, opt_d, [(64, 1, 28, 28)], "fp32")
 
 
+@pytest.mark.parity
 def test_warm_up_is_undone_in_place_as_graph_capture_needs():
     """GraphedTrainStep's restore after its warm-up steps, on the CPU: the models, the RNG and
     Adam's state return to where they were (fresh, then after one step) without replacing
@@ -181,7 +184,8 @@ def test_warm_up_is_undone_in_place_as_graph_capture_needs():
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+@pytest.mark.parity
+@pytest.mark.cuda
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_cuda_graph_replays_the_eager_step(precision):
     """Replayed graphs (a full and a partial batch shape) give the eager step's metrics and weights."""

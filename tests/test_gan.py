@@ -57,6 +57,7 @@ def test_train_step_probe_measures_both_losses_at_the_same_parameters(loss_name)
     assert torch.isnan(out[STEP_KEYS.index(other)]) and torch.isfinite(out[:5]).all()
 
 
+@pytest.mark.parity
 def test_train_step_probe_is_independent_of_the_trained_loss():
     real = torch.rand(16, 1, 28, 28) * 2 - 1
     results = []
@@ -75,6 +76,7 @@ def test_config_validation():
         GANConfig(probe_steps=-1)
 
 
+@pytest.mark.parity
 @pytest.mark.slow
 def test_cli_smoke_minimax_resume_and_sample(tmp_path):
     out = tmp_path / "run"

@@ -56,6 +56,7 @@ def _trajectory(make_optimizer, steps: int = 30) -> list[torch.Tensor]:
     return out
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("name", sorted(PARITY))
 def test_trajectory_equals_torch_optim_step_for_step(name):
     ours, theirs = PARITY[name]
@@ -168,6 +169,7 @@ def test_sparse_gradients_are_refused():
         Adam([p]).step()
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_state_dict_round_trip_continues_identically(name):
     cls = OPTIMIZERS[name]
@@ -197,6 +199,7 @@ def test_state_dict_round_trip_continues_identically(name):
     assert torch.equal(w, w2) and torch.equal(b, b2)
 
 
+@pytest.mark.parity
 def test_stacked_parameter_updates_like_separate_ones():
     """Elementwise rules: a (3, 4) parameter stepped once equals three (4,) parameters."""
     g = torch.Generator().manual_seed(3)

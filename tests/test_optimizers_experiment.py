@@ -42,6 +42,7 @@ def test_classifier_size():
     assert sum(p.numel() for p in make_classifier().parameters()) == 784 * 50 + 50 + 50 * 10 + 10 == 39_760
 
 
+@pytest.mark.parity
 def test_stacked_grid_equals_plain_loop_and_a_diverging_run_touches_no_other():
     x, y = _data()
     seeds, steps, batch = [3, 4], 6, 32
@@ -67,6 +68,7 @@ def test_stacked_grid_equals_plain_loop_and_a_diverging_run_touches_no_other():
     assert acc.shape == (len(cells) * len(seeds),) and ((acc >= 0) & (acc <= 1)).all()
 
 
+@pytest.mark.parity
 def test_stacked_grid_accuracy_matches_plain_model():
     x, y = _data(300, seed=5)
     grid = StackedGrid([Cell("sgd", 0.1)], [7], (16,), {}, CPU)
@@ -76,6 +78,7 @@ def test_stacked_grid_accuracy_matches_plain_model():
     assert grid.accuracy(x, y, chunk=128)[0].item() == pytest.approx(expected.item())
 
 
+@pytest.mark.parity
 def test_grid_state_dict_round_trip():
     x, y = _data()
     cells = [Cell("adam", 1e-2), Cell("momentum", 0.1)]

@@ -152,6 +152,7 @@ def test_gradient_variance_matches_the_closed_form():
     assert sup["grad_var"] == pytest.approx(0.0, abs=1e-12) and sup["grad_var_labels"] == 0.0
 
 
+@pytest.mark.parity
 def test_training_on_the_toy_learns_and_is_reproducible():
     task = load_task("threshold", subset=4096)
     config = ReinforceConfig(task="threshold", steps=400, eval_every=100, variance_every=0, seeds=1)
@@ -176,6 +177,7 @@ def test_config_validation():
     assert ReinforceConfig(estimator=("baseline", "baseline")).methods == ["reinforce-baseline", "supervised"]
 
 
+@pytest.mark.parity
 @pytest.mark.slow
 def test_cli_smoke_on_real_mnist_writes_every_output_and_resumes(tmp_path):
     out = tmp_path / "run"

@@ -102,6 +102,7 @@ def test_label_smoothing_matches_closed_form():
 
 # -- generation ---------------------------------------------------------------------------
 
+@pytest.mark.parity
 def test_cached_step_logits_equal_full_decoding():
     model = tiny()
     src = sources()
@@ -120,6 +121,7 @@ def test_cached_step_logits_equal_full_decoding():
         prefix = torch.cat([prefix, torch.randint(3, 40, (3, 1))], 1)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("no_repeat", [0, 2])
 def test_cached_and_uncached_decoding_give_the_same_tokens(no_repeat):
     model = tiny(eos_id=1)
@@ -132,6 +134,7 @@ def test_cached_and_uncached_decoding_give_the_same_tokens(no_repeat):
     assert beam_search(model, src, 3, 12, 0.8, no_repeat, True) == beam_search(model, src, 3, 12, 0.8, no_repeat, False)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("no_repeat", [0, 2])
 def test_beam_one_is_greedy(no_repeat):
     for seed in range(3):

@@ -30,6 +30,7 @@ def test_power_iteration_estimates_the_largest_singular_value(shape):
     assert power_iteration(w, u0, 1)[0] <= expected + 1e-12
 
 
+@pytest.mark.parity
 def test_spectral_normalize_matches_torch_legacy_spectral_norm_step_by_step():
     """torch.nn.utils.spectral_norm follows Miyato et al.'s Algorithm 1 (persistent u):
     from the same W and u, one step gives the same u and the same W / sigma, step after step."""
@@ -45,6 +46,7 @@ def test_spectral_normalize_matches_torch_legacy_spectral_norm_step_by_step():
         torch.testing.assert_close(ours, layer.weight, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parity
 def test_spectral_normalize_agrees_with_parametrizations_spectral_norm():
     """torch.nn.utils.parametrizations.spectral_norm keeps v persistent (u <- Wv, v <- W^T u),
     half a step off Algorithm 1; on a fixed W both converge to the same W / ||W||_2."""

@@ -5,6 +5,8 @@
     genlab eval RUN_DIR
     genlab sample RUN_DIR --n N --out FILE.npy
     genlab bench EXPERIMENT [--steps N] [--json]
+    genlab reproduce [EXPERIMENT ...|all] --profile {smoke,quick,full} --out DIR [--jobs N] [--address A]
+    genlab report RUN_DIR ... --out FILE.html [--md FILE.md]
 """
 
 from __future__ import annotations
@@ -56,6 +58,25 @@ def main(argv: list[str] | None = None) -> int:
     p_sample.add_argument("--seed", type=int, default=0, help="seed of the latent draws")
     p_bench = sub.add_parser("bench", help="time genlab against a plain reference loop", add_help=False)
     p_bench.add_argument("experiment")
+    p_repro = sub.add_parser("reproduce", help="rerun experiments under a profile, then write one report (SPEC §13)")
+    p_repro.add_argument("experiments", nargs="*", default=["all"], metavar="EXPERIMENT",
+                         help="registered experiments, or `all` (the default)")
+    p_repro.add_argument("--profile", choices=["smoke", "quick", "full"], required=True,
+                         help="smoke: seconds each; quick: minutes each on 2 cores; full: SPEC size")
+    p_repro.add_argument("--out", type=Path, required=True, help="folder of the runs, logs and report")
+    p_repro.add_argument("--jobs", type=int, default=1, help="runs at once; > 1 starts a local Ray (default 1, no Ray)")
+    p_repro.add_argument("--address", default=None, help="a running Ray cluster: auto or HOST:PORT")
+    p_repro.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="device of every run")
+    p_repro.add_argument("--threads", type=int, default=None, help="CPU threads per run (default cores // jobs)")
+    p_repro.add_argument("--gpu-fraction", type=float, default=None,
+                         help="share of one GPU per Ray task on --device cuda (default 1 / jobs)")
+    p_report = sub.add_parser("report", help="run directories -> one self-contained HTML report and its Markdown")
+    p_report.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
+                          help="run directories or `genlab reproduce` folders")
+    p_report.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    p_report.add_argument("--md", type=Path, default=None, help="the Markdown twin (default: --out with .md)")
+    p_report.add_argument("--readings", type=Path, default=None, help="folder of <experiment>.md readings "
+                          "(default docs/readings of the genlab checkout)")
     args, rest = parser.parse_known_args(argv)
 
     try:
@@ -89,6 +110,35 @@ def main(argv: list[str] | None = None) -> int:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             np.save(args.out, images)
             print(f"wrote {args.out}: {images.dtype} {images.shape}")
+            return 0
+        if args.command == "reproduce":
+            from genlab import reproduce
+
+            try:
+                results = reproduce.reproduce(args.experiments, args.profile, args.out, jobs=args.jobs,
+                                              address=args.address, device=args.device, threads=args.threads,
+                                              gpu_fraction=args.gpu_fraction)
+            except KeyboardInterrupt:
+                print(f"interrupted; report of what finished: {args.out / 'report.html'}; rerun the same command "
+                      f"to resume", file=sys.stderr)
+                return 130
+            bad = [r for r in results if r.status in ("failed", "no record")]
+            print(f"{len(results) - len(bad)}/{len(results)} runs with a record; report: {args.out / 'report.html'}")
+            for r in bad:
+                print(f"  {r.status}: {r.experiment}: {r.message}", file=sys.stderr)
+            return 1 if bad else 0
+        if args.command == "report":
+            from genlab import report
+
+            if args.out.suffix.lower() not in (".html", ".htm"):
+                parser.error(f"--out {args.out}: the report is HTML; name it FILE.html")
+            md = args.md or args.out.with_suffix(".md")
+            readings = args.readings or report.DEFAULT_READINGS
+            if args.readings is not None and not args.readings.is_dir():
+                raise GenlabError(f"--readings {args.readings}: no such folder")
+            entries = report.write_report(args.run_dirs, args.out, md, readings=readings)
+            print(f"wrote {args.out} and {md}: {len(entries)} runs, "
+                  f"{sum(e.record is not None for e in entries)} with a record")
             return 0
         if args.command == "bench":
             _benchmark(args.experiment).main(rest)

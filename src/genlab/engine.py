@@ -19,6 +19,7 @@ import contextlib
 import csv
 import dataclasses
 import datetime as _dt
+import functools
 import json
 import math
 import os
@@ -79,6 +80,9 @@ class RunConfig:
     """Continue the run in --out from its last checkpoint."""
     max_steps: int | None = None
     """Stop after this many optimiser steps in total (for smoke runs)."""
+    deterministic: bool = False
+    """On CUDA, use only deterministic kernels (cuDNN, cuBLAS), so a seed repeats bit for bit; slower.
+    CPU runs repeat without it."""
 
     CONTINUABLE: ClassVar[tuple[str, ...]] = ("out", "resume", "epochs", "max_steps", "device", "data_dir")
     """Options that may change when a run is continued with --resume (extend a run, move it to
@@ -150,6 +154,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def use_deterministic_algorithms(enabled: bool) -> None:
+    """Deterministic CUDA kernels or not (PyTorch docs, "Reproducibility"): sets
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (read when cuBLAS starts), turns off cuDNN's benchmark
+    autotuning and makes ``torch.use_deterministic_algorithms`` raise on an op that has no
+    deterministic implementation. A no-op on results on the CPU, whose kernels are deterministic."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = not enabled and torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic = enabled
+    torch.use_deterministic_algorithms(enabled)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA)."""
     random.seed(seed)
@@ -174,14 +190,15 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of :func:`rng_state`."""
-    torch.set_rng_state(state["torch"])
+    """Inverse of :func:`rng_state`. The states may come back on any device (a checkpoint loaded
+    with ``map_location="cuda"``): torch takes RNG states as CPU byte tensors only."""
+    torch.set_rng_state(state["torch"].cpu())
     np_state = state["numpy"]
-    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+    np.random.set_state(("MT19937", np_state["keys"].cpu().numpy().astype(np.uint32), np_state["pos"],
                          np_state["has_gauss"], np_state["cached_gaussian"]))
     random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -243,6 +260,7 @@ def environment(device: torch.device, seed: int) -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_isa": cpu_isa(),
         "device": str(device),
         "seed": seed,
         "git_commit": _git_commit(),
@@ -250,6 +268,8 @@ def environment(device: torch.device, seed: int) -> dict[str, Any]:
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+    if device.type == "cuda" or cpu_isa() != "none":
+        env["bf16_over_fp32_gemm"] = round(bf16_speedup(device), 2)  # what --precision auto went by
     return env
 
 
@@ -323,6 +343,7 @@ class RunDir:
                 f"{self.path} already holds a run; pass --resume to continue it or choose another --out"
             )
         self.experiment = experiment
+        use_deterministic_algorithms(getattr(config, "deterministic", False))
         for sub in ("metrics", "checkpoints", "figures"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
         (self.path / "config.json").write_text(json.dumps({"experiment": experiment, **config_to_dict(config)}, indent=2))
@@ -612,14 +633,80 @@ def check_checkpoint(ckpt: dict[str, Any], experiment: str, path: Path) -> None:
                           f"resume it with `genlab run {ckpt['experiment']} --resume` or choose another --out")
 
 
-def bf16_supported(device: torch.device) -> bool:
-    """True where bf16 matrix work is native: CUDA with bf16, or a CPU with AVX512-BF16/AMX."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+def cpu_isa() -> str:
+    """The CPU's bf16 matrix ISA as torch sees it: ``"amx_bf16"``, ``"avx512_bf16"`` or ``"none"``.
+
+    A flag probe only: it says what the CPU has, not what the kernels use (``ONEDNN_MAX_CPU_ISA``
+    and ``ATEN_CPU_CAPABILITY`` can cap them); :func:`bf16_speedup` measures that.
+    """
     try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        if torch.cpu._is_amx_tile_supported():
+            return "amx_bf16"
+        if torch.cpu._is_avx512_bf16_supported():
+            return "avx512_bf16"
     except AttributeError:  # older torch
+        pass
+    return "none"
+
+
+def gemm_flops(dtype: torch.dtype, device: torch.device, n: int = 1024, repeats: int = 5,
+               give_up_after_s: float = float("inf")) -> float:
+    """Measured FLOP/s of an (n x n) @ (n x n) product in ``dtype`` on ``device``: the best of
+    ``repeats`` timed products after one warm-up (2 n^3 FLOPs each). A warm-up product slower
+    than ``give_up_after_s`` seconds is returned as the measurement (emulated kernels)."""
+    import time
+
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = float("inf")
+    for i in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+        if i == 0 and seconds > give_up_after_s:
+            return 2 * n**3 / seconds
+        if i:  # the first product is a warm-up (kernel selection, page faults)
+            best = min(best, seconds)
+    return 2 * n**3 / best
+
+
+#: bf16 is chosen by ``--precision auto`` only where its measured GEMM rate is at least this
+#: many times the float32 rate. Native bf16 measures 2.8x (AVX512-BF16, Zen 4) to 8.5x (AMX);
+#: emulated bf16 (ISA capped to AVX2, CPUs without bf16) measures below 1x. A threshold far
+#: from both keeps the choice the same from run to run on one machine.
+BF16_MIN_SPEEDUP = 1.5
+
+
+@functools.lru_cache(maxsize=None)
+def bf16_speedup(device: torch.device) -> float:
+    """Measured bf16 / float32 GEMM throughput ratio on ``device`` (cached per process).
+
+    On CUDA: 0 below compute capability 8.0 (no bf16 tensor cores; ``torch.cuda.is_bf16_supported``
+    counts emulated bf16 on a T4 or V100 as supported), else the measured ratio.
+    """
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0):
+        return 0.0
+    n = 768 if device.type == "cpu" else 4096
+    with torch.no_grad():
+        fp32 = gemm_flops(torch.float32, device, n, repeats=10)
+        # an emulated bf16 product runs at a few % of float32: stop after one such product
+        return gemm_flops(torch.bfloat16, device, n, repeats=10, give_up_after_s=20 * 2 * n**3 / fp32) / fp32
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """True where bf16 matrix work is native and fast: :func:`bf16_speedup` >= :data:`BF16_MIN_SPEEDUP`.
+
+    Measured rather than read off CPU flags, so a CPU whose kernels run bf16 emulated (no
+    AVX512-BF16/AMX, or the ISA capped by ``ONEDNN_MAX_CPU_ISA``) trains in float32. The flag probe
+    comes first so that CPUs without bf16 instructions pay no measurement.
+    """
+    if device.type == "cpu" and cpu_isa() == "none":
         return False
+    return bf16_speedup(device) >= BF16_MIN_SPEEDUP
 
 
 def compute_dtype(device: torch.device, precision: str) -> torch.dtype:

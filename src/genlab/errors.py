@@ -6,7 +6,7 @@ is not a refusal and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["GenlabError", "ConfigError"]
+__all__ = ["GenlabError", "ConfigError", "UnknownNameError", "NotFoundError", "MissingDependencyError"]
 
 
 class GenlabError(Exception):
@@ -21,3 +21,20 @@ class GenlabError(Exception):
 
 class ConfigError(GenlabError, ValueError):
     """An option out of range, or a combination of options that cannot work."""
+
+
+class UnknownNameError(GenlabError, KeyError):
+    """A name that is not registered (an experiment, a profile); the message names the known ones."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class NotFoundError(GenlabError, FileNotFoundError):
+    """A file or folder the command needs is missing; the message names it and the fix."""
+
+
+class MissingDependencyError(GenlabError, RuntimeError):
+    """An optional package the command needs is not installed (exit status 1)."""
+
+    exit_code = 1

@@ -110,12 +110,14 @@ def to_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 
 def image_quality(fake: torch.Tensor, real: torch.Tensor, dataset: str, batch_size: int = 1000,
-                  kid_subsets: int = 100, kid_subset_size: int = 1000) -> dict[str, float]:
+                  kid_subsets: int = 100, kid_subset_size: int = 1000,
+                  device: torch.device | str = "cpu") -> dict[str, float]:
     """FID, KID (mean, std) and classifier Inception Score of ``fake`` against ``real``.
 
     Args:
         fake, real: uint8 (N, 1, 28, 28) images (SPEC: 10,000 generated vs the 10,000 test).
         dataset: whose classifier to use (``"fashion-mnist"`` or ``"mnist"``).
+        device: where the classifier and the metrics' float64 sums run (the run's device).
 
     Returns:
         ``{"fid", "kid_mean", "kid_std", "inception_score", "inception_score_std",
@@ -135,6 +137,8 @@ def image_quality(fake: torch.Tensor, real: torch.Tensor, dataset: str, batch_si
     subset = min(kid_subset_size, len(fake), len(real))
     kid = KernelInceptionDistance(feature=feats, subsets=kid_subsets, subset_size=subset)
     inception = InceptionScore(feature=FeatureExtractor(classifier, "logits"), splits=10)
+    fid, kid, inception = (metric.to(device) for metric in (fid, kid, inception))
+    real, fake = real.to(device), fake.to(device)
     for start in range(0, len(real), batch_size):
         batch = real[start:start + batch_size]
         fid.update(batch, real=True)

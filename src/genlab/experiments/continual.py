@@ -403,6 +403,7 @@ class ReplayMemory:
         self.per_task = per_task
         self.device = torch.device(device)
         self.indices: list[torch.Tensor] = []  # one int64 (per_task,) per finished task
+        self._stored: torch.Tensor | None = None  # (T, per_task) on the CPU, where the draws are made
 
     def __len__(self) -> int:
         return sum(len(i) for i in self.indices)
@@ -413,7 +414,9 @@ class ReplayMemory:
 
     def add_task(self, n_train: int, generator: torch.Generator) -> None:
         """Keep ``per_task`` training examples of the task just finished, uniformly without replacement."""
-        self.indices.append(torch.randperm(n_train, generator=generator)[:self.per_task].to(self.device))
+        kept = torch.randperm(n_train, generator=generator)[:self.per_task]
+        self.indices.append(kept.to(self.device))
+        self._stored = None
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` examples spread evenly over the stored tasks.
@@ -433,15 +436,17 @@ class ReplayMemory:
         counts = torch.full((t,), n // t, dtype=torch.int64)
         counts[torch.randperm(t, generator=generator)[:n % t]] += 1
         task_ids = torch.repeat_interleave(torch.arange(t), counts)  # (n,)
-        stored = torch.stack(self.indices).cpu()  # (T, per_task)
-        slot = torch.randint(stored.shape[1], (n,), generator=generator)
-        return task_ids.to(self.device), stored[task_ids, slot].to(self.device)
+        if self._stored is None:  # a CPU copy, so that no draw waits for the device
+            self._stored = torch.stack(self.indices).cpu()  # (T, per_task)
+        slot = torch.randint(self._stored.shape[1], (n,), generator=generator)
+        return task_ids.to(self.device), self._stored[task_ids, slot].to(self.device)
 
     def state_dict(self) -> dict:
         return {"indices": [i.cpu() for i in self.indices]}
 
     def load_state_dict(self, state: dict) -> None:
         self.indices = [i.to(self.device) for i in state["indices"]]
+        self._stored = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -561,7 +566,7 @@ def run_job(job: Job, config: ContinualConfig, data: dict, device: torch.device,
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
+        gen.set_state(state["gen"].cpu())  # a CPU generator; the checkpoint may have been mapped to CUDA
         if ewc is not None:
             ewc.load_state_dict(state["ewc"])
         if memory is not None:

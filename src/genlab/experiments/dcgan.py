@@ -65,7 +65,10 @@ class DCGANConfig(EpochsConfig):
     grid_epochs: tuple[int, ...] = (10, 30, 50)
     """Epochs after which the fixed-noise grid is saved (the last epoch always is)."""
     precision: str = "auto"
-    """auto (bf16 autocast where the hardware supports it), bf16 or fp32."""
+    """auto (bf16 autocast where measured bf16 matrix products beat float32 ones), bf16 or fp32."""
+    layout: str = "auto"
+    """Memory layout of the discriminator's convolutions: auto (per CPU kind, see
+    CHANNELS_LAST_BY_ISA), contiguous or channels_last. Changes speed, not the maths."""
     fid_samples: int = 10000
     """Generated images for FID/KID/IS at the end (0 skips the evaluation)."""
     log_every: int = 50
@@ -82,6 +85,8 @@ class DCGANConfig(EpochsConfig):
         super().__post_init__()
         if self.batch_size < 2:
             raise ConfigError(f"--batch-size must be >= 2 (batch norm), got {self.batch_size}")
+        if self.layout not in ("auto", "contiguous", "channels_last"):
+            raise ConfigError(f"--layout must be auto, contiguous or channels_last, got {self.layout!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.subset is not None and self.subset < self.batch_size:
@@ -120,19 +125,56 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """images (N, 1, 28, 28) in [-1, 1] -> logits (N, 1). 212,865 parameters."""
+    """images (N, 1, 28, 28) in [-1, 1] -> logits (N, 1). 212,865 parameters.
 
-    def __init__(self, leaky_slope: float = 0.3, dropout: float = 0.3):
+    ``channels_last``: names of the convolutions (``"conv1"``, ``"conv2"``) that run on
+    channels-last (NHWC) inputs; the others run on contiguous (NCHW) ones. The layout changes
+    which oneDNN kernel runs, never the maths; :func:`layout_for` picks it per CPU kind.
+    """
+
+    def __init__(self, leaky_slope: float = 0.3, dropout: float = 0.3, channels_last: tuple[str, ...] = ()):
         super().__init__()
+        unknown = set(channels_last) - {"conv1", "conv2"}
+        if unknown:
+            raise ValueError(f"unknown discriminator layers {sorted(unknown)} for channels_last; use conv1, conv2")
+        self.channels_last = tuple(channels_last)
         self.net = nn.Sequential(
             nn.Conv2d(1, 64, 5, stride=2, padding=2), nn.LeakyReLU(leaky_slope), FastDropout(dropout),  # (N, 64, 14, 14)
             nn.Conv2d(64, 128, 5, stride=2, padding=2), nn.LeakyReLU(leaky_slope), FastDropout(dropout),  # (N, 128, 7, 7)
-            nn.Flatten(),  # (N, 6272)
+            nn.Flatten(),  # (N, 6272), in NCHW order whatever the layout
             nn.Linear(128 * 7 * 7, 1),  # (N, 1)
         )
+        self._formats = {0: torch.channels_last if "conv1" in channels_last else torch.contiguous_format,
+                         3: torch.channels_last if "conv2" in channels_last else torch.contiguous_format}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        for i, layer in enumerate(self.net):
+            if i in self._formats:  # a convolution: its input in the chosen layout
+                x = x.contiguous(memory_format=self._formats[i])
+            x = layer(x)
+        return x
+
+
+#: Convolutions run channels-last, per CPU kind (:func:`genlab.engine.cpu_isa`), from per-layer
+#: measurements (docs/benchmarks.md, "DCGAN layout per layer"; ``genlab bench dcgan --layers``
+#: measures them on any machine). On AMX the 64 -> 128 convolution runs 3x faster channels-last
+#: while the whole step channels-last is slower; on Zen 4 (AVX512-BF16) and AVX2 no layer gains
+#: beyond noise, so everything stays contiguous.
+CHANNELS_LAST_BY_ISA: dict[str, tuple[str, ...]] = {"amx_bf16": ("conv2",), "avx512_bf16": (), "none": ()}
+
+
+def layout_for(device: torch.device, layout: str = "auto") -> tuple[str, ...]:
+    """The discriminator layers to run channels-last: ``--layout`` auto (the table above on the
+    CPU, none on CUDA), contiguous (none) or channels_last (both)."""
+    if layout == "contiguous":
+        return ()
+    if layout == "channels_last":
+        return ("conv1", "conv2")
+    if device.type != "cpu":
+        return ()
+    from genlab.engine import cpu_isa
+
+    return CHANNELS_LAST_BY_ISA.get(cpu_isa(), ())
 
 
 # ---------------------------------------------------------------------------------------
@@ -287,7 +329,7 @@ class GraphedTrainStep:
 def build(config: DCGANConfig, device: torch.device, capturable: bool = False):
     """Models and optimisers of a config, on ``device``; ``capturable`` Adam for CUDA graph capture."""
     generator = Generator(config.latent_dim, config.leaky_slope).to(device)
-    discriminator = Discriminator(config.leaky_slope, config.dropout).to(device)
+    discriminator = Discriminator(config.leaky_slope, config.dropout, layout_for(device, config.layout)).to(device)
     betas = (config.beta1, config.beta2)
     fused = device.type in ("cpu", "cuda")
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=betas, fused=fused, capturable=capturable)
@@ -459,7 +501,7 @@ def evaluate_generator(generator: Generator, device: torch.device, seed: int, n:
     real = torch.from_numpy(load_split(dataset, "test", data_dir)[0].copy()).unsqueeze(1)
     z = torch.randn(n, generator.latent_dim, generator=torch.Generator().manual_seed(seed + 2)).to(device)
     fake = generate(generator, z).unsqueeze(1)
-    return image_quality(fake, real, dataset)
+    return image_quality(fake, real, dataset, device=device)
 
 
 def make_record(epochs: list[dict], quality: dict | None, train_seconds: float | None,

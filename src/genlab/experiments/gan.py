@@ -70,6 +70,9 @@ class GANConfig(EpochsConfig):
     """Dropout probability in the discriminator."""
     precision: str = "auto"
     """auto (bf16 autocast where the hardware supports it), bf16 or fp32."""
+    layout: str = "auto"
+    """Memory layout of the discriminator's convolutions: auto (per CPU kind), contiguous or
+    channels_last (as dcgan's --layout)."""
     probe_steps: int | None = None
     """Steps from the start at which both losses' generator gradient norms are measured
     (default: the first epoch; 0 turns the probe off)."""
@@ -88,6 +91,8 @@ class GANConfig(EpochsConfig):
             raise ConfigError(f"--generator-loss must be one of {sorted(GENERATOR_LOSSES)}, got {self.generator_loss!r}")
         if self.batch_size < 2:
             raise ConfigError(f"--batch-size must be >= 2 (batch norm), got {self.batch_size}")
+        if self.layout not in ("auto", "contiguous", "channels_last"):
+            raise ConfigError(f"--layout must be auto, contiguous or channels_last, got {self.layout!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.subset is not None and self.subset < self.batch_size:
@@ -191,11 +196,11 @@ def run(config: GANConfig) -> Path:
         probe_steps = steps_per_epoch if config.probe_steps is None else config.probe_steps
         fixed_z = torch.randn(200, config.latent_dim, generator=torch.Generator().manual_seed(config.seed + 1))
         epoch, batch, step = 0, 0, 0
-        sums = torch.zeros(len(STEP_KEYS), dtype=torch.float64)  # the epoch's running sums of the step metrics
+        sums = torch.zeros(len(STEP_KEYS), dtype=torch.float64, device=device)  # the epoch's running sums
         resumed = run.resume()
         if resumed:
             epoch, batch, step = resumed["epoch"], resumed["batch"], resumed["step"]
-            fixed_z, sums = resumed["fixed_z"].cpu(), resumed["epoch_sums"].cpu()
+            fixed_z, sums = resumed["fixed_z"].cpu(), resumed["epoch_sums"].to(device)
             run.dir.truncate_metrics(step, epoch)
 
         total_steps = config.epochs * steps_per_epoch
@@ -227,7 +232,7 @@ def run(config: GANConfig) -> Path:
                     metrics = train_step(generator, discriminator, opt_g, opt_d, data[idx], autocast,
                                          config.generator_loss, probe=step < probe_steps)
                     pending.append(metrics)
-                    sums += metrics.double().cpu()
+                    sums += metrics.double()
                     batch += 1
                     step += 1
                     if step % config.log_every == 0:
@@ -245,7 +250,7 @@ def run(config: GANConfig) -> Path:
                                    "d_real": mean["d_real"], "d_fake": mean["d_fake"], "grad_norm_g": mean[grad_key],
                                    "steps": step, "seconds": run.elapsed_s})
                 epoch, batch = epoch + 1, 0
-                sums = torch.zeros(len(STEP_KEYS), dtype=torch.float64)
+                sums = torch.zeros(len(STEP_KEYS), dtype=torch.float64, device=device)
                 run.checkpoint(step, epoch, progress())
                 tqdm.write(f"epoch {epoch}: D {mean['loss_d']:.3f}  G {mean['loss_g']:.3f}  D(x) {mean['d_real']:.3f}  "
                            f"D(G(z)) {mean['d_fake']:.3f}  |grad G| {mean[grad_key]:.3g}")

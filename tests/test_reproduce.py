@@ -1,0 +1,125 @@
+"""genlab reproduce: the profiles table, skipping, resuming and failing runs through the real CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import tyro
+
+from conftest import genlab
+from genlab import experiments, profiles, reproduce
+from genlab.record import Metric, Record
+
+
+@pytest.mark.parametrize("name", sorted(experiments.REGISTRY))
+def test_every_experiment_has_three_profiles_that_parse(name, tmp_path):
+    assert set(profiles.PROFILES[name]) == set(profiles.PROFILE_NAMES)
+    config_cls = experiments.get(name).config
+    for profile in profiles.PROFILE_NAMES:
+        args = profiles.profile_args(name, profile)
+        assert not {"--out", "--device", "--resume", "--export"} & set(args), (name, profile)
+        try:
+            config = tyro.cli(config_cls, args=[*args, "--out", str(tmp_path / profile)])
+        except FileNotFoundError as err:  # the pretrained T5 is not available offline
+            assert (name, profile) == ("t5-finetune", "full") and "t5-small" in str(err)
+            continue
+        assert config.out == tmp_path / profile
+    # smoke runs are smaller than quick ones, quick ones no larger than full ones (where a size is given)
+    smoke = tyro.cli(config_cls, args=profiles.profile_args(name, "smoke"))
+    default = config_cls() if name != "t5-finetune" else None
+    if default is not None and hasattr(default, "iterations"):
+        assert smoke.iterations < default.iterations
+
+
+def test_profile_table_errors_name_the_fix():
+    with pytest.raises(KeyError, match="choose one of smoke, quick, full"):
+        profiles.profile_args("dcgan", "huge")
+    with pytest.raises(KeyError, match="add it to genlab/profiles.py"):
+        profiles.profile_args("no-such", "smoke")
+    with pytest.raises(KeyError, match="unknown experiment 'nope'"):
+        reproduce.plan(["nope"], "smoke", Path("/tmp/x"))
+    with pytest.raises(KeyError, match="cannot be combined"):
+        reproduce.plan(["all", "dcgan"], "smoke", Path("/tmp/x"))
+    assert [s.experiment for s in reproduce.plan(["all"], "smoke", Path("/tmp/x"))] == list(experiments.REGISTRY)
+
+
+def _record(run_dir: Path, experiment: str) -> None:
+    run_dir.mkdir(parents=True)
+    Record(experiment, f"{experiment} (made by the test)", metrics=[Metric("m", 1.0, headline=True)]).write(run_dir)
+
+
+def test_finished_runs_are_skipped_and_a_failure_does_not_stop_the_others(tmp_path, monkeypatch):
+    out = tmp_path / "course"
+    _record(out / "bandit", "bandit")
+    before = (out / "bandit" / "metrics.json").read_text()
+    # a real failure of the real CLI: an option minimax does not have
+    monkeypatch.setitem(profiles.PROFILES["minimax"], "smoke", ["--no-such-option", "1"])
+    results = reproduce.reproduce(["minimax", "bandit", "divergence"], "smoke", out, live=False)
+    by_name = {r.experiment: r for r in results}
+    assert list(by_name) == ["minimax", "bandit", "divergence"]
+    assert by_name["bandit"].status == "skipped" and (out / "bandit" / "metrics.json").read_text() == before
+    assert not (out / "logs" / "bandit.log").exists()
+    assert by_name["minimax"].status == "failed" and by_name["minimax"].returncode == 2
+    assert "no-such-option" in by_name["minimax"].message
+    # divergence ran after the failure; whether it has a record depends on its migration to genlab.record
+    assert by_name["divergence"].status in ("done", "no record") and by_name["divergence"].returncode == 0
+    assert (out / "divergence" / "config.json").is_file()
+    state = json.loads((out / "reproduce.json").read_text())
+    assert state["profile"] == "smoke" and state["planned"] == ["minimax", "bandit", "divergence"]
+    assert state["runs"]["minimax"]["status"] == "failed"
+    html = (out / "report.html").read_text()
+    for name in ("minimax", "bandit", "divergence"):
+        assert f'<tr class="run" data-experiment="{name}"' in html
+    assert "no-such-option" in html
+    # another profile into the same folder is refused, naming the fix
+    with pytest.raises(ValueError, match="holds a 'smoke' reproduction.*--profile smoke"):
+        reproduce.reproduce(["bandit"], "quick", out, live=False)
+
+
+def test_interrupted_run_is_resumed(tmp_path):
+    out = tmp_path / "course"
+    args = profiles.profile_args("vae", "smoke")
+    # an interrupted run: a checkpoint, and (after this test's tampering) no valid record
+    genlab("run", "vae", *args, "--max-steps", "10", "--out", str(out / "vae"))
+    assert (out / "vae" / "checkpoints" / "last.pt").is_file()
+    (out / "vae" / "metrics.json").unlink(missing_ok=True)
+    proc = genlab("reproduce", "vae", "--profile", "smoke", "--out", str(out), check=False)
+    state = json.loads((out / "reproduce.json").read_text())["runs"]["vae"]
+    assert state["resumed"] is True and state["command"][-1] == "--resume"
+    assert "--resume" in (out / "logs" / "vae.log").read_text()
+    assert state["status"] in ("done", "no record") and state["returncode"] == 0
+    assert proc.returncode == (0 if state["status"] == "done" else 1)
+    assert (out / "report.html").is_file() and (out / "report.md").is_file()
+
+
+def test_reproduce_cli_errors(tmp_path):
+    proc = genlab("reproduce", "dcgan", "--profile", "huge", "--out", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "invalid choice: 'huge'" in proc.stderr
+    proc = genlab("reproduce", "nope", "--profile", "smoke", "--out", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "unknown experiment 'nope'" in proc.stderr
+    proc = genlab("reproduce", "dcgan", "--profile", "smoke", "--jobs", "0", "--out", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "--jobs must be >= 1" in proc.stderr
+
+
+@pytest.mark.parametrize("log, line", [
+    ("$ genlab run x\nTraceback (most recent call last):\n  File 'a.py'\nValueError: --subset must be >= 1\n",
+     "ValueError: --subset must be >= 1"),
+    ("$ genlab run x\nstep 3\nerror: --device cuda asked for, but no CUDA GPU is visible; use --device cpu\n",
+     "error: --device cuda asked for, but no CUDA GPU is visible; use --device cpu"),
+    ("\x1b[31m╭─ Unrecognized options ──╮\n│ Unrecognized options: --nope │\n│ ───── │\n"
+     "│ For full helptext, run genlab run minimax --help │\n╰────╯\n", "Unrecognized options: --nope"),
+    ("epoch 1\r50%\rKilled\n", "Killed"),
+])
+def test_error_line_says_why(tmp_path, log, line):
+    (tmp_path / "x.log").write_text(log)
+    assert reproduce._error_line(tmp_path / "x.log") == line
+
+
+def test_without_ray_jobs_and_address_are_refused_with_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # `import ray` raises ImportError
+    for kwargs in ({"jobs": 2}, {"address": "auto"}):
+        with pytest.raises(RuntimeError, match=r"pip install 'genlab\[ray\]'.*or use --jobs 1"):
+            reproduce.reproduce(["minimax"], "smoke", tmp_path / "c", live=False, **kwargs)
+    assert not (tmp_path / "c").exists()  # refused before anything was written
