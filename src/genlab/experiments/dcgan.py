@@ -365,11 +365,11 @@ def run(config: DCGANConfig) -> Path:
     if config.cuda_graph and device.type != "cuda":
         raise ConfigError(f"--cuda-graph needs a CUDA device, and this run is on {device}: drop --cuda-graph "
                           f"or use --device cuda")
+    autocast = autocast_for(device, config.precision)  # may time GEMMs (global RNG): before seeding
     seed_everything(config.seed)
     generator, discriminator, opt_g, opt_d = build(config, device, capturable=config.cuda_graph)
     with Run("dcgan", config, device, generator=generator, discriminator=discriminator, opt_g=opt_g,
              opt_d=opt_d) as run:
-        autocast = autocast_for(device, config.precision)
         data = load_images(config.data_dir, "train", device)[:config.subset]  # (60000, 1, 28, 28)
         n_data = data.shape[0]
         steps_per_epoch = math.ceil(n_data / config.batch_size)
