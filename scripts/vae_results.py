@@ -15,6 +15,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from genlab.record import Record
+
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = {"nelbo": (98.12, 0.77), "kl": (20.38, 0.38), "rec": (77.93, 0.65)}
 NAMES = {"nelbo": "negative ELBO", "kl": "KL", "rec": "reconstruction", "iwae_nll": "IWAE bound on the NLL"}
@@ -30,7 +32,7 @@ def main(run: Path) -> Path:
     seeds = [config["seed"] + i for i in range(config["seeds"])]
     evals = [json.loads(line) for line in (run / "metrics" / "eval.jsonl").read_text().splitlines() if line]
     metrics_path = run / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
+    metrics = Record.read(run).extra if metrics_path.exists() else None
     docs = ROOT / "docs" / "results"
     figures = docs / "vae"
     figures.mkdir(parents=True, exist_ok=True)

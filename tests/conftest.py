@@ -36,9 +36,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
-def genlab(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    """Run the real `genlab` CLI in a subprocess."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def genlab(*args: str, check: bool = True, env_extra: dict[str, str] | None = None,
+           **kwargs) -> subprocess.CompletedProcess:
+    """Run the real `genlab` CLI in a subprocess (``env_extra``: more environment variables)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     proc = subprocess.run([sys.executable, "-m", "genlab", *args], capture_output=True, text=True, env=env, **kwargs)
     if check and proc.returncode != 0:
         raise AssertionError(f"genlab {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

@@ -1,12 +1,12 @@
 """SPEC §7: the REINFORCE update against autograd, the estimator against the exact gradient,
 and the experiment through the real CLI."""
 
-import json
 
 import pytest
 import torch
 
 from conftest import genlab
+from genlab.record import Record
 from genlab.experiments.bandit import (BanditConfig, exact_gradient, expected_reward, reinforce_update,
                                        score_function_estimate, train)
 
@@ -82,6 +82,8 @@ def test_cli_smoke(tmp_path):
     for name in ("config.json", "env.json", "metrics.json", "summary.md", "metrics/p_best.csv",
                  "metrics/theta_first_seed.csv", "figures/p_best.png", "figures/theta.png"):
         assert (out / name).is_file(), name
-    metrics = json.loads((out / "metrics.json").read_text())
+    record = Record.read(out)
+    metrics = record.extra
+    assert record.metric("final_p_best_adam").value == metrics["variants"]["adam"]["final_p_best_mean"]
     assert set(metrics["variants"]) == {"constant", "decaying", "baseline", "adam"}
     assert metrics["maths"]["update_vs_autograd_max_abs_error"] < 1e-12

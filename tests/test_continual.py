@@ -12,6 +12,7 @@ from torch import nn
 
 from conftest import genlab
 from genlab.experiments import continual as cl
+from genlab.record import Record
 
 
 def test_fisher_diagonal_matches_logistic_regression_closed_form():
@@ -240,8 +241,13 @@ def test_cli_smoke_run_writes_every_output_and_resumes(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "MLP vs CNN" in summary and "| mlp | rehearsal |" in summary
     # A finished run resumed does no work again and rebuilds the same table.
-    table = json.loads((out / "metrics.json").read_text())["table"]
+    record = Record.read(out)
+    table = record.extra["table"]
+    for model in ("mlp", "cnn"):  # the headline: the best EWC λ of each model
+        (headline,) = [m for m in record.headline() if m.name.startswith(f"average_accuracy_{model}_")]
+        assert headline.value == max(row["average_accuracy"] for row in table
+                                     if row["model"] == model and row["method"] == "ewc")
     proc = genlab("run", "continual", *common, "--methods", "naive", "ewc", "rehearsal", "--ewc-lambdas", "1", "100",
                   "--resume")
     assert "8 jobs done" in proc.stdout
-    assert json.loads((out / "metrics.json").read_text())["table"] == table
+    assert Record.read(out).extra["table"] == table

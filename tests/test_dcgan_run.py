@@ -3,10 +3,6 @@ Ctrl-C, divergence handling, sampling and evaluation."""
 
 import copy
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +10,9 @@ import pytest
 import torch
 
 from conftest import genlab
-from genlab.engine import TrainingDiverged, load_checkpoint, rng_state, set_rng_state
+from genlab.engine import STOP_AFTER_STEPS_ENV, TrainingDiverged, load_checkpoint, rng_state, set_rng_state
 from genlab.experiments import dcgan
+from genlab.record import Record
 
 SMALL = dict(subset=320, batch_size=64, fid_samples=0, log_every=1)  # 5 steps per epoch
 
@@ -53,11 +50,15 @@ def test_smoke_run_writes_every_output(smoke_run):
     assert all(0 < r["d_real"] < 1 and 0 < r["d_fake"] < 1 for r in steps)
     # at initialisation D outputs about 1/2, so the losses start near 2 log 2 and log 2
     assert abs(steps[0]["loss_d"] - 2 * np.log(2)) < 0.3 and abs(steps[0]["loss_g"] - np.log(2)) < 0.3
-    quality = json.loads((smoke_run / "metrics.json").read_text())["quality"]
-    assert quality["fid"] > 0 and quality["n_generated"] == 10000 and "DomainClassifier" in quality["extractor"]
+    record = Record.read(smoke_run)
+    quality = record.extra["quality"]
+    assert record.metric("fid").value == quality["fid"] > 0 and record.metric("fid").headline
+    assert quality["n_generated"] == 10000 and "DomainClassifier" in quality["extractor"]
+    assert record.train_seconds > 0 and record.eval_seconds > 0 and record.environment["seed"] == 42
+    assert {f.path for f in record.figures} >= {"figures/losses_steps.png", "figures/grid_final.png"}
     ckpt = load_checkpoint(smoke_run / "checkpoints" / "last.pt")
-    assert ckpt["step"] == 20 and ckpt["epoch"] == 0 and ckpt["batch"] == 20
-    assert "FID" in (smoke_run / "summary.md").read_text()
+    assert ckpt["step"] == 20 and ckpt["epoch"] == 0 and ckpt["progress"]["batch"] == 20
+    assert "| **fid** |" in (smoke_run / "summary.md").read_text()
 
 
 def test_sample_and_eval_commands(smoke_run, tmp_path):
@@ -68,9 +69,9 @@ def test_sample_and_eval_commands(smoke_run, tmp_path):
     again = tmp_path / "again.npy"
     genlab("sample", str(smoke_run), "--n", "12", "--out", str(again))
     assert np.array_equal(images, np.load(again))  # same seed, same samples
+    first = Record.read(smoke_run).metric("fid").value
     proc = genlab("eval", str(smoke_run))
-    first = json.loads((smoke_run / "metrics.json").read_text())["quality"]["fid"]
-    assert json.loads(proc.stdout)["fid"] == pytest.approx(first, rel=1e-6)
+    assert json.loads(proc.stdout)["fid"] == pytest.approx(first, rel=1e-6)  # the same generator, the same draws
 
 
 @pytest.mark.parity
@@ -91,30 +92,21 @@ def test_resume_gives_the_same_run(tmp_path):
     dcgan.run(dcgan.DCGANConfig(out=part, epochs=3, resume=True, **SMALL))
     assert _steps(part) == _steps(full)
     assert _epochs(part) == _epochs(full)
-    g_full = load_checkpoint(full / "checkpoints" / "last.pt")["generator"]
-    g_part = load_checkpoint(part / "checkpoints" / "last.pt")["generator"]
+    g_full = load_checkpoint(full / "checkpoints" / "last.pt")["states"]["generator"]
+    g_part = load_checkpoint(part / "checkpoints" / "last.pt")["states"]["generator"]
     assert all(torch.equal(g_full[k], g_part[k]) for k in g_full)
 
 
-def test_ctrl_c_checkpoints_and_resumes(tmp_path):
-    args = ["--subset", "640", "--epochs", "2", "--fid-samples", "0", "--log-every", "1"]
-    reference = tmp_path / "ref"
-    genlab("run", "dcgan", *args, "--out", str(reference))
+def test_an_interrupt_keeps_the_previous_checkpoint_beside_the_latest(tmp_path):
+    """Stopped by the Run's test hook at step 7 (inside epoch 2): exit status 130, last.pt at
+    step 7 with its position in the epoch, previous.pt at the end of epoch 1."""
+    args = ["--subset", "320", "--epochs", "2", "--fid-samples", "0", "--device", "cpu"]
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "genlab", "run", "dcgan", *args, "--out", str(run)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    steps = run / "metrics" / "steps.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (steps.exists() and len(steps.read_text().splitlines()) >= 3):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "interrupted" in out and "--resume" in out
-    stopped_at = load_checkpoint(run / "checkpoints" / "last.pt")["step"]
-    assert 3 <= stopped_at < 20
-    genlab("run", "dcgan", *args, "--out", str(run), "--resume")
-    assert _steps(run) == _steps(reference)
+    proc = genlab("run", "dcgan", *args, "--out", str(run), check=False, env_extra={STOP_AFTER_STEPS_ENV: "7"})
+    assert proc.returncode == 130 and "--resume" in proc.stdout, proc.stderr
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert (ckpt["step"], ckpt["epoch"], ckpt["progress"]["batch"]) == (7, 1, 2)
+    assert load_checkpoint(run / "checkpoints" / "previous.pt")["step"] == 5
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
@@ -131,7 +123,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
         dcgan.run(dcgan.DCGANConfig(out=tmp_path / "nan", epochs=3, **SMALL))
     ckpt = load_checkpoint(tmp_path / "nan" / "checkpoints" / "last.pt")
     assert ckpt["step"] == 5 and ckpt["epoch"] == 1  # end of epoch 1, before the NaN
-    assert all(torch.isfinite(v).all() for v in ckpt["generator"].values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in ckpt["states"]["generator"].values() if v.is_floating_point())
 
 
 def test_existing_run_is_not_overwritten(smoke_run):

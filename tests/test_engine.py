@@ -1,13 +1,17 @@
 """Checkpoints, RNG state and the run directory."""
 
+import os
 import random
+import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from genlab.engine import (RunConfig, RunDir, load_checkpoint, rng_state, save_checkpoint, seed_everything,
-                           set_rng_state)
+from genlab.errors import GenlabError
+from genlab.engine import (CHECKPOINT_SCHEMA, EpochsConfig, Run, RunConfig, RunDir, check_checkpoint, load_checkpoint,
+                           rng_state, save_checkpoint, seed_everything, set_rng_state)
 
 
 def test_rng_state_roundtrip_through_weights_only_checkpoint(tmp_path):
@@ -48,15 +52,15 @@ def test_weights_only_refuses_arbitrary_objects(tmp_path):
 
 def test_config_validation_and_run_dir_guard(tmp_path):
     with pytest.raises(ValueError, match="--epochs"):
-        RunConfig(epochs=0)
+        EpochsConfig(epochs=0)
     with pytest.raises(ValueError, match="--resume needs --out"):
         RunConfig(resume=True)
     config = RunConfig(out=tmp_path / "run")
     run = RunDir("x", config, torch.device("cpu"))
     save_checkpoint(run.checkpoint, {"step": 1})
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(GenlabError, match="--resume"):
         RunDir("x", RunConfig(out=tmp_path / "run"), torch.device("cpu"))
-    with pytest.raises(FileNotFoundError, match="drop --resume"):
+    with pytest.raises(GenlabError, match="drop --resume"):
         load_checkpoint(tmp_path / "none.pt")
 
 
@@ -68,3 +72,62 @@ def test_the_precision_probe_leaves_the_global_random_stream_alone():
     torch.manual_seed(0)
     gemm_flops(torch.float32, torch.device("cpu"), n=64, repeats=1)
     torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)
+
+
+def _linear_run(tmp_path, **config):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters())
+    return model, opt, Run("x", RunConfig(out=tmp_path / "run", **config), torch.device("cpu"), model=model, opt=opt)
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path):
+    model, opt, run = _linear_run(tmp_path)
+    with pytest.raises(SystemExit) as stop, run:
+        model(torch.ones(1, 3)).sum().backward()
+        opt.step()
+        os.kill(os.getpid(), signal.SIGTERM)  # handled by the Run: no exit yet
+        run.step_done(1, 0, lambda: {"batch": 1})
+    assert stop.value.code == 128 + signal.SIGTERM
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ckpt["schema"] == CHECKPOINT_SCHEMA and ckpt["experiment"] == "x" and ckpt["step"] == 1
+    assert torch.equal(ckpt["states"]["model"]["weight"], model.weight) and ckpt["progress"] == {"batch": 1}
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is given back
+
+
+def test_resume_falls_back_to_the_previous_checkpoint_when_the_last_is_unreadable(tmp_path, capsys):
+    model, opt, run = _linear_run(tmp_path)
+    with run:
+        run.checkpoint(1, 0)
+        saved = model.weight.detach().clone()
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        run.checkpoint(2, 0)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:100])  # truncated
+    model, opt, run = _linear_run(tmp_path, resume=True)
+    with run:
+        assert run.resume()["step"] == 1
+    assert torch.equal(model.weight, saved)
+    err = capsys.readouterr().err
+    assert f"{last} is unreadable" in err and "falling back to previous.pt" in err
+
+
+def test_resume_refuses_a_checkpoint_of_another_experiment_or_schema(tmp_path):
+    _, _, run = _linear_run(tmp_path)
+    with run:
+        run.checkpoint(1, 0)
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    with pytest.raises(GenlabError, match="checkpoint of a x run, not of y"):
+        check_checkpoint(ckpt, "y", Path("last.pt"))
+    with pytest.raises(GenlabError, match="schema none .*reads genlab.checkpoint/1"):
+        check_checkpoint({"generator": {}}, "x", Path("last.pt"))
+
+
+def test_step_done_checkpoints_when_the_interval_has_passed(tmp_path):
+    _, _, run = _linear_run(tmp_path)
+    with run:
+        run.step_done(1, 0, lambda: {})
+        assert not run.dir.checkpoint.exists()  # the interval has not passed
+        run.every_s = 0.0
+        run.step_done(2, 0, lambda: {"batch": 2})
+    assert load_checkpoint(run.dir.checkpoint)["step"] == 2

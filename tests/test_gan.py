@@ -10,6 +10,7 @@ import torch
 from conftest import genlab
 from genlab.experiments.dcgan import Discriminator, Generator
 from genlab.experiments.gan import STEP_KEYS, GANConfig, gradient_norm, train_step
+from genlab.record import Record
 
 
 def test_gradient_norm_is_the_norm_of_the_concatenation():
@@ -94,7 +95,10 @@ def test_cli_smoke_minimax_resume_and_sample(tmp_path):
     probed = [r for r in steps if "grad_norm_non_saturating" in r]
     assert [r["step"] for r in probed] == list(range(1, 7))  # the first epoch
     assert all(r["grad_norm_minimax"] > 0 for r in steps)
-    metrics = json.loads((out / "metrics.json").read_text())
+    record = Record.read(out)
+    metrics = record.extra
+    assert record.metric("grad_norm_minimax_first_100_steps").value == pytest.approx(
+        np.mean([r["grad_norm_minimax"] for r in probed]), rel=1e-9)
     assert metrics["generator_loss"] == "minimax" and metrics["quality"]["fid"] > 0
     assert "mnist" in metrics["quality"]["extractor"]
     genlab("sample", str(out), "--n", "5", "--out", str(tmp_path / "s.npy"))

@@ -1,6 +1,5 @@
 """SPEC §5: GDA dynamics against their closed forms, autograd, and the real CLI."""
 
-import json
 import math
 import re
 
@@ -8,6 +7,7 @@ import pytest
 import torch
 
 from conftest import genlab
+from genlab.record import Record
 from genlab.experiments.minimax import (METHODS, behaviour, closed_form_rate, distance, iterate, linearised_rate,
                                         observed_rate, parse_function, stationary_points)
 
@@ -170,7 +170,10 @@ def test_cli_smoke(tmp_path):
     for label in ("f1", "f2", "custom3"):
         for kind in ("trajectories", "distance", "sweep"):
             assert (out / "figures" / f"{label}_{kind}.png").stat().st_size > 1000
-    metrics = json.loads((out / "metrics.json").read_text())["functions"]
+    record = Record.read(out)
+    metrics = record.extra["functions"]
+    f2 = record.metric("rate_f2_simultaneous")  # the distance to (1, 1) grows by sqrt(1 + gamma^2) per step
+    assert f2.headline and f2.reference.value == pytest.approx(math.sqrt(1.04)) and f2.verdict == "meets"
     assert metrics["f1"]["methods"]["simultaneous"]["observed_rate"] == pytest.approx(0.6)
     assert metrics["f2"]["methods"]["simultaneous"]["observed_rate"] == pytest.approx(math.sqrt(1.04), rel=1e-6)
     assert metrics["f1"]["sweep"]["agree_with_closed_form"] == 36

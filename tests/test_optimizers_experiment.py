@@ -2,7 +2,6 @@
 recorded without stopping the grid, resume continues exactly, the CLI writes every output."""
 
 import csv
-import json
 import math
 
 import pytest
@@ -13,6 +12,8 @@ from conftest import genlab
 from genlab.experiments.optimizers import (Cell, OptimizersConfig, StackedGrid, epoch_order, final_table,
                                            format_cell, make_classifier, run)
 from genlab.optim import OPTIMIZERS
+from genlab.errors import GenlabError
+from genlab.record import Record
 
 CPU = torch.device("cpu")
 HYPER = {"momentum": {"momentum": 0.9}, "rmsprop": {"decay": 0.9}}
@@ -136,8 +137,10 @@ def test_resume_continues_exactly(tmp_path):
     run(OptimizersConfig(epochs=2, out=tmp_path / "resumed", resume=True, **common))
     for name in ("runs.csv", "steps.csv"):
         assert _csv(tmp_path / "straight" / "metrics" / name) == _csv(tmp_path / "resumed" / "metrics" / name)
-    with pytest.raises(ValueError, match="different grid"):
+    before = {p: p.read_bytes() for p in (tmp_path / "resumed").rglob("*") if p.is_file()}
+    with pytest.raises(GenlabError, match=r"--lrs saved \[0.1\], given \[0.2\]"):
         run(OptimizersConfig(epochs=3, out=tmp_path / "resumed", resume=True, **{**common, "lrs": (0.2,)}))
+    assert {p: p.read_bytes() for p in (tmp_path / "resumed").rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.slow
@@ -152,7 +155,11 @@ def test_cli_smoke_grid_on_real_mnist_with_a_diverging_learning_rate(tmp_path):
         assert (out / name).is_file(), name
     runs = _csv(out / "metrics" / "runs.csv")
     assert len(runs) == 2 * 6 * 2 * 2  # epochs x optimisers x lrs x seeds
-    table = json.loads((out / "metrics.json").read_text())["final_test_accuracy"]
+    record = Record.read(out)
+    table = record.extra["final_test_accuracy"]
+    assert "test_accuracy_sgd_lr1e+20" not in [m.name for m in record.metrics]  # every run diverged: no number
+    (best,) = record.headline()
+    assert best.value == max(100 * table[name]["0.01"]["mean"] for name in OPTIMIZERS) and best.n_seeds == 2
     assert set(table) == set(OPTIMIZERS) and table["sgd"]["1e+20"]["diverged"] == 2  # recorded, the grid went on
     for name in OPTIMIZERS:
         entry = table[name]["0.01"]

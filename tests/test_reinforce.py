@@ -1,13 +1,13 @@
 """SPEC §8: the score-function estimator, the black-box loss and `genlab run reinforce`."""
 
 import csv
-import json
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import genlab
+from genlab.record import Record
 from genlab.experiments.reinforce import (Classifier, Gradient, ReinforceConfig, RunningMean, Task, ZeroOneLoss,
                                           gradient_variance, load_task, sample_labels, score_function_surrogate,
                                           steps_to_reach, threshold_target, train)
@@ -187,7 +187,11 @@ def test_cli_smoke_on_real_mnist_writes_every_output_and_resumes(tmp_path):
     for name in ("config.json", "env.json", "metrics.json", "summary.md", "metrics/curves.csv",
                  "checkpoints/last.pt", "figures/accuracy.png", "figures/objective.png", "figures/grad_variance.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    metrics = json.loads((out / "metrics.json").read_text())
+    record = Record.read(out)
+    metrics = record.extra
+    plain = record.metric("final_accuracy_reinforce-plain")
+    assert plain.headline and plain.reference.value == 75 and plain.n_seeds == 2
+    assert plain.value == pytest.approx(100 * np.mean(metrics["methods"]["reinforce-plain"]["final_accuracy"]))
     assert set(metrics["methods"]) == {"reinforce-plain", "reinforce-baseline", "supervised"}
     assert metrics["steps"] == 20 and len(metrics["methods"]["supervised"]["final_accuracy"]) == 2
     with (out / "metrics" / "curves.csv").open() as f:
@@ -204,6 +208,8 @@ def test_cli_smoke_threshold_task(tmp_path):
     out = tmp_path / "toy"
     genlab("run", "reinforce", "--task", "threshold", "--estimator", "plain", "--no-supervised", "--steps", "30",
            "--seeds", "1", "--variance-every", "15", "--variance-estimates", "3", "--out", str(out))
-    metrics = json.loads((out / "metrics.json").read_text())
+    record = Record.read(out)
+    metrics = record.extra
+    assert record.metric("final_accuracy_reinforce-plain").reference is None  # SPEC §8's 75 % is MNIST's
     assert list(metrics["methods"]) == ["reinforce-plain"] and 0.4 < metrics["majority_accuracy"] < 0.6
     assert (out / "figures" / "grad_variance.png").is_file()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import genlab
+from genlab.record import Record
 from genlab.summaries import (DataError, hash_split, lead_1, load_pairs, rouge_scores, shared_data_dir,
                               split_pairs, split_sentences)
 from genlab.transformer import (Transformer, TransformerConfig, beam_search, greedy_decode, label_smoothed_nll,
@@ -243,7 +244,10 @@ def test_cli_smoke_on_real_pairs(tmp_path):
     for name in ("config.json", "env.json", "metrics.json", "summary.md", "test_summaries.jsonl",
                  "metrics/steps.jsonl", "checkpoints/last.pt", "figures/loss_steps.png", "figures/rouge.png"):
         assert (out / name).exists(), name
-    metrics = json.loads((out / "metrics.json").read_text())
+    record = Record.read(out)
+    metrics = record.extra
+    assert record.metric("rouge1").reference.value == 18.82 and record.metric("rouge1").headline
+    assert record.metric("rouge2").value == metrics["rouge"]["model"]["rouge2"]["f"]
     assert metrics["n_test"] == 3 and set(metrics["rouge"]["lead_1"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
     assert len((out / "test_summaries.jsonl").read_text().splitlines()) == 3
 

@@ -1,12 +1,13 @@
 """SPEC §10 T5 fine-tuning: the tokenizer is the real t5-small one, the batches are what T5
 expects, one step lowers the loss, and a CLI smoke run on real pairs writes every output."""
 
-import json
 
 import pytest
 import torch
 
 from conftest import genlab
+from genlab.errors import ConfigError
+from genlab.record import Record
 from genlab.summaries import Pair, SentencePieceTokenizer, shared_data_dir, tokenizer_dir
 
 pytest.importorskip("transformers")
@@ -51,7 +52,7 @@ def test_random_init_rejects_both_or_neither(tmp_path):
 
     with pytest.raises(ValueError, match="exactly one"):
         T5FinetuneConfig()
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(ConfigError, match="config.json"):
         T5FinetuneConfig(init=tmp_path)
 
 
@@ -91,5 +92,7 @@ def test_cli_smoke_on_real_pairs(tmp_path):
                  "metrics/steps.jsonl", "checkpoints/last.pt", "figures/loss_steps.png", "figures/rouge.png",
                  "model/config.json"):
         assert (out / name).exists(), name
-    metrics = json.loads((out / "metrics.json").read_text())
+    record = Record.read(out)
+    metrics = record.extra
+    assert record.experiment == "t5-finetune" and record.metric("rougeL").reference.value == 20.75
     assert metrics["n_test"] == 3 and metrics["system"] == "T5 (this run)"

@@ -13,6 +13,7 @@ from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 from conftest import genlab
 from genlab.experiments import vae
 from genlab.experiments.vae import VAE, StackedLinear, kl_normal, log_normal, sample_gaussian
+from genlab.record import Record
 
 
 def _reference_nelbo(model: VAE, x: torch.Tensor, eps: torch.Tensor, i: int = 0):
@@ -296,7 +297,10 @@ def test_smoke_resume_sample_and_eval_through_the_cli(tmp_path):
                  "checkpoints/last.pt", "figures/samples_seed42.png", "figures/samples_seed43.png",
                  "figures/reconstructions.png", "figures/training_curves.png", "figures/test_curves.png"):
         assert (straight / name).is_file(), name
-    metrics = json.loads((straight / "metrics.json").read_text())
+    record = Record.read(straight)
+    metrics = record.extra
+    assert record.metric("negative_elbo").value == metrics["test"]["nelbo"]["mean"]
+    assert record.metric("negative_elbo").n_seeds == 2 and record.metric("negative_elbo").reference.value == 98.12
     assert set(metrics["per_seed"]) == {"42", "43"}
     assert metrics["test"]["nelbo"]["mean"] == pytest.approx(
         np.mean([metrics["per_seed"][s]["kl"] + metrics["per_seed"][s]["rec"] for s in ("42", "43")]), rel=1e-6)
@@ -305,7 +309,7 @@ def test_smoke_resume_sample_and_eval_through_the_cli(tmp_path):
     genlab("run", "vae", *small, "--max-steps", "10", "--out", str(resumed))
     genlab("run", "vae", *small, "--resume", "--out", str(resumed))
     assert (resumed / "metrics/steps.jsonl").read_text() == (straight / "metrics/steps.jsonl").read_text()
-    assert json.loads((resumed / "metrics.json").read_text())["per_seed"] == metrics["per_seed"]
+    assert Record.read(resumed).extra["per_seed"] == metrics["per_seed"]
 
     genlab("sample", str(straight), "--n", "7", "--out", str(tmp_path / "s.npy"))
     images = np.load(tmp_path / "s.npy")

@@ -1,7 +1,6 @@
 """SPEC §3: spectral normalisation against torch, the gradient penalty by hand, the mixture,
 the evaluation, and the real CLI."""
 
-import json
 import math
 
 import numpy as np
@@ -12,6 +11,7 @@ from torch import nn
 from conftest import genlab
 from genlab.experiments.wgan import (MLP, WGANConfig, mode_centres, mode_statistics, target_distribution,
                                      wasserstein1)
+from genlab.record import Record
 from genlab.lipschitz import (SpectralNormalizer, clip_weights_, gradient_penalty, power_iteration,
                               spectral_normalize_)
 
@@ -188,7 +188,9 @@ def test_cli_smoke_all_methods(tmp_path):
     for name in ("config.json", "env.json", "metrics.json", "summary.md", "metrics/steps.jsonl",
                  "checkpoints/last.pt", "figures/snapshots.png", "figures/wasserstein.png"):
         assert (out / name).is_file(), name
-    metrics = json.loads((out / "metrics.json").read_text())
+    record = Record.read(out)
+    metrics = record.extra
+    assert record.metric("w1_weight-clip").value == metrics["methods"][1]["w1"]
     assert [m["method"] for m in metrics["methods"]] == ["spectral-norm", "weight-clip", "gradient-penalty",
                                                          "spectral-regularization"]
     assert all(m["w1"] > 0 and 0 <= m["modes_covered"] <= 8 for m in metrics["methods"])
@@ -199,5 +201,5 @@ def test_cli_smoke_all_methods(tmp_path):
     genlab("run", "wgan", "--lipschitz", "spectral-norm", "weight-clip", "gradient-penalty",
            "spectral-regularization", "--iterations", "60", "--eval-samples", "300", "--curve-samples", "100",
            "--target-samples", "1000", "--out", str(out), "--resume", timeout=300)
-    again = json.loads((out / "metrics.json").read_text())
+    again = Record.read(out).extra
     assert [m["w1"] for m in again["methods"]] == [m["w1"] for m in metrics["methods"]]

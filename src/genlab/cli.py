@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -19,13 +21,24 @@ from pathlib import Path
 import numpy as np
 
 from genlab import experiments
+from genlab.errors import GenlabError
 
 
 def _experiment_of(run_dir: Path) -> experiments.Experiment:
     config = run_dir / "config.json"
     if not config.exists():
-        raise SystemExit(f"error: {run_dir} is not a genlab run directory (no config.json)")
+        raise GenlabError(f"{run_dir} is not a genlab run directory (no config.json)")
     return experiments.get(json.loads(config.read_text())["experiment"])
+
+
+def _benchmark(name: str):
+    """``genlab.benchmarks.<name>`` (``-`` read as ``_``), the module whose ``main(argv)`` times
+    experiment ``name``; GenlabError if the experiment has none."""
+    experiments.get(name)  # an unknown name is refused naming the known ones
+    module = f"genlab.benchmarks.{name.replace('-', '_')}"
+    if importlib.util.find_spec(module) is None:
+        raise GenlabError(f"{name} has no benchmark (no {module})")
+    return importlib.import_module(module)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "eval":
             exp = _experiment_of(args.run_dir)
             if exp.evaluate is None:
-                raise SystemExit(f"error: {exp.name} has no evaluation")
+                raise GenlabError(f"{exp.name} has no evaluation")
             print(json.dumps(exp.evaluate(args.run_dir), indent=2))
             return 0
         if args.command == "sample":
@@ -92,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("--n must be >= 1")
             exp = _experiment_of(args.run_dir)
             if exp.sample is None:
-                raise SystemExit(f"error: {exp.name} does not generate images")
+                raise GenlabError(f"{exp.name} does not generate images")
             images = np.asarray(exp.sample(args.run_dir, args.n, args.seed), dtype=np.uint8)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             np.save(args.out, images)
@@ -122,22 +135,15 @@ def main(argv: list[str] | None = None) -> int:
             md = args.md or args.out.with_suffix(".md")
             readings = args.readings or report.DEFAULT_READINGS
             if args.readings is not None and not args.readings.is_dir():
-                raise FileNotFoundError(f"--readings {args.readings}: no such folder")
+                raise GenlabError(f"--readings {args.readings}: no such folder")
             entries = report.write_report(args.run_dirs, args.out, md, readings=readings)
             print(f"wrote {args.out} and {md}: {len(entries)} runs, "
                   f"{sum(e.record is not None for e in entries)} with a record")
             return 0
         if args.command == "bench":
-            exp = experiments.get(args.experiment)
-            if exp.bench is None:
-                raise SystemExit(f"error: {exp.name} has no benchmark")
-            exp.bench(rest)
+            _benchmark(args.experiment).main(rest)
             return 0
-    except (KeyError, ValueError, FileNotFoundError, FileExistsError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:  # DataError, TrainingDiverged, Ray missing
+    except GenlabError as err:  # genlab's own refusals: one line; anything else keeps its traceback
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return err.exit_code
     return 0

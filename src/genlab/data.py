@@ -29,10 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from genlab.errors import GenlabError
+
 __all__ = ["DataError", "DATASETS", "read_idx", "load_split", "find_file", "cache_dir"]
 
 
-class DataError(RuntimeError):
+class DataError(GenlabError, RuntimeError):
     """A data file is missing, corrupt, truncated or of the wrong format."""
 
 

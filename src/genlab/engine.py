@@ -21,22 +21,34 @@ import dataclasses
 import datetime as _dt
 import functools
 import json
+import math
 import os
 import platform
 import random
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
+from genlab.errors import ConfigError, GenlabError
+from genlab.record import Figure, Record
+
 __all__ = [
     "RunConfig",
+    "DataConfig",
+    "EpochsConfig",
     "RunDir",
+    "Run",
+    "CHECKPOINT_SCHEMA",
     "TrainingDiverged",
     "resolve_device",
     "seed_everything",
@@ -48,13 +60,15 @@ __all__ = [
 ]
 
 
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or infinite; the last good checkpoint is kept."""
+class TrainingDiverged(GenlabError, RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is kept (exit status 1)."""
+
+    exit_code = 1
 
 
 @dataclass
 class RunConfig:
-    """Options every training experiment takes."""
+    """Options every experiment takes."""
 
     seed: int = 42
     """Random seed; the same seed on the same device gives the same losses."""
@@ -64,23 +78,43 @@ class RunConfig:
     """Where to train: auto picks cuda when available."""
     resume: bool = False
     """Continue the run in --out from its last checkpoint."""
-    epochs: int = 1
-    """Passes over the training set."""
-    data_dir: Path | None = None
-    """Folder holding the official IDX files (overrides GENLAB_DATA_DIR and the defaults)."""
     max_steps: int | None = None
     """Stop after this many optimiser steps in total (for smoke runs)."""
     deterministic: bool = False
     """On CUDA, use only deterministic kernels (cuDNN, cuBLAS), so a seed repeats bit for bit; slower.
     CPU runs repeat without it."""
 
+    CONTINUABLE: ClassVar[tuple[str, ...]] = ("out", "resume", "epochs", "max_steps", "device", "data_dir")
+    """Options that may change when a run is continued with --resume (extend a run, move it to
+    another device, find the data elsewhere); every other option defines the run and must keep
+    its saved value."""
+
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
         if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"--max-steps must be >= 1, got {self.max_steps}")
+            raise ConfigError(f"--max-steps must be >= 1, got {self.max_steps}")
         if self.resume and self.out is None:
-            raise ValueError("--resume needs --out RUN_DIR: the run directory to continue")
+            raise ConfigError("--resume needs --out RUN_DIR: the run directory to continue")
+
+
+@dataclass
+class DataConfig(RunConfig):
+    """Options of an experiment that reads a dataset from files."""
+
+    data_dir: Path | None = None
+    """Folder holding the dataset files (overrides GENLAB_DATA_DIR and the defaults)."""
+
+
+@dataclass
+class EpochsConfig(DataConfig):
+    """Options of an experiment that trains in passes over its dataset."""
+
+    epochs: int = 1
+    """Passes over the training set."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be >= 1, got {self.epochs}")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -116,7 +150,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
+        raise ConfigError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
     return torch.device(name)
 
 
@@ -192,11 +226,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load a checkpoint with ``weights_only=True`` (no arbitrary code from pickles).
 
     Raises:
-        FileNotFoundError: no checkpoint at ``path`` (the message says how to start fresh).
+        GenlabError: no checkpoint at ``path`` (the message says how to start fresh).
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no checkpoint to resume from; drop --resume to start a new run")
+        raise GenlabError(f"{path}: no checkpoint to resume from; drop --resume to start a new run")
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
@@ -249,8 +283,49 @@ def _number(text: str) -> int | float:
         return float(text)
 
 
+def check_resume(experiment: str, config: RunConfig, path: Path) -> bool:
+    """Validate ``--resume`` into ``path`` before anything there changes; True if there is a run to continue.
+
+    Returns False (after saying so) when ``path`` holds no run yet, or a run that has written no
+    checkpoint: the run then starts from the beginning.
+
+    Raises:
+        GenlabError: ``path`` holds a run of another experiment (both are named), or options that
+            define the run differ from the saved ones (each named with its saved and given value;
+            ``config.CONTINUABLE`` lists those that may change), or ``path`` is a folder that is
+            not a genlab run.
+    """
+    saved_file = path / "config.json"
+    if not saved_file.exists():
+        if path.exists() and any(path.iterdir()):
+            raise GenlabError(f"{path} is not a genlab run directory (no config.json); choose another --out")
+        print(f"{path}: no run to resume yet; starting it from the beginning")
+        return False
+    saved = json.loads(saved_file.read_text())
+    if saved.get("experiment") != experiment:
+        raise GenlabError(f"{path} holds a {saved.get('experiment')} run, not a {experiment} run; resume it with "
+                          f"`genlab run {saved.get('experiment')} --resume --out {path}` or choose another --out")
+    given = json.loads(json.dumps(config_to_dict(config)))
+    changed = [(key, saved[key], value) for key, value in given.items()
+               if key in saved and saved[key] != value and key not in config.CONTINUABLE]
+    if changed:
+        raise GenlabError(
+            f"{path}: --resume would change options that define the run: "
+            + "; ".join(f"--{key.replace('_', '-')} saved {old!r}, given {new!r}" for key, old, new in changed)
+            + f". Drop them to continue the run (only {', '.join('--' + k.replace('_', '-') for k in config.CONTINUABLE)}"
+              f" may change), or start a new run in another --out")
+    checkpoints = path / "checkpoints"
+    if not (checkpoints.is_dir() and any(checkpoints.glob("*.pt"))):
+        print(f"{path}: no checkpoint yet; starting the run from the beginning")
+        return False
+    return True
+
+
 class RunDir:
     """A run directory: config, environment, metrics (JSONL, CSV, TensorBoard), checkpoints.
+
+    With ``config.resume`` the directory is validated first (:func:`check_resume`) and left
+    untouched if that refuses; ``config.resume`` becomes False when there is nothing to resume.
 
     Args:
         experiment: registry name, used in the default directory name.
@@ -263,8 +338,10 @@ class RunDir:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             config.out = Path("runs") / f"{experiment}__{config.seed}__{stamp}"
         self.path = Path(config.out)
-        if not config.resume and (self.path / "checkpoints" / "last.pt").exists():
-            raise FileExistsError(
+        if config.resume:
+            config.resume = check_resume(experiment, config, self.path)
+        elif (self.path / "checkpoints" / "last.pt").exists():
+            raise GenlabError(
                 f"{self.path} already holds a run; pass --resume to continue it or choose another --out"
             )
         self.experiment = experiment
@@ -335,10 +412,227 @@ class RunDir:
         path.write_text(json.dumps(data, indent=2))
         return path
 
+    def figures(self, captions: dict[str, str]) -> list[Figure]:
+        """Every ``figures/*.png`` of the run, sorted by name, each captioned by the first entry of
+        ``captions`` (file-name prefix -> caption) whose prefix its name starts with ("" if none)."""
+        out = []
+        for png in sorted((self.path / "figures").glob("*.png")):
+            caption = next((text for prefix, text in captions.items() if png.name.startswith(prefix)), "")
+            out.append(Figure(f"figures/{png.name}", caption))
+        return out
+
+    def write_record(self, record: Record) -> Path:
+        """Complete ``record`` with this run's config.json and env.json, then validate and write
+        ``metrics.json`` and ``summary.md`` (:meth:`genlab.record.Record.write`)."""
+        record.config = json.loads((self.path / "config.json").read_text())
+        record.environment = json.loads((self.path / "env.json").read_text())
+        return record.write(self.path)
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+CHECKPOINT_SCHEMA = "genlab.checkpoint/1"
+"""The checkpoint layout :class:`Run` writes and reads (see :meth:`Run.checkpoint`)."""
+CHECKPOINT_EVERY_S = 300.0
+"""Default seconds between time-interval checkpoints: a kill -9 loses at most this much work."""
+STOP_AFTER_STEPS_ENV = "GENLAB_STOP_AFTER_STEPS"
+"""Test hook: with this set to k, a run stops at step k as on Ctrl-C (checkpoint, exit 130)."""
+
+
+def _genlab_version() -> str:
+    import importlib.metadata as md
+
+    try:
+        return md.version("genlab")
+    except md.PackageNotFoundError:
+        return "unknown"
+
+
+def _stateful(obj: Any) -> bool:
+    return hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")
+
+
+class Run:
+    """The lifecycle of one training run: create or reopen the run directory, checkpoint, resume,
+    log with a non-finite check, stop cleanly on SIGINT/SIGTERM, close.
+
+        with Run("dcgan", config, device, generator=g, discriminator=d, opt_g=og, opt_d=od) as run:
+            progress = run.resume() or {"step": 0, ...}      # restores every object in place
+            ...
+            run.log_steps(rows, check=("loss_d", "loss_g"))  # raises TrainingDiverged on NaN/inf
+            run.step_done(step, progress)                    # interval checkpoint, Ctrl-C, test hook
+
+    Args:
+        experiment: the registry name, written into every checkpoint.
+        config: the run's :class:`RunConfig`; ``--resume`` is validated by :class:`RunDir`
+            before anything in the directory changes.
+        device: where the run trains (recorded in env.json; checkpoints load there).
+        **objects: everything with ``state_dict``/``load_state_dict`` that the run's state is made
+            of (models, optimisers, data streams, ``torch.Generator`` s are wrapped).
+
+    A checkpoint (:data:`CHECKPOINT_SCHEMA`) is one dict: ``schema``, ``experiment``,
+    ``genlab_version``, ``config``, ``step``, ``epoch``, ``elapsed_s`` (training seconds over
+    every session), ``states`` (name -> state_dict), ``progress`` (the loop's own counters and
+    tensors) and ``rng`` (:func:`rng_state`). It is written atomically to checkpoints/last.pt;
+    the one before is kept as checkpoints/previous.pt, and :meth:`resume` falls back to it,
+    saying so, when last.pt cannot be read.
+    """
+
+    def __init__(self, experiment: str, config: RunConfig, device: torch.device, **objects: Any):
+        self.experiment, self.config, self.device, self.objects = experiment, config, device, {}
+        self.hold(**objects)
+        self.dir = RunDir(experiment, config, device)
+        self.path = self.dir.path
+        self.previous = self.path / "checkpoints" / "previous.pt"
+        self.every_s = getattr(config, "checkpoint_every_s", CHECKPOINT_EVERY_S)
+        stop_after = os.environ.get(STOP_AFTER_STEPS_ENV)
+        self.stop_after_steps = int(stop_after) if stop_after else None
+        self.elapsed_before = 0.0
+        self._start = time.time()
+        self._last_checkpoint = time.monotonic()
+        self._signal: int | None = None
+        self._handlers: dict[int, Any] = {}
+
+    def hold(self, **objects: Any) -> None:
+        """Add objects with ``state_dict``/``load_state_dict`` to the run's state (for those built
+        after the run directory was validated, e.g. from the loaded data)."""
+        for name, obj in objects.items():
+            if not _stateful(obj):
+                raise TypeError(f"{name}: a Run holds objects with state_dict and load_state_dict, got {type(obj)}")
+        self.objects.update(objects)
+
+    # -- context ------------------------------------------------------------------------
+    def __enter__(self) -> Run:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._handlers[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._handlers.items():
+            signal.signal(sig, handler)
+        self._handlers.clear()
+        self.dir.close()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._signal is not None:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self._signal = signum
+
+    # -- time ---------------------------------------------------------------------------
+    @property
+    def elapsed_s(self) -> float:
+        """Training seconds so far, over every session of the run."""
+        return self.elapsed_before + time.time() - self._start
+
+    # -- checkpoints --------------------------------------------------------------------
+    def checkpoint(self, step: int, epoch: int, progress: dict[str, Any] | None = None) -> None:
+        """Write the whole state atomically to last.pt, keeping the one before as previous.pt."""
+        state = {
+            "schema": CHECKPOINT_SCHEMA, "experiment": self.experiment, "genlab_version": _genlab_version(),
+            "config": config_to_dict(self.config), "step": step, "epoch": epoch, "elapsed_s": self.elapsed_s,
+            "states": {name: obj.state_dict() for name, obj in self.objects.items()},
+            "progress": progress or {}, "rng": rng_state(),
+        }
+        if self.dir.checkpoint.exists():
+            os.replace(self.dir.checkpoint, self.previous)
+        save_checkpoint(self.dir.checkpoint, state)
+        self._last_checkpoint = time.monotonic()
+
+    def resume(self) -> dict[str, Any] | None:
+        """With ``--resume``: load the last checkpoint (the previous one if the last is unreadable),
+        restore every object, the RNG states and the elapsed time; return ``{"step", "epoch",
+        **progress}``. Without ``--resume`` (or with nothing to resume from): None.
+
+        Raises GenlabError for a checkpoint of another experiment or another schema, naming both.
+        """
+        if not self.config.resume:
+            return None
+        ckpt = None
+        for path in (self.dir.checkpoint, self.previous):
+            if not path.exists():
+                continue
+            try:
+                ckpt = load_checkpoint(path, self.device)
+            except Exception as err:  # a truncated or corrupt file: say which, try the one before
+                print(f"{path} is unreadable ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
+                      f"falling back to {self.previous.name}", file=sys.stderr)
+                continue
+            break
+        if ckpt is None:
+            raise GenlabError(f"{self.dir.checkpoint}: no readable checkpoint (nor {self.previous.name}); "
+                              f"drop --resume and start the run again in a new --out")
+        check_checkpoint(ckpt, self.experiment, path)
+        for name, obj in self.objects.items():
+            obj.load_state_dict(ckpt["states"][name])
+        set_rng_state(ckpt["rng"])
+        self.elapsed_before = float(ckpt["elapsed_s"])
+        self._start = time.time()
+        print(f"resuming {self.path} at step {ckpt['step']} (epoch {ckpt['epoch']})")
+        return {"step": ckpt["step"], "epoch": ckpt["epoch"], **ckpt["progress"]}
+
+    def step_done(self, step: int, epoch: int, progress: Callable[[], dict[str, Any]]) -> None:
+        """Call after every optimiser step: checkpoints when the interval has passed, and on
+        SIGINT/SIGTERM (or the test hook's step) checkpoints and exits (status 130 or 143).
+        ``progress`` builds the checkpoint's progress dict (called only when one is written)."""
+        if self.stop_after_steps is not None and step >= self.stop_after_steps and self._signal is None:
+            self._signal = signal.SIGINT
+        if self._signal is not None:
+            self.checkpoint(step, epoch, progress())
+            self.dir.close()
+            print(f"\ninterrupted at step {step}; checkpoint written. Resume with "
+                  f"`genlab run {self.experiment} --out {self.path} --resume`", flush=True)
+            raise SystemExit(128 + int(self._signal))
+        if time.monotonic() - self._last_checkpoint >= self.every_s:
+            self.checkpoint(step, epoch, progress())
+
+    # -- logging ------------------------------------------------------------------------
+    def log_steps(self, rows: list[dict[str, float]], check: tuple[str, ...] = ()) -> None:
+        """Append per-step rows (:meth:`RunDir.log_steps`) after checking that the ``check``
+        columns are finite; TrainingDiverged names the first bad step and the checkpoint kept."""
+        for row in rows:
+            if not all(math.isfinite(row[k]) for k in check if k in row):
+                raise TrainingDiverged(f"non-finite loss at step {row['step']}; the last good checkpoint "
+                                       f"{self.dir.checkpoint} is kept. Lower --lr or use --precision fp32.")
+        self.dir.log_steps(rows)
+
+
+class GeneratorStates:
+    """``torch.Generator`` s as one object with a ``state_dict`` (for :class:`Run`).
+
+    Raises GenlabError on load when the saved states are of another device's kind (CPU
+    generators are Mersenne Twisters, CUDA ones Philox): such a run continues only on the
+    device it was trained on.
+    """
+
+    def __init__(self, generators: list[torch.Generator]):
+        self.generators = list(generators)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"states": [g.get_state() for g in self.generators]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for g, s in zip(self.generators, state["states"]):
+            try:
+                g.set_state(s.cpu())
+            except RuntimeError:
+                raise GenlabError(f"the checkpoint's random generators are not {g.device.type} generators, so the "
+                                  f"run cannot continue on {g.device.type}; resume it with --device set to the "
+                                  f"device it was trained on (env.json)") from None
+
+
+def check_checkpoint(ckpt: dict[str, Any], experiment: str, path: Path) -> None:
+    """Refuse, naming both, a checkpoint of another schema or of another experiment."""
+    schema = ckpt.get("schema") if isinstance(ckpt, dict) else None
+    if schema != CHECKPOINT_SCHEMA:
+        raise GenlabError(f"{path} is a checkpoint of schema {schema or 'none (an older genlab)'}; this genlab "
+                          f"reads {CHECKPOINT_SCHEMA}; start the run again in a new --out")
+    if ckpt["experiment"] != experiment:
+        raise GenlabError(f"{path} is a checkpoint of a {ckpt['experiment']} run, not of {experiment}; "
+                          f"resume it with `genlab run {ckpt['experiment']} --resume` or choose another --out")
 
 
 def cpu_isa() -> str:

@@ -82,3 +82,12 @@ def plot_curves(x: Sequence[float], series: dict[str, Sequence[float]], path: st
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def moving_average(values: Sequence[float], window: int) -> list[float]:
+    """Trailing means: out[i] = mean(values[max(0, i - window + 1):i + 1]) (fewer values at the start)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out

@@ -14,6 +14,8 @@ experiment has all three profiles and that every argument parses.
 
 from __future__ import annotations
 
+from genlab.errors import UnknownNameError
+
 PROFILE_NAMES = ("smoke", "quick", "full")
 
 PROFILES: dict[str, dict[str, list[str]]] = {
@@ -106,8 +108,8 @@ def profile_args(experiment: str, profile: str) -> list[str]:
         KeyError: an unknown experiment (naming the known ones) or profile (naming the three).
     """
     if profile not in PROFILE_NAMES:
-        raise KeyError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILE_NAMES)}")
+        raise UnknownNameError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILE_NAMES)}")
     if experiment not in PROFILES:
-        raise KeyError(f"no reproduce profiles for experiment {experiment!r}; add it to genlab/profiles.py "
+        raise UnknownNameError(f"no reproduce profiles for experiment {experiment!r}; add it to genlab/profiles.py "
                        f"(known: {', '.join(sorted(PROFILES))})")
     return list(PROFILES[experiment][profile])

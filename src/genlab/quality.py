@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from genlab.record import Metric
+
 __all__ = ["DomainClassifier", "FeatureExtractor", "load_classifier", "image_quality", "to_uint8"]
 
 FEATURE_DIM = 128
@@ -157,3 +159,19 @@ def image_quality(fake: torch.Tensor, real: torch.Tensor, dataset: str, batch_si
         "extractor": f"genlab DomainClassifier({dataset}, 128-d penultimate layer, "
                      f"test accuracy {meta.get('test_accuracy', float('nan')):.4f})",
     }
+
+
+def quality_metrics(quality: dict, headline: bool = True) -> list[Metric]:
+    """The record's metrics (:class:`genlab.record.Metric`) of an :func:`image_quality` result
+    with ``n_generated`` and ``n_real`` added: FID (the headline, no SPEC reference), KID and the
+    classifier Inception Score, each with its spread where torchmetrics gives one."""
+    against = f"{quality['n_generated']:,} generated vs {quality['n_real']:,} test images, {quality['extractor']}"
+    return [
+        Metric("fid", quality["fid"], lower_is_better=True, headline=headline,
+               description=f"Frechet distance in the classifier's feature space; {against}"),
+        Metric("kid", quality["kid_mean"], lower_is_better=True,
+               description=f"kernel inception distance, mean over 100 subsets (std {quality['kid_std']:.5f})"),
+        Metric("inception_score", quality["inception_score"], lower_is_better=False,
+               description=f"classifier-based Inception Score, mean over 10 splits "
+                           f"(std {quality['inception_score_std']:.3f})"),
+    ]

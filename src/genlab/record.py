@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from genlab.errors import GenlabError
+
 __all__ = ["SCHEMA", "Reference", "Metric", "Table", "Figure", "Record", "RecordError", "verdict",
            "default_tolerance", "render_markdown"]
 
@@ -31,7 +33,7 @@ SCHEMA = "genlab.record/1"
 VERDICTS = ("meets", "beats", "misses", "no reference")
 
 
-class RecordError(ValueError):
+class RecordError(GenlabError, ValueError):
     """A metrics.json that does not follow :data:`SCHEMA`; the message names the file and the field."""
 
 

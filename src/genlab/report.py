@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from genlab import experiments
+from genlab.errors import ConfigError, NotFoundError
 from genlab.record import Metric, Record, RecordError, format_value, verdict
 
 __all__ = ["Entry", "collect", "render", "write_report", "config_differences", "DEFAULT_READINGS"]
@@ -106,7 +107,7 @@ def collect(paths: list[str | Path]) -> list[Entry]:
     entries: list[Entry] = []
     for path in map(Path, paths):
         if not path.is_dir():
-            raise FileNotFoundError(f"{path}: no such directory; give run directories or `genlab reproduce` folders")
+            raise NotFoundError(f"{path}: no such directory; give run directories or `genlab reproduce` folders")
         state_path = path / STATE_FILE
         if state_path.exists():
             try:
@@ -126,7 +127,7 @@ def collect(paths: list[str | Path]) -> list[Entry]:
                                                                 for e in entries) else path.name
             entries.append(entry)
         else:
-            raise FileNotFoundError(f"{path}: neither a run directory (no config.json or metrics.json) nor a "
+            raise NotFoundError(f"{path}: neither a run directory (no config.json or metrics.json) nor a "
                                     f"`genlab reproduce` folder (no {STATE_FILE})")
     return entries
 
@@ -300,7 +301,7 @@ def render(entries: list[Entry], fmt: str = "html", readings: Path | None = DEFA
     import jinja2
 
     if fmt not in ("html", "md"):
-        raise ValueError(f"unknown report format {fmt!r}; use html or md")
+        raise ConfigError(f"unknown report format {fmt!r}; use html or md")
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=(fmt == "html"),
                              trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True)

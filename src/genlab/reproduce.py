@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from genlab import experiments
+from genlab.errors import ConfigError, MissingDependencyError, UnknownNameError
 from genlab.profiles import PROFILE_NAMES, profile_args
 from genlab.record import Record, RecordError
 
@@ -204,11 +205,11 @@ def plan(names: list[str], profile: str, out: Path, device: str = "auto", thread
     if names == ["all"] or not names:
         names = list(experiments.REGISTRY)
     elif "all" in names:
-        raise KeyError("`all` cannot be combined with experiment names; give either `all` or names")
+        raise UnknownNameError("`all` cannot be combined with experiment names; give either `all` or names")
     for name in names:
         experiments.get(name)  # KeyError naming the registered ones
     if len(set(names)) != len(names):
-        raise KeyError(f"experiment names repeat: {' '.join(names)}")
+        raise UnknownNameError(f"experiment names repeat: {' '.join(names)}")
     out = out.resolve()
     return [RunSpec(name, profile_args(name, profile), out / name, out / "logs" / f"{name}.log", device, threads,
                     gpu_fraction) for name in names]
@@ -224,9 +225,9 @@ class _State:
             try:
                 saved = json.loads(self.path.read_text())
             except json.JSONDecodeError as err:
-                raise ValueError(f"{self.path}: not valid JSON ({err}); delete it to start the reproduction over")
+                raise ConfigError(f"{self.path}: not valid JSON ({err}); delete it to start the reproduction over")
             if saved.get("profile") != profile:
-                raise ValueError(f"{out} holds a {saved.get('profile')!r} reproduction, not {profile!r}; "
+                raise ConfigError(f"{out} holds a {saved.get('profile')!r} reproduction, not {profile!r}; "
                                  f"choose another --out or pass --profile {saved.get('profile')}")
             self.data = saved
         self._lock = threading.Lock()
@@ -317,7 +318,7 @@ def _ray_module():
     try:
         import ray
     except ImportError:
-        raise RuntimeError(f"--jobs > 1 and --address run on Ray, which is not installed; install it with "
+        raise MissingDependencyError(f"--jobs > 1 and --address run on Ray, which is not installed; install it with "
                            f"{RAY_INSTALL}, or use --jobs 1") from None
     return ray
 
@@ -398,13 +399,13 @@ def reproduce(names: list[str], profile: str, out: str | Path, jobs: int = 1, ad
         profile's reproduction. RuntimeError: Ray asked for but not installed (names the install command).
     """
     if profile not in PROFILE_NAMES:
-        raise KeyError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILE_NAMES)}")
+        raise UnknownNameError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILE_NAMES)}")
     if jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     if threads is not None and threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {threads}")
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
     if gpu_fraction is not None and not 0 < gpu_fraction <= 1:
-        raise ValueError(f"--gpu-fraction must be in (0, 1], got {gpu_fraction}")
+        raise ConfigError(f"--gpu-fraction must be in (0, 1], got {gpu_fraction}")
     use_ray = jobs > 1 or address is not None
     if use_ray:
         _ray_module()  # refuse before anything is written

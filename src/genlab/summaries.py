@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from genlab.errors import GenlabError
+
 __all__ = ["Pair", "DataError", "shared_data_dir", "default_data_file", "tokenizer_dir", "load_pairs", "hash_split",
            "split_pairs", "SentencePieceTokenizer", "split_sentences", "lead_1", "rouge_scores", "ROUGE_KEYS"]
 
@@ -37,7 +39,7 @@ DATASETS = {  # --dataset -> file under the shared data folder
 HF_XSUM = "EdinburghNLP/xsum"
 
 
-class DataError(RuntimeError):
+class DataError(GenlabError, RuntimeError):
     """A data or tokenizer file is missing, truncated or in the wrong format."""
 
 

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from genlab.benchmarks.common import (add_device_argument, add_json_argument, device_name, machine_info,
                                      parser_for, report, sync, time_steps)
 from genlab.engine import autocast_for, bf16_supported, resolve_device
+from genlab.record import Record
 from genlab.experiments import dcgan
 
 
@@ -227,7 +228,7 @@ def quality_at_equal_epochs(images, epochs: int, seed: int, device: torch.device
         t0 = time.perf_counter()
         out = dcgan.run(dcgan.DCGANConfig(epochs=epochs, seed=seed, fid_samples=n, device=device.type,
                                           out=Path(tmp) / "run"))
-        ours = json.loads((out / "metrics.json").read_text())["quality"]
+        ours = Record.read(out).extra["quality"]
         genlab_seconds = time.perf_counter() - t0
     return {"epochs": epochs, "seed": seed, "samples": n,
             "reference": {**reference, "train_seconds": round(ref_seconds, 1)},

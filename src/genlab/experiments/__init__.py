@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from genlab.errors import GenlabError
+
 REGISTRY: dict[str, str] = {
     "dcgan": "genlab.experiments.dcgan",
     "classifier": "genlab.experiments.classifier",
@@ -41,7 +43,9 @@ class Experiment:
         run: trains from a config, returns the run directory.
         evaluate: ``genlab eval RUN_DIR`` -> metrics dict (optional).
         sample: ``genlab sample RUN_DIR --n N`` -> uint8 (N, 28, 28) (optional).
-        bench: ``genlab bench NAME [args]`` -> dict of figures (optional).
+
+    ``genlab bench NAME`` runs ``genlab.benchmarks.<NAME>.main`` (found by the CLI: an experiment
+    never imports its benchmark, the benchmark imports the experiment).
     """
 
     name: str
@@ -50,11 +54,10 @@ class Experiment:
     run: Callable[[Any], Path]
     evaluate: Callable[[Path], dict] | None = None
     sample: Callable[[Path, int, int], Any] | None = None
-    bench: Callable[[list[str]], dict] | None = None
 
 
 def get(name: str) -> Experiment:
-    """The registered experiment ``name``. Raises KeyError naming the known ones."""
+    """The registered experiment ``name``. Raises GenlabError naming the known ones."""
     if name not in REGISTRY:
-        raise KeyError(f"unknown experiment {name!r}; known: {', '.join(sorted(REGISTRY))} (see `genlab list`)")
+        raise GenlabError(f"unknown experiment {name!r}; known: {', '.join(sorted(REGISTRY))} (see `genlab list`)")
     return importlib.import_module(REGISTRY[name]).EXPERIMENT

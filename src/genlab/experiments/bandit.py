@@ -36,8 +36,10 @@ import torch
 
 from genlab import plots
 from genlab.engine import RunConfig, RunDir
+from genlab.errors import ConfigError
 from genlab.experiments import Experiment
-from genlab.tables import fmt, markdown_table, write_csv
+from genlab.record import Figure, Metric, Record, Table
+from genlab.tables import fmt, write_csv
 
 VARIANTS = ("constant", "decaying", "baseline", "adam")
 
@@ -70,18 +72,18 @@ class BanditConfig(RunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if len(self.rewards) < 2:
-            raise ValueError(f"--rewards needs at least 2 arms, got {len(self.rewards)}")
+            raise ConfigError(f"--rewards needs at least 2 arms, got {len(self.rewards)}")
         for variant in self.variants:
             if variant not in VARIANTS:
-                raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+                raise ConfigError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
         if self.steps < 1 or self.seeds < 1:
-            raise ValueError(f"--steps and --seeds must be >= 1, got {self.steps}, {self.seeds}")
+            raise ConfigError(f"--steps and --seeds must be >= 1, got {self.steps}, {self.seeds}")
         if self.lr <= 0 or self.adam_lr <= 0 or self.decay_steps <= 0:
-            raise ValueError("--lr, --adam-lr and --decay-steps must be > 0")
+            raise ConfigError("--lr, --adam-lr and --decay-steps must be > 0")
         if not 0 <= self.baseline_momentum < 1:
-            raise ValueError(f"--baseline-momentum must be in [0, 1), got {self.baseline_momentum}")
+            raise ConfigError(f"--baseline-momentum must be in [0, 1), got {self.baseline_momentum}")
         if self.reward_noise < 0 or self.estimator_samples < 2:
-            raise ValueError("--reward-noise must be >= 0 and --estimator-samples >= 2")
+            raise ConfigError("--reward-noise must be >= 0 and --estimator-samples >= 2")
 
 
 # ---------------------------------------------------------------------------------------
@@ -285,34 +287,41 @@ def check_maths(config: BanditConfig) -> dict:
     }
 
 
-def write_summary(run_dir: RunDir, config: BanditConfig, metrics: dict, elapsed: float) -> Path:
-    m = metrics["maths"]
-    lines = [f"# REINFORCE on a softmax bandit (SPEC §7): `{run_dir.path.name}`", "",
-             f"rewards {tuple(config.rewards)}, reward noise {config.reward_noise:g}, {metrics['steps']} steps, "
-             f"{config.seeds} seeds, eta {config.lr:g} (decaying: eta / (1 + t / {config.decay_steps:g}); "
-             f"baseline momentum {config.baseline_momentum:g}; Adam lr {config.adam_lr:g}); {elapsed:.1f} s", "",
-             "Closed forms, checked in this run at a random theta:", "",
-             f"- update eta R (e_i - pi) vs autograd of eta R log pi(a_i): max |error| "
-             f"{m['update_vs_autograd_max_abs_error']:.2e}",
-             f"- exact gradient pi ⊙ (R - J) vs autograd of J: max |error| "
-             f"{m['exact_gradient_vs_autograd_max_abs_error']:.2e}",
-             f"- score-function estimate over {m['estimator_samples']:,} samples vs the exact gradient: "
-             f"largest deviation {m['score_function_max_z']:.2f} standard errors", "",
-             "| variant | final P(best) mean ± std | seeds with P(best) > 0.9 | seeds locked on a worse arm "
-             "| final J (max " + fmt(max(config.rewards)) + ") | mean J over the run |", "|---|---|---|---|---|---|"]
-    for variant, v in metrics["variants"].items():
-        lines.append(f"| {variant} | {v['final_p_best_mean']:.3f} ± {v['final_p_best_std']:.3f} | "
-                     f"{v['seeds_converged_to_best']} / {config.seeds} | {v['seeds_locked_on_worse_arm']} / "
-                     f"{config.seeds} | {v['final_expected_reward_mean']:.4f} | {v['mean_expected_reward']:.4f} |")
-    lines += ["", "Probability of the best arm (mean over seeds) at a few steps:", ""]
-    checkpoints = metrics["checkpoints"]
-    lines += markdown_table(["variant", *[f"t = {t}" for t in checkpoints]],
-                            [(variant, *v["p_best_at"]) for variant, v in metrics["variants"].items()], digits=3)
-    figures = sorted(p.name for p in (run_dir.path / "figures").glob("*.png"))
-    lines += ["", "Figures: " + ", ".join(f"[{f}](figures/{f})" for f in figures)]
-    path = run_dir.path / "summary.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+def make_record(config: BanditConfig, metrics: dict, elapsed: float, figures: list[Figure]) -> Record:
+    """The run's record: per variant the final probability of the best arm (mean and standard
+    error over the seeds; SPEC §7 has no reference numbers), the closed-form checks as metrics,
+    the variants table and P(best) at a few steps."""
+    m, n = metrics["maths"], config.seeds
+    out = [Metric(f"final_p_best_{variant}", v["final_p_best_mean"], n_seeds=n, lower_is_better=False,
+                  stderr=v["final_p_best_std"] / math.sqrt(n) if n > 1 else None, headline=True,
+                  description=f"{variant}: probability of the best arm after {metrics['steps']} steps")
+           for variant, v in metrics["variants"].items()]
+    out += [Metric("update_vs_autograd_max_abs_error", m["update_vs_autograd_max_abs_error"], lower_is_better=True,
+                   description="REINFORCE update eta R (e_i - pi) against autograd of eta R log pi(a_i)"),
+            Metric("exact_gradient_vs_autograd_max_abs_error", m["exact_gradient_vs_autograd_max_abs_error"],
+                   lower_is_better=True, description="exact gradient pi ⊙ (R - J) against autograd of J"),
+            Metric("score_function_max_z", m["score_function_max_z"], "standard errors", lower_is_better=True,
+                   description=f"largest deviation of the score-function estimate over "
+                               f"{m['estimator_samples']:,} samples from the exact gradient")]
+    variants = Table("variants", ["variant", "final P(best) mean ± std", "seeds with P(best) > 0.9",
+                                  "seeds locked on a worse arm", f"final J (max {fmt(max(config.rewards))})",
+                                  "mean J over the run"],
+                     [[variant, f"{v['final_p_best_mean']:.3f} ± {v['final_p_best_std']:.3f}",
+                       f"{v['seeds_converged_to_best']} / {n}", f"{v['seeds_locked_on_worse_arm']} / {n}",
+                       v["final_expected_reward_mean"], v["mean_expected_reward"]]
+                      for variant, v in metrics["variants"].items()],
+                     f"rewards {tuple(config.rewards)}, reward noise {config.reward_noise:g}, {metrics['steps']} "
+                     f"steps, {n} seeds, eta {config.lr:g} (decaying: eta / (1 + t / {config.decay_steps:g}); "
+                     f"baseline momentum {config.baseline_momentum:g}; Adam lr {config.adam_lr:g}).")
+    p_best = Table("P(best) during training", ["variant", *[f"t = {t}" for t in metrics["checkpoints"]]],
+                   [[variant, *v["p_best_at"]] for variant, v in metrics["variants"].items()],
+                   "Probability of the best arm, mean over seeds.")
+    return Record("bandit", "REINFORCE on a softmax bandit", "§7", metrics=out, tables=[variants, p_best],
+                  figures=figures, train_seconds=elapsed, extra=metrics)
+
+
+FIGURE_CAPTIONS = {"p_best": "probability of the best arm over steps, per variant, several seeds",
+                   "theta": "the logits theta of the first seed over steps"}
 
 
 def run(config: BanditConfig) -> Path:
@@ -360,9 +369,8 @@ def run(config: BanditConfig) -> Path:
            "baseline": f"eta = {config.lr:g} with baseline", "adam": f"Adam lr {config.adam_lr:g}"}[theta_variant]
     plot_theta(theta, config, theta_variant, eta, figures / "theta.png")
     metrics = {"steps": steps, "best_arm": best + 1, "checkpoints": checkpoints, "variants": per_variant,
-               "maths": check_maths(config), "elapsed_s": time.time() - start_time}
-    run_dir.write_json("metrics.json", metrics)
-    write_summary(run_dir, config, metrics, metrics["elapsed_s"])
+               "maths": check_maths(config)}
+    run_dir.write_record(make_record(config, metrics, time.time() - start_time, run_dir.figures(FIGURE_CAPTIONS)))
     run_dir.close()
     return run_dir.path
 

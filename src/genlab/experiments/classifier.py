@@ -9,6 +9,7 @@ test accuracy and, with ``--export``, writes the weights genlab ships.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,15 +18,17 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from genlab.data import load_split
-from genlab.engine import RunConfig, RunDir, resolve_device, save_checkpoint, seed_everything
+from genlab.engine import EpochsConfig, RunDir, resolve_device, save_checkpoint, seed_everything
+from genlab.errors import ConfigError, GenlabError
 from genlab.experiments import Experiment
 from genlab.quality import DomainClassifier
+from genlab.record import Metric, Record, Reference
 
 MIN_ACCURACY = {"fashion-mnist": 0.90, "mnist": 0.99}  # SPEC "Quality metrics"
 
 
 @dataclass
-class ClassifierConfig(RunConfig):
+class ClassifierConfig(EpochsConfig):
     dataset: str = "fashion-mnist"
     """fashion-mnist or mnist."""
     epochs: int = 10
@@ -40,7 +43,7 @@ class ClassifierConfig(RunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.dataset not in MIN_ACCURACY:
-            raise ValueError(f"--dataset must be one of {sorted(MIN_ACCURACY)}, got {self.dataset!r}")
+            raise ConfigError(f"--dataset must be one of {sorted(MIN_ACCURACY)}, got {self.dataset!r}")
 
 
 def _tensor(images) -> torch.Tensor:
@@ -68,7 +71,7 @@ def run(config: ClassifierConfig) -> Path:
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=config.epochs * steps_per_epoch)
-    step = 0
+    step, start = 0, time.time()
     for epoch in range(config.epochs):
         model.train()
         order = torch.randperm(len(x_train), device=device)
@@ -93,15 +96,20 @@ def run(config: ClassifierConfig) -> Path:
     meta = {"dataset": config.dataset, "test_accuracy": acc, "epochs": epoch + 1, "seed": config.seed}
     blob = {"model": {k: v.cpu() for k, v in model.state_dict().items()}, "meta": meta}
     save_checkpoint(run_dir.checkpoint, blob)
-    run_dir.write_json("metrics.json", meta)
+    train_seconds = time.time() - start
+    minimum = Reference(100 * MIN_ACCURACY[config.dataset], section="Quality metrics for images",
+                        note="the least test accuracy SPEC asks of the feature extractor")
+    run_dir.write_record(Record(
+        "classifier", f"Domain classifier, {config.dataset}", "",
+        metrics=[Metric("test_accuracy", 100 * acc, "%", lower_is_better=False, reference=minimum, tolerance=0.0,
+                        headline=True, description=f"{config.dataset} test set, after {epoch + 1} epoch(s)")],
+        figures=[], train_seconds=train_seconds, extra=meta))
     if config.export:
         if acc < MIN_ACCURACY[config.dataset]:
-            raise ValueError(f"test accuracy {acc:.4f} is below the required {MIN_ACCURACY[config.dataset]}; "
+            raise GenlabError(f"test accuracy {acc:.4f} is below the required {MIN_ACCURACY[config.dataset]}; "
                              f"not exporting to {config.export}")
         save_checkpoint(config.export, blob)
         print(f"exported to {config.export}")
-    (run_dir.path / "summary.md").write_text(
-        f"# Domain classifier, {config.dataset}\n\ntest accuracy {acc:.4f} after {epoch + 1} epochs\n")
     run_dir.close()
     return run_dir.path
 

@@ -46,9 +46,11 @@ from torch import nn  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from genlab.data import load_split  # noqa: E402
-from genlab.engine import (RunConfig, RunDir, config_to_dict, load_checkpoint, resolve_device,  # noqa: E402
-                           save_checkpoint)
+from genlab.engine import (EpochsConfig, RunDir, TrainingDiverged, config_to_dict, load_checkpoint,  # noqa: E402
+                           resolve_device, save_checkpoint)
+from genlab.errors import ConfigError  # noqa: E402
 from genlab.experiments import Experiment  # noqa: E402
+from genlab.record import Figure, Metric, Record, Reference, Table  # noqa: E402
 
 Method = Literal["naive", "ewc", "rehearsal"]
 ModelName = Literal["mlp", "cnn"]
@@ -59,7 +61,7 @@ REFERENCE = {"ewc_average_accuracy_public_baseline": 0.83, "ewc_average_accuracy
 
 
 @dataclass
-class ContinualConfig(RunConfig):
+class ContinualConfig(EpochsConfig):
     """SPEC §9 defaults."""
 
     tasks: int = 10
@@ -108,20 +110,20 @@ class ContinualConfig(RunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.tasks < 1:
-            raise ValueError(f"--tasks must be >= 1, got {self.tasks}")
+            raise ConfigError(f"--tasks must be >= 1, got {self.tasks}")
         if not self.methods or not self.model:
-            raise ValueError("--methods and --model need at least one value each")
+            raise ConfigError("--methods and --model need at least one value each")
         if self.batch_size < 1 or self.replay_batch < 0 or self.memory_per_task < 1:
-            raise ValueError("--batch-size and --memory-per-task must be >= 1, --replay-batch >= 0")
+            raise ConfigError("--batch-size and --memory-per-task must be >= 1, --replay-batch >= 0")
         if self.fisher_samples < 1 or self.eval_samples < 1 or self.probe_every < 1 or self.seeds < 1:
-            raise ValueError("--fisher-samples, --eval-samples, --probe-every and --seeds must be >= 1")
+            raise ConfigError("--fisher-samples, --eval-samples, --probe-every and --seeds must be >= 1")
         if self.eval_samples > 10000:
-            raise ValueError(f"--eval-samples is at most 10000 (the MNIST test set), got {self.eval_samples}")
+            raise ConfigError(f"--eval-samples is at most 10000 (the MNIST test set), got {self.eval_samples}")
         if self.optimizer == "adam" and self.ewc_update == "proximal" and "ewc" in self.methods:
-            raise ValueError("the proximal EWC step is the proximal operator for an SGD step of size --lr; "
+            raise ConfigError("the proximal EWC step is the proximal operator for an SGD step of size --lr; "
                              "with --optimizer adam pass --ewc-update gradient")
         if any(lam < 0 for lam in self.lambdas):
-            raise ValueError(f"EWC λ must be >= 0, got {self.lambdas}")
+            raise ConfigError(f"EWC λ must be >= 0, got {self.lambdas}")
 
     @property
     def lambdas(self) -> tuple[float, ...]:
@@ -599,8 +601,6 @@ def run_job(job: Job, config: ContinualConfig, data: dict, device: torch.device,
         probes.append({"step": step, "task": task + 1, "task1_accuracy": float(r[task, 0])})
         loss = float(torch.stack(losses).mean()) if losses else float("nan")
         if not math.isfinite(loss):
-            from genlab.engine import TrainingDiverged
-
             raise TrainingDiverged(f"{job.name}: non-finite loss on task {task + 1}; lower --lr or λ")
         penalty = ewc.penalty(lam) if ewc is not None else 0.0
         if ewc is not None:
@@ -842,39 +842,65 @@ def plot_lambda_sweep(sweep: list[dict], rows: list[dict], model: str, path: Pat
     plt.close(fig)
 
 
-def write_summary(run_dir: RunDir, config: ContinualConfig, rows: list[dict], elapsed: float | None) -> Path:
-    pm = lambda row, k: f"{row[k]:.4f}" + (f" ± {row[k + '_std']:.4f}" if row["seeds"] > 1 else "")  # noqa: E731
-    lines = [f"# Continual learning on permuted MNIST: `{run_dir.path.name}`", "",
-             f"{config.tasks} tasks, {config.epochs} epoch(s) per task, batch {config.batch_size} "
-             f"(+{config.replay_batch} replayed for rehearsal), SGD lr {config.lr}, {config.seeds} seed(s) from "
-             f"{config.seed}" + (f", {elapsed / 60:.1f} min" if elapsed else ""), "",
-             "| model | method | average accuracy | backward transfer | forgetting | plasticity | task 1 at end "
-             "| steps | s |", "|---|---|---|---|---|---|---|---|---|"]
+FIGURE_CAPTIONS = {
+    "accuracy_": "accuracy matrix R[i, j]: test accuracy on task j after training task i",
+    "task1_accuracy": "test accuracy on task 1 while the later tasks are learnt",
+    "average_accuracy": "mean test accuracy over the tasks seen, along the sequence, with the EWC anchor",
+    "ewc_lambda_sweep": "the EWC λ sweep: average accuracy, plasticity and forgetting against λ",
+}
+
+
+def make_record(config: ContinualConfig, rows: list[dict], train_seconds: float | None,
+                figures: list[Figure]) -> Record:
+    """The run's record: per (model, method) the average accuracy (against the SPEC §9 EWC anchor
+    on 10 tasks; the best EWC λ of each model is the headline) and the forgetting, mean and
+    standard error over the seeds; the summary table and the MLP-vs-CNN table."""
+    def stderr(row: dict, key: str) -> float | None:
+        return row[key + "_std"] / math.sqrt(row["seeds"]) if row["seeds"] > 1 else None
+
+    best_ewc = {}
     for row in rows:
-        lines.append(f"| {row['model']} | {row['label']} | {pm(row, 'average_accuracy')} | "
-                     f"{pm(row, 'backward_transfer')} | {pm(row, 'forgetting')} | {pm(row, 'plasticity')} | "
-                     f"{row['task1_final']:.4f} | {row['steps']} | {row['seconds']:.0f} |")
+        if row["method"] == "ewc" and row["average_accuracy"] > best_ewc.get(row["model"], (-1.0,))[0]:
+            best_ewc[row["model"]] = (row["average_accuracy"], row["label"])
+    anchor = Reference(REFERENCE["ewc_average_accuracy_public_baseline"], section="§9",
+                       note=f"public baselines, EWC on 10 permuted-MNIST tasks (paper: "
+                            f"{REFERENCE['ewc_average_accuracy_paper']})")
+    metrics = []
+    for row in rows:
+        name = f"{row['model']}_{row['label']}"
+        is_ewc = row["method"] == "ewc"
+        metrics += [
+            Metric(f"average_accuracy_{name}", row["average_accuracy"], stderr=stderr(row, "average_accuracy"),
+                   n_seeds=row["seeds"], lower_is_better=False,
+                   reference=anchor if is_ewc and config.tasks == 10 else None,
+                   headline=is_ewc and best_ewc[row["model"]][1] == row["label"],
+                   description=f"{row['model'].upper()}, {row['label']}: mean test accuracy over the "
+                               f"{config.tasks} tasks after the last one"),
+            Metric(f"forgetting_{name}", row["forgetting"], stderr=stderr(row, "forgetting"), n_seeds=row["seeds"],
+                   lower_is_better=True, description=f"{row['model'].upper()}, {row['label']}: mean drop from each "
+                                                     f"task's best accuracy to its final one (Chaudhry et al. 2018)")]
+    keys = ("average_accuracy", "backward_transfer", "forgetting", "plasticity")
+    tables = [Table("methods", ["model", "method", "average accuracy", "backward transfer", "forgetting",
+                                "plasticity", "task 1 at end", "steps", "s"],
+                    [[row["model"], row["label"], *(row[k] for k in keys), row["task1_final"], row["steps"],
+                      row["seconds"]] for row in rows],
+                    f"{config.tasks} tasks, {config.epochs} epoch(s) per task, batch {config.batch_size} "
+                    f"(+{config.replay_batch} replayed for rehearsal), {config.optimizer} lr {config.lr}; "
+                    f"means over {config.seeds} seed(s) from {config.seed}.")]
     models = sorted({row["model"] for row in rows})
     if len(models) > 1:
-        lines += ["", "MLP vs CNN, average accuracy after the last task:", "",
-                  "| method | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
-        for label in dict.fromkeys(row["label"] for row in rows):
-            cells = [next((f"{row['average_accuracy']:.4f}" for row in rows
-                           if row["model"] == m and row["label"] == label), "") for m in models]
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", f"SPEC §9 anchor: EWC average accuracy {REFERENCE['ewc_average_accuracy_public_baseline']} "
-                  f"(public baselines), {REFERENCE['ewc_average_accuracy_paper']} (EWC paper), 10 tasks."]
-    figures = sorted(p.name for p in (run_dir.path / "figures").glob("*.png"))
-    lines += ["", "Figures: " + ", ".join(f"[{f}](figures/{f})" for f in figures)]
-    path = run_dir.path / "summary.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+        tables.append(Table("MLP vs CNN", ["method", *models],
+                            [[label, *(next((row["average_accuracy"] for row in rows
+                                             if row["model"] == m and row["label"] == label), None) for m in models)]
+                             for label in dict.fromkeys(row["label"] for row in rows)],
+                            "Average accuracy after the last task."))
+    return Record("continual", "Continual learning on permuted MNIST", "§9", metrics=metrics, tables=tables,
+                  figures=figures, train_seconds=train_seconds, extra={"table": rows, "reference": REFERENCE})
 
 
 def finish(run_dir: RunDir, config: ContinualConfig, results: list[dict], elapsed: float | None) -> list[dict]:
     rows = write_outputs(run_dir, results, config.tasks)
-    run_dir.write_json("metrics.json", {"table": rows, "elapsed_s": elapsed, "reference": REFERENCE})
-    write_summary(run_dir, config, rows, elapsed)
+    run_dir.write_record(make_record(config, rows, elapsed, run_dir.figures(FIGURE_CAPTIONS)))
     return rows
 
 
@@ -893,17 +919,10 @@ def evaluate(run_path: Path) -> dict:
     return {"table": rows}
 
 
-def bench(argv: list[str]) -> dict:
-    from genlab.benchmarks import continual as bench_continual
-
-    return bench_continual.main(argv)
-
-
 EXPERIMENT = Experiment(
     name="continual",
     summary="SPEC §9: catastrophic forgetting on permuted MNIST: naive, EWC (λ sweep), rehearsal; MLP and CNN",
     config=ContinualConfig,
     run=run,
     evaluate=evaluate,
-    bench=bench,
 )

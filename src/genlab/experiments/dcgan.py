@@ -14,11 +14,10 @@ from __future__ import annotations
 import copy
 import json
 import math
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -28,11 +27,14 @@ from tqdm.auto import tqdm
 
 from genlab import plots
 from genlab.data import load_split
-from genlab.engine import (RunConfig, RunDir, TrainingDiverged, autocast_for, compute_dtype, config_from_dict,
-                           config_to_dict, load_checkpoint, resolve_device, rng_state, save_checkpoint,
-                           seed_everything, set_rng_state)
+from genlab.engine import (EpochsConfig, Run, RunDir, autocast_for, check_checkpoint, compute_dtype,
+                           config_from_dict, load_checkpoint, resolve_device, rng_state, seed_everything,
+                           set_rng_state)
+from genlab.errors import ConfigError
 from genlab.experiments import Experiment
 from genlab.layers import FastDropout
+from genlab.quality import quality_metrics
+from genlab.record import Figure, Metric, Record, Reference, Table
 
 DATASET = "fashion-mnist"
 # SPEC §1 reference, "a correct PyTorch solution, batch 64, seed 42": epoch -> (D loss, G loss).
@@ -41,7 +43,7 @@ REFERENCE_FINAL_D = {"d_real": 0.58, "d_fake": 0.47}
 
 
 @dataclass
-class DCGANConfig(RunConfig):
+class DCGANConfig(EpochsConfig):
     """SPEC §1 defaults."""
 
     epochs: int = 50
@@ -77,18 +79,20 @@ class DCGANConfig(RunConfig):
     """Replay the training step as captured CUDA graphs (CUDA only; not yet timed on a GPU, see
     GraphedTrainStep)."""
 
+    CONTINUABLE: ClassVar[tuple[str, ...]] = EpochsConfig.CONTINUABLE + ("fid_samples", "log_every")
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.batch_size < 2:
-            raise ValueError(f"--batch-size must be >= 2 (batch norm), got {self.batch_size}")
+            raise ConfigError(f"--batch-size must be >= 2 (batch norm), got {self.batch_size}")
         if self.layout not in ("auto", "contiguous", "channels_last"):
-            raise ValueError(f"--layout must be auto, contiguous or channels_last, got {self.layout!r}")
+            raise ConfigError(f"--layout must be auto, contiguous or channels_last, got {self.layout!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
+            raise ConfigError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.subset is not None and self.subset < self.batch_size:
-            raise ValueError(f"--subset must be >= --batch-size ({self.batch_size}), got {self.subset}")
+            raise ConfigError(f"--subset must be >= --batch-size ({self.batch_size}), got {self.subset}")
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -353,152 +357,99 @@ def generate(generator: Generator, z: torch.Tensor, batch_size: int = 1000) -> t
     return ((torch.cat(out).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).squeeze(1)
 
 
-def _checkpoint_state(config, generator, discriminator, opt_g, opt_d, fixed_z, epoch, batch, step, sums,
-                      elapsed) -> dict:
-    return {
-        "config": config_to_dict(config),
-        "generator": generator.state_dict(),
-        "discriminator": discriminator.state_dict(),
-        "opt_g": opt_g.state_dict(),
-        "opt_d": opt_d.state_dict(),
-        "fixed_z": fixed_z,
-        "epoch": epoch,  # epochs completed
-        "batch": batch,  # batches done in the current epoch
-        "step": step,  # optimiser steps done in total
-        "epoch_sums": sums,  # running sums of the 4 step metrics in the current epoch
-        "elapsed": elapsed,  # training seconds so far, over every session of the run
-        "rng": rng_state(),
-    }
-
-
-def _in_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
 def run(config: DCGANConfig) -> Path:
-    """Train the DCGAN; returns the run directory. See the module docstring."""
+    """Train the DCGAN; returns the run directory. See the module docstring.
+
+    The run's checkpoint (:class:`genlab.engine.Run`) is written at every epoch end, every few
+    minutes, and on Ctrl-C or SIGTERM; its progress holds the batch within the epoch, the
+    epoch's running metric sums and the fixed noise batch, so a resumed run continues exactly.
+    """
     device = resolve_device(config.device)
     if config.cuda_graph and device.type != "cuda":
-        raise ValueError(f"--cuda-graph needs a CUDA device, and this run is on {device}: drop --cuda-graph "
-                         f"or use --device cuda")
-    run_dir = RunDir("dcgan", config, device)
-    autocast = autocast_for(device, config.precision)
-    data = load_images(config.data_dir, "train", device)[:config.subset]  # (60000, 1, 28, 28)
-    n_data = data.shape[0]
-    steps_per_epoch = math.ceil(n_data / config.batch_size)
-
+        raise ConfigError(f"--cuda-graph needs a CUDA device, and this run is on {device}: drop --cuda-graph "
+                          f"or use --device cuda")
+    autocast = autocast_for(device, config.precision)  # may time GEMMs (global RNG): before seeding
     seed_everything(config.seed)
     generator, discriminator, opt_g, opt_d = build(config, device, capturable=config.cuda_graph)
-    fixed_z = torch.randn(64, config.latent_dim, generator=torch.Generator().manual_seed(config.seed + 1))
-    epoch, batch, step, elapsed_before = 0, 0, 0, 0.0
-    sums = torch.zeros(4, dtype=torch.float64, device=device)
-    if config.resume:
-        ckpt = load_checkpoint(run_dir.checkpoint, device)
-        generator.load_state_dict(ckpt["generator"])
-        discriminator.load_state_dict(ckpt["discriminator"])
-        opt_g.load_state_dict(ckpt["opt_g"])
-        opt_d.load_state_dict(ckpt["opt_d"])
-        fixed_z, epoch, batch, step = ckpt["fixed_z"].cpu(), ckpt["epoch"], ckpt["batch"], ckpt["step"]
-        sums = ckpt["epoch_sums"].to(device)
-        elapsed_before = float(ckpt.get("elapsed", 0.0))
-        set_rng_state(ckpt["rng"])
-        run_dir.truncate_metrics(step, epoch)
-        print(f"resuming {run_dir.path} at epoch {epoch + 1}, batch {batch}, step {step}")
+    with Run("dcgan", config, device, generator=generator, discriminator=discriminator, opt_g=opt_g,
+             opt_d=opt_d) as run:
+        data = load_images(config.data_dir, "train", device)[:config.subset]  # (60000, 1, 28, 28)
+        n_data = data.shape[0]
+        steps_per_epoch = math.ceil(n_data / config.batch_size)
+        fixed_z = torch.randn(64, config.latent_dim, generator=torch.Generator().manual_seed(config.seed + 1))
+        epoch, batch, step = 0, 0, 0
+        sums = torch.zeros(4, dtype=torch.float64, device=device)  # the epoch's running sums of the step metrics
+        resumed = run.resume()
+        if resumed:
+            epoch, batch, step = resumed["epoch"], resumed["batch"], resumed["step"]
+            fixed_z, sums = resumed["fixed_z"].cpu(), resumed["epoch_sums"].to(device)
+            run.dir.truncate_metrics(step, epoch)
 
-    if config.cuda_graph:
-        shapes = [(config.batch_size, 1, 28, 28)] + ([(n_data % config.batch_size, 1, 28, 28)]
-                                                     if n_data % config.batch_size else [])
-        step_fn = GraphedTrainStep(generator, discriminator, opt_g, opt_d, shapes, config.precision)
-    else:
-        def step_fn(real: torch.Tensor) -> torch.Tensor:
-            return train_step(generator, discriminator, opt_g, opt_d, real, autocast)
+        if config.cuda_graph:
+            shapes = [(config.batch_size, 1, 28, 28)] + ([(n_data % config.batch_size, 1, 28, 28)]
+                                                         if n_data % config.batch_size else [])
+            step_fn = GraphedTrainStep(generator, discriminator, opt_g, opt_d, shapes, config.precision)
+        else:
+            def step_fn(real: torch.Tensor) -> torch.Tensor:
+                return train_step(generator, discriminator, opt_g, opt_d, real, autocast)
 
-    def checkpoint() -> None:
-        save_checkpoint(run_dir.checkpoint, _checkpoint_state(
-            config, generator, discriminator, opt_g, opt_d, fixed_z, epoch, batch, step, sums,
-            time.time() - start_time))
+        pending: list[torch.Tensor] = []  # per-step metrics not yet written
 
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    start_time = time.time() - elapsed_before  # seconds are counted over every session of the run
-    bar = tqdm(total=total_steps * config.batch_size, initial=step * config.batch_size, unit="img",
-               unit_scale=True, desc="dcgan", dynamic_ncols=True, disable=None)
-    pending: list[torch.Tensor] = []  # per-step metrics not yet written
+        def flush_steps() -> None:
+            if pending:
+                values = torch.stack(pending).cpu().tolist()
+                first = step - len(values) + 1
+                pending.clear()
+                run.log_steps([{"step": first + i, "loss_d": r[0], "loss_g": r[1], "d_real": r[2], "d_fake": r[3]}
+                               for i, r in enumerate(values)], check=("loss_d", "loss_g"))
 
-    def flush_steps() -> None:
-        if not pending:
-            return
-        values = torch.stack(pending).cpu().tolist()
-        first = step - len(values) + 1
-        if not all(math.isfinite(v) for row in values for v in row[:2]):
-            bad = next(first + i for i, row in enumerate(values) if not all(map(math.isfinite, row[:2])))
-            pending.clear()
-            raise TrainingDiverged(
-                f"non-finite loss at step {bad} (epoch {epoch + 1}); the last good checkpoint "
-                f"{run_dir.checkpoint} is kept. Lower --lr or use --precision fp32."
-            )
-        run_dir.log_steps([{"step": first + i, "loss_d": r[0], "loss_g": r[1], "d_real": r[2], "d_fake": r[3]}
-                           for i, r in enumerate(values)])
-        pending.clear()
+        def progress() -> dict:
+            flush_steps()  # the metrics files never lag behind a checkpoint
+            return {"batch": batch, "epoch_sums": sums, "fixed_z": fixed_z}
 
-    # Ctrl-C (SIGINT) asks for a stop at the next step boundary: checkpoint, then exit.
-    stop_requested = {"flag": False}
-
-    def on_sigint(signum, frame):
-        if stop_requested["flag"]:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        stop_requested["flag"] = True
-
-    previous_handler = signal.signal(signal.SIGINT, on_sigint) if _in_main_thread() else None
-    try:
-        while epoch < config.epochs and step < total_steps:
-            order = torch.randperm(n_data, generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
-            order = order.to(device)
-            while batch < steps_per_epoch and step < total_steps:
-                idx = order[batch * config.batch_size:(batch + 1) * config.batch_size]
-                metrics = step_fn(data[idx])
-                pending.append(metrics)
-                sums += metrics.double()
-                batch += 1
-                step += 1
-                if step % config.log_every == 0:
-                    flush_steps()
-                    bar.update(config.log_every * config.batch_size)
-                    bar.set_postfix(epoch=epoch + 1, loss_d=f"{sums[0] / batch:.3f}", loss_g=f"{sums[1] / batch:.3f}")
-                if stop_requested["flag"]:
-                    flush_steps()
-                    checkpoint()
-                    bar.close()
-                    run_dir.close()
-                    print(f"\ninterrupted at step {step}; checkpoint written. Resume with "
-                          f"`genlab run dcgan --out {run_dir.path} --resume`")
-                    raise SystemExit(130)
-            flush_steps()
-            if batch < steps_per_epoch:  # stopped by --max-steps inside the epoch
-                break
-            mean = (sums / batch).tolist()
-            row = {"epoch": epoch + 1, "loss_d": mean[0], "loss_g": mean[1], "d_real": mean[2], "d_fake": mean[3],
-                   "steps": step, "seconds": time.time() - start_time}
-            run_dir.log_epoch(row)
-            epoch, batch = epoch + 1, 0
-            sums = torch.zeros(4, dtype=torch.float64, device=device)
-            if epoch in config.grid_epochs or epoch == config.epochs:
-                grid = generate(generator, fixed_z.to(device)).numpy()  # (64, 28, 28) uint8
-                np.save(run_dir.path / "figures" / f"grid_epoch{epoch:03d}.npy", grid)
-                plots.save_image_grid(grid, run_dir.path / "figures" / f"grid_epoch{epoch:03d}.png", 8, 8,
-                                      title=f"DCGAN, FashionMNIST, epoch {epoch}")
-            checkpoint()
-            tqdm.write(f"epoch {epoch}: D {mean[0]:.3f}  G {mean[1]:.3f}  D(x) {mean[2]:.3f}  D(G(z)) {mean[3]:.3f}")
-    finally:
-        bar.close()
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
-    checkpoint()
-    elapsed = time.time() - start_time
-    finish(run_dir, config, generator, fixed_z, device, elapsed)
-    run_dir.close()
-    return run_dir.path
+        total_steps = config.epochs * steps_per_epoch
+        if config.max_steps is not None:
+            total_steps = min(total_steps, config.max_steps)
+        bar = tqdm(total=total_steps * config.batch_size, initial=step * config.batch_size, unit="img",
+                   unit_scale=True, desc="dcgan", dynamic_ncols=True, disable=None)
+        try:
+            while epoch < config.epochs and step < total_steps:
+                order = torch.randperm(n_data, generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+                order = order.to(device)
+                while batch < steps_per_epoch and step < total_steps:
+                    idx = order[batch * config.batch_size:(batch + 1) * config.batch_size]
+                    metrics = step_fn(data[idx])
+                    pending.append(metrics)
+                    sums += metrics.double()
+                    batch += 1
+                    step += 1
+                    if step % config.log_every == 0:
+                        flush_steps()
+                        bar.update(config.log_every * config.batch_size)
+                        bar.set_postfix(epoch=epoch + 1, loss_d=f"{sums[0] / batch:.3f}",
+                                        loss_g=f"{sums[1] / batch:.3f}")
+                    run.step_done(step, epoch, progress)
+                flush_steps()
+                if batch < steps_per_epoch:  # stopped by --max-steps inside the epoch
+                    break
+                mean = (sums / batch).tolist()
+                run.dir.log_epoch({"epoch": epoch + 1, "loss_d": mean[0], "loss_g": mean[1], "d_real": mean[2],
+                                   "d_fake": mean[3], "steps": step, "seconds": run.elapsed_s})
+                epoch, batch = epoch + 1, 0
+                sums = torch.zeros(4, dtype=torch.float64, device=device)
+                if epoch in config.grid_epochs or epoch == config.epochs:
+                    grid = generate(generator, fixed_z.to(device)).numpy()  # (64, 28, 28) uint8
+                    np.save(run.path / "figures" / f"grid_epoch{epoch:03d}.npy", grid)
+                    plots.save_image_grid(grid, run.path / "figures" / f"grid_epoch{epoch:03d}.png", 8, 8,
+                                          title=f"DCGAN, FashionMNIST, epoch {epoch}")
+                run.checkpoint(step, epoch, progress())
+                tqdm.write(f"epoch {epoch}: D {mean[0]:.3f}  G {mean[1]:.3f}  D(x) {mean[2]:.3f}  "
+                           f"D(G(z)) {mean[3]:.3f}")
+        finally:
+            bar.close()
+        run.checkpoint(step, epoch, progress())
+        finish(run.dir, config, generator, fixed_z, device, run.elapsed_s)
+    return run.path
 
 
 # ---------------------------------------------------------------------------------------
@@ -508,14 +459,6 @@ def run(config: DCGANConfig) -> Path:
 def _read_steps(run_dir: RunDir) -> list[dict]:
     path = run_dir.path / "metrics" / "steps.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
-
-
-def _moving_average(values: list[float], window: int) -> list[float]:
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v - (values[i - window] if i >= window else 0.0)
-        out.append(total / min(i + 1, window))
-    return out
 
 
 def plot_run(run_dir: RunDir) -> list[Path]:
@@ -528,8 +471,8 @@ def plot_run(run_dir: RunDir) -> list[Path]:
         x = [r["step"] for r in steps]
         window = max(1, min(200, len(steps) // 10))
         out.append(plots.plot_curves(
-            x, {"discriminator": _moving_average([r["loss_d"] for r in steps], window),
-                "generator": _moving_average([r["loss_g"] for r in steps], window)},
+            x, {"discriminator": plots.moving_average([r["loss_d"] for r in steps], window),
+                "generator": plots.moving_average([r["loss_g"] for r in steps], window)},
             figs / "losses_steps.png", "optimiser step", "loss (nats)",
             f"DCGAN losses per step (moving average over {window})"))
     if rows:
@@ -564,48 +507,68 @@ def evaluate_generator(generator: Generator, device: torch.device, seed: int, n:
     return image_quality(fake, real, dataset, device=device)
 
 
-def write_summary(run_dir: RunDir, config: DCGANConfig, metrics: dict | None, elapsed: float | None) -> Path:
-    rows = {int(r["epoch"]): r for r in run_dir.read_epochs()}
-    lines = [f"# DCGAN on FashionMNIST: `{run_dir.path.name}`", "",
-             f"seed {config.seed}, batch {config.batch_size}, lr {config.lr}, {len(rows)} of {config.epochs} epochs"
-             + (f", {elapsed / 60:.1f} min" if elapsed else ""), "",
-             "| epoch | D loss | G loss | D(x) | D(G(z)) | ref D loss | ref G loss |", "|---|---|---|---|---|---|---|"]
-    for e in sorted(set(rows) | set(REFERENCE_LOSSES)):
-        r = rows.get(e)
-        ref = REFERENCE_LOSSES.get(e, ("", ""))
-        cells = [f"{r[k]:.3f}" for k in ("loss_d", "loss_g", "d_real", "d_fake")] if r else ["", "", "", ""]
-        if r is None and e not in REFERENCE_LOSSES:
-            continue
-        if e in REFERENCE_LOSSES or e in (1, len(rows)) or e % 10 == 0:
-            lines.append(f"| {e} | " + " | ".join(cells) + f" | {ref[0]} | {ref[1]} |")
-    if metrics:
-        lines += ["", f"FID {metrics['fid']:.3f}, KID {metrics['kid_mean']:.5f} +/- {metrics['kid_std']:.5f}, "
-                      f"classifier IS {metrics['inception_score']:.3f} +/- {metrics['inception_score_std']:.3f} "
-                      f"({metrics['n_generated']} generated vs {metrics['n_real']} test images).",
-                  f"Extractor: {metrics['extractor']}."]
-    figures = sorted(p.name for p in (run_dir.path / "figures").glob("*.png"))
-    lines += ["", "Figures: " + ", ".join(f"[{f}](figures/{f})" for f in figures)]
-    path = run_dir.path / "summary.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+def make_record(epochs: list[dict], quality: dict | None, train_seconds: float | None,
+                eval_seconds: float | None, figures: list[Figure]) -> Record:
+    """The run's record: FID/KID/IS (when evaluated), the last epoch's losses and mean
+    discriminator outputs against the SPEC §1 reference of that epoch (where the reference has
+    one), and the per-epoch table."""
+    metrics = quality_metrics(quality) if quality else []
+    notes = [f"Extractor: {quality['extractor']}."] if quality else []
+    last = epochs[-1] if epochs else None
+    if last is not None:
+        e = int(last["epoch"])
+        note = f"epoch {e}; a correct PyTorch solution, batch 64, seed 42"
+        ref_losses = REFERENCE_LOSSES.get(e)
+        for i, (key, what) in enumerate((("loss_d", "discriminator"), ("loss_g", "generator"))):
+            ref = Reference(ref_losses[i], section="§1", note=note) if ref_losses else None
+            metrics.append(Metric(key, last[key], "nats", lower_is_better=None, reference=ref, headline=True,
+                                  description=f"{what} loss, mean over epoch {e}"))
+        for key, what in (("d_real", "D(x)"), ("d_fake", "D(G(z))")):
+            ref = Reference(REFERENCE_FINAL_D[key], section="§1", note=note) if e == 50 else None
+            metrics.append(Metric(key, last[key], lower_is_better=None, reference=ref,
+                                  description=f"mean {what}, epoch {e}"))
+    else:
+        notes.append("Stopped by --max-steps before the first epoch ended: no per-epoch losses "
+                     "(metrics/steps.jsonl has the per-step ones).")
+    rows = {int(r["epoch"]): r for r in epochs}
+    shown = sorted(e for e in set(rows) | set(REFERENCE_LOSSES)
+                   if e in REFERENCE_LOSSES or e in (1, len(rows)) or e % 10 == 0)
+    table = Table("losses per epoch", ["epoch", "D loss", "G loss", "D(x)", "D(G(z))", "ref D loss", "ref G loss"],
+                  [[e, *(rows[e][k] if e in rows else None for k in ("loss_d", "loss_g", "d_real", "d_fake")),
+                    *REFERENCE_LOSSES.get(e, (None, None))] for e in shown],
+                  "Epoch means in nats; the reference is a correct PyTorch solution (batch 64, seed 42).")
+    return Record("dcgan", "DCGAN on FashionMNIST", "§1", metrics=metrics, tables=[table], figures=figures,
+                  train_seconds=train_seconds, eval_seconds=eval_seconds, notes=notes,
+                  extra={"final_epoch": last, "quality": quality,
+                         "reference": {"losses": REFERENCE_LOSSES, **REFERENCE_FINAL_D}})
+
+
+FIGURE_CAPTIONS = {
+    "grid_epoch": "64 samples from one fixed noise batch",
+    "grid_final": "64 samples from the fixed noise batch at the end of the run",
+    "losses_steps": "discriminator and generator loss per optimiser step (moving average)",
+    "losses": "discriminator and generator loss per epoch, with the SPEC §1 reference points",
+    "d_outputs": "mean D(x) and D(G(z)) per epoch",
+}
 
 
 def finish(run_dir: RunDir, config: DCGANConfig, generator: Generator, fixed_z: torch.Tensor,
            device: torch.device, elapsed: float | None) -> dict | None:
-    """Figures, FID/KID/IS and summary.md at the end of a run (also used by ``genlab eval``)."""
+    """Figures, FID/KID/IS, metrics.json and summary.md at the end of a run (also used by
+    ``genlab eval``). Returns the FID/KID/IS dict, or None when ``fid_samples`` is 0."""
     plot_run(run_dir)
     last = sorted((run_dir.path / "figures").glob("grid_epoch*.png"))
     if not last:  # a run stopped by --max-steps before an epoch ended still shows its samples
         plots.save_image_grid(generate(generator, fixed_z.to(device)).numpy(),
                               run_dir.path / "figures" / "grid_final.png", 8, 8, title="DCGAN, end of run")
-    metrics = None
+    metrics, eval_seconds = None, None
     if config.fid_samples > 0:
+        start = time.time()
         metrics = evaluate_generator(generator, device, config.seed, config.fid_samples, config.data_dir)
         metrics.update(n_generated=config.fid_samples, n_real=10000)
-    run_dir.write_json("metrics.json", {"final_epoch": run_dir.read_epochs()[-1] if run_dir.read_epochs() else None,
-                                        "quality": metrics, "elapsed_s": elapsed,
-                                        "reference": {"losses": REFERENCE_LOSSES, **REFERENCE_FINAL_D}})
-    write_summary(run_dir, config, metrics, elapsed)
+        eval_seconds = time.time() - start
+    run_dir.write_record(make_record(run_dir.read_epochs(), metrics, elapsed, eval_seconds,
+                                     run_dir.figures(FIGURE_CAPTIONS)))
     return metrics
 
 
@@ -613,22 +576,22 @@ def restore_generator(run_path: Path, device: torch.device) -> tuple[dict, Gener
     """The last checkpoint of a run (dcgan or gan: same generator) and its generator on ``device``.
 
     Returns (checkpoint dict, :class:`Generator` with the saved weights, in training mode).
+    Raises GenlabError for a checkpoint of another schema or of neither experiment.
     """
-    ckpt = load_checkpoint(Path(run_path) / "checkpoints" / "last.pt", device)
+    path = Path(run_path) / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(path, device)
+    check_checkpoint(ckpt, "gan" if ckpt.get("experiment") == "gan" else "dcgan", path)  # the two share it
     cfg = ckpt["config"]
     generator = Generator(cfg["latent_dim"], cfg["leaky_slope"]).to(device)
-    generator.load_state_dict(ckpt["generator"])
+    generator.load_state_dict(ckpt["states"]["generator"])
     return ckpt, generator
 
 
-def evaluate_run(run_path: Path, experiment: str, config_cls: type, finish_fn, elapsed_key: str):
+def evaluate_run(run_path: Path, experiment: str, config_cls: type, finish_fn):
     """``genlab eval`` of a dcgan-style run: restore its generator and config from the last
     checkpoint, then ``finish_fn(run_dir, config, generator, fixed_z, device, elapsed)``, which
     writes figures, metrics.json and summary.md and returns the metrics. FID/KID/IS are
     computed on the run's ``fid_samples`` images, 10,000 where the run skipped them.
-
-    ``elapsed_key``: the checkpoint's key of the training seconds (``elapsed`` in dcgan,
-    ``elapsed_s`` in gan); missing -> None.
     """
     device = resolve_device("auto")
     ckpt, generator = restore_generator(run_path, device)
@@ -637,14 +600,14 @@ def evaluate_run(run_path: Path, experiment: str, config_cls: type, finish_fn, e
     if config.fid_samples == 0:
         config.fid_samples = 10000
     run_dir = RunDir(experiment, config, device)
-    metrics = finish_fn(run_dir, config, generator, ckpt["fixed_z"], device, ckpt.get(elapsed_key))
+    metrics = finish_fn(run_dir, config, generator, ckpt["progress"]["fixed_z"], device, ckpt["elapsed_s"])
     run_dir.close()
     return metrics
 
 
 def evaluate(run_path: Path) -> dict:
     """``genlab eval RUN_DIR``: FID/KID/IS written into metrics.json and summary.md."""
-    return evaluate_run(run_path, "dcgan", DCGANConfig, finish, "elapsed")
+    return evaluate_run(run_path, "dcgan", DCGANConfig, finish)
 
 
 def sample(run_path: Path, n: int, seed: int = 0) -> np.ndarray:
@@ -655,12 +618,6 @@ def sample(run_path: Path, n: int, seed: int = 0) -> np.ndarray:
     return generate(generator, z).numpy()
 
 
-def bench(argv: list[str]) -> dict:
-    from genlab.benchmarks import dcgan as bench_dcgan
-
-    return bench_dcgan.main(argv)
-
-
 EXPERIMENT = Experiment(
     name="dcgan",
     summary="SPEC §1: DCGAN on FashionMNIST (50 epochs, batch 64, Adam 1e-4), FID/KID at the end",
@@ -668,5 +625,4 @@ EXPERIMENT = Experiment(
     run=run,
     evaluate=evaluate,
     sample=sample,
-    bench=bench,
 )

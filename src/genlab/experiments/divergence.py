@@ -40,8 +40,10 @@ from torch.distributions import Categorical, MixtureSameFamily, Normal, Uniform,
 
 from genlab import plots
 from genlab.engine import RunConfig, RunDir, seed_everything
+from genlab.errors import ConfigError
 from genlab.experiments import Experiment
-from genlab.tables import fmt, markdown_table, write_csv
+from genlab.record import Figure, Metric, Record, Reference, Table
+from genlab.tables import fmt, write_csv
 
 
 @dataclass
@@ -70,13 +72,13 @@ class DivergenceConfig(RunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not len(self.modes) == len(self.mode_stds) == len(self.weights) or not self.modes:
-            raise ValueError("--modes, --mode-stds and --weights need the same number (>= 1) of values")
+            raise ConfigError("--modes, --mode-stds and --weights need the same number (>= 1) of values")
         if min(self.mode_stds) <= 0 or min(self.weights) < 0 or sum(self.weights) <= 0:
-            raise ValueError("--mode-stds must be > 0 and --weights >= 0 with a positive sum")
+            raise ConfigError("--mode-stds must be > 0 and --weights >= 0 with a positive sum")
         if self.steps < 1 or self.batch_size < 2 or self.p_samples < 2:
-            raise ValueError("--steps must be >= 1, --batch-size and --p-samples >= 2")
+            raise ConfigError("--steps must be >= 1, --batch-size and --p-samples >= 2")
         if self.lr <= 0 or self.init_std <= 0:
-            raise ValueError("--lr and --init-std must be > 0")
+            raise ConfigError("--lr and --init-std must be > 0")
 
 
 # ---------------------------------------------------------------------------------------
@@ -301,33 +303,47 @@ def plot_training(rows: list[dict], targets: dict[str, tuple[float, float]], pat
 # The run
 # ---------------------------------------------------------------------------------------
 
-def write_summary(run_dir: RunDir, config: DivergenceConfig, m: dict, elapsed: float) -> Path:
+def make_record(m: dict, elapsed: float, figures: list[Figure]) -> Record:
+    """The run's record: KL(P‖Q) of the uniforms against its closed form log 4 (SPEC §11), and
+    the KL the two Gaussian fits reach against their optima computed in this run (moment matching
+    for the forward KL, L-BFGS on quadrature for the reverse KL); both as tables."""
     u, g = m["uniform"], m["gaussian_fit"]
-    lines = [f"# Forward vs reverse KL (SPEC §11): `{run_dir.path.name}`", "", f"{elapsed:.1f} s", "",
-             "## P = U[0, 1], Q = U[-2, 2]", ""]
-    lines += markdown_table(["quantity", "closed form", "torch.distributions", "quadrature (scipy)", "Monte Carlo"],
-                            [("KL(P‖Q)", u["log4"], u["torch_pq"], u["quad_pq"], u["mc_pq"]),
-                             ("KL(Q‖P)", float("inf"), u["torch_qp"],
-                              f"≥ {fmt(max(u['quad_qp_floor'].values()))} at eps = 1e-298, slope "
-                              f"{u['floor_slope']:.4f} (closed form {u['q_mass_outside']:.4f})", u["mc_qp"])], digits=10)
-    lines += ["", f"## Gaussian Q fitted to P = {m['p']}", ""]
-    rows = [("forward KL (Adam on samples)", g["forward"]["mean"], g["forward"]["std"], g["forward"]["kl_pq"],
-             g["forward"]["kl_qp"]),
-            ("moment matching (closed form)", g["moment_matching"]["mean"], g["moment_matching"]["std"],
-             g["moment_matching"]["kl_pq"], g["moment_matching"]["kl_qp"]),
-            ("sample moments of the data", g["sample_moments"]["mean"], g["sample_moments"]["std"], "", ""),
-            ("reverse KL (Adam, reparameterised)", g["reverse"]["mean"], g["reverse"]["std"], g["reverse"]["kl_pq"],
-             g["reverse"]["kl_qp"]),
-            ("reverse KL (L-BFGS on quadrature)", g["reverse_reference"]["mean"], g["reverse_reference"]["std"],
-             g["reverse_reference"]["kl_pq"], g["reverse_reference"]["kl_qp"])]
-    lines += markdown_table(["fit", "mean", "std", "KL(P‖Q) nats", "KL(Q‖P) nats"], rows, digits=5)
-    lines += ["", f"The reverse-KL fit sits on the mode at {g['reverse']['nearest_mode']:g} "
-                  f"(std {g['reverse']['nearest_mode_std']:g})."]
-    figures = sorted(p.name for p in (run_dir.path / "figures").glob("*.png"))
-    lines += ["", "Figures: " + ", ".join(f"[{f}](figures/{f})" for f in figures)]
-    path = run_dir.path / "summary.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    log4 = Reference(u["log4"], section="§11", note="closed form")
+    metrics = [
+        Metric("kl_pq_uniform", u["torch_pq"], "nats", reference=log4, tolerance=1e-9, headline=True,
+               description="KL(U[0, 1] ‖ U[-2, 2]) by torch.distributions"),
+        Metric("kl_pq_uniform_monte_carlo", u["mc_pq"], "nats", reference=log4,
+               description="the same KL, Monte-Carlo estimate"),
+        Metric("forward_kl_fit", g["forward"]["kl_pq"], "nats", lower_is_better=True,
+               reference=Reference(g["moment_matching"]["kl_pq"], note="moment matching (its optimum), this run"),
+               description="KL(P ‖ Q) of the Gaussian fitted by minimising it (Adam on samples)"),
+        Metric("reverse_kl_fit", g["reverse"]["kl_qp"], "nats", lower_is_better=True, headline=True,
+               reference=Reference(g["reverse_reference"]["kl_qp"], note="L-BFGS on quadrature, this run"),
+               description=f"KL(Q ‖ P) of the Gaussian fitted by minimising it (reparameterised Adam); it sits on "
+                           f"the mode at {g['reverse']['nearest_mode']:g} (std {g['reverse']['nearest_mode_std']:g})"),
+    ]
+    floor = max(v for v in u["quad_qp_floor"].values() if isinstance(v, float))
+    uniform = Table("P = U[0, 1], Q = U[-2, 2]", ["quantity", "closed form", "torch.distributions",
+                                                 "quadrature (scipy)", "Monte Carlo"],
+                    [["KL(P‖Q)", u["log4"], u["torch_pq"], u["quad_pq"], u["mc_pq"]],
+                     ["KL(Q‖P)", "∞", str(u["torch_qp"]),
+                      f"≥ {fmt(floor)} at eps = 1e-298, slope {u['floor_slope']:.4f} "
+                      f"(closed form {u['q_mass_outside']:.4f})", str(u["mc_qp"])]], "Nats.")
+    fits = Table(f"Gaussian Q fitted to P = {m['p']}", ["fit", "mean", "std", "KL(P‖Q) nats", "KL(Q‖P) nats"],
+                 [["forward KL (Adam on samples)", *(g["forward"][k] for k in ("mean", "std", "kl_pq", "kl_qp"))],
+                  ["moment matching (closed form)", *(g["moment_matching"][k] for k in ("mean", "std", "kl_pq",
+                                                                                        "kl_qp"))],
+                  ["sample moments of the data", g["sample_moments"]["mean"], g["sample_moments"]["std"], None, None],
+                  ["reverse KL (Adam, reparameterised)", *(g["reverse"][k] for k in ("mean", "std", "kl_pq", "kl_qp"))],
+                  ["reverse KL (L-BFGS on quadrature)", *(g["reverse_reference"][k] for k in ("mean", "std", "kl_pq",
+                                                                                               "kl_qp"))]])
+    return Record("divergence", "Forward vs reverse KL", "§11", metrics=metrics, tables=[uniform, fits],
+                  figures=figures, train_seconds=elapsed, extra=m)
+
+
+FIGURE_CAPTIONS = {"uniform_kl": "KL between the uniforms: closed form, quadrature with a floor, Monte Carlo",
+                   "fits": "the forward- and reverse-KL Gaussian fits against the bimodal P",
+                   "training": "the fits' mean, std and KL during training, with their optima"}
 
 
 def run(config: DivergenceConfig) -> Path:
@@ -368,11 +384,11 @@ def run(config: DivergenceConfig) -> Path:
     plot_training(rows, {"forward": moments, "reverse": reference}, figures / "training.png")
     w = np.array(config.weights) / sum(config.weights)
     description = " + ".join(f"{wi:g} N({m:g}, {s:g}²)" for wi, m, s in zip(w, config.modes, config.mode_stds))
-    uniform_json = {**uniform, "quad_qp_floor": {f"{k:.0e}": v for k, v in uniform["quad_qp_floor"].items()}}
-    metrics = {"uniform": uniform_json, "p": description, "gaussian_fit": gaussian, "steps": steps,
-               "elapsed_s": time.time() - start_time}
-    run_dir.write_json("metrics.json", metrics)
-    write_summary(run_dir, config, {**metrics, "uniform": uniform}, metrics["elapsed_s"])
+    # JSON has no infinity: an infinite KL is written as the string "inf" (float("inf") reads it back)
+    uniform_json = {k: "inf" if isinstance(v, float) and math.isinf(v) else v for k, v in uniform.items()}
+    uniform_json["quad_qp_floor"] = {f"{k:.0e}": v for k, v in uniform["quad_qp_floor"].items()}
+    metrics = {"uniform": uniform_json, "p": description, "gaussian_fit": gaussian, "steps": steps}
+    run_dir.write_record(make_record(metrics, time.time() - start_time, run_dir.figures(FIGURE_CAPTIONS)))
     run_dir.close()
     return run_dir.path
 

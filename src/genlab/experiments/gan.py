@@ -24,7 +24,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -33,19 +33,21 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from genlab import plots
-from genlab.engine import (RunConfig, RunDir, TrainingDiverged, autocast_for, config_to_dict, load_checkpoint,
-                           resolve_device, rng_state, save_checkpoint, seed_everything, set_rng_state)
+from genlab.engine import EpochsConfig, Run, RunDir, autocast_for, resolve_device, seed_everything
+from genlab.errors import ConfigError
 from genlab.experiments import Experiment, dcgan
-from genlab.experiments.dcgan import (Discriminator, Generator, _moving_average, build,
+from genlab.experiments.dcgan import (Discriminator, Generator, build,
                                       discriminator_loss, evaluate_run, generate, sample)
 from genlab.experiments.dcgan import generator_loss as non_saturating_generator_loss
+from genlab.quality import quality_metrics
+from genlab.record import Figure, Metric, Record, Table
 
 DATASET = "mnist"
 GeneratorLoss = Literal["non-saturating", "minimax"]
 
 
 @dataclass
-class GANConfig(RunConfig):
+class GANConfig(EpochsConfig):
     """SPEC §2: §1's networks and optimisers on MNIST, with a choice of generator loss."""
 
     generator_loss: GeneratorLoss = "non-saturating"
@@ -81,20 +83,22 @@ class GANConfig(RunConfig):
     subset: int | None = None
     """Train on the first N training images only (quick looks and tests)."""
 
+    CONTINUABLE: ClassVar[tuple[str, ...]] = EpochsConfig.CONTINUABLE + ("fid_samples", "log_every")
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.generator_loss not in GENERATOR_LOSSES:
-            raise ValueError(f"--generator-loss must be one of {sorted(GENERATOR_LOSSES)}, got {self.generator_loss!r}")
+            raise ConfigError(f"--generator-loss must be one of {sorted(GENERATOR_LOSSES)}, got {self.generator_loss!r}")
         if self.batch_size < 2:
-            raise ValueError(f"--batch-size must be >= 2 (batch norm), got {self.batch_size}")
+            raise ConfigError(f"--batch-size must be >= 2 (batch norm), got {self.batch_size}")
         if self.layout not in ("auto", "contiguous", "channels_last"):
-            raise ValueError(f"--layout must be auto, contiguous or channels_last, got {self.layout!r}")
+            raise ConfigError(f"--layout must be auto, contiguous or channels_last, got {self.layout!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
+            raise ConfigError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.subset is not None and self.subset < self.batch_size:
-            raise ValueError(f"--subset must be >= --batch-size ({self.batch_size}), got {self.subset}")
+            raise ConfigError(f"--subset must be >= --batch-size ({self.batch_size}), got {self.subset}")
         if self.probe_steps is not None and self.probe_steps < 0:
-            raise ValueError(f"--probe-steps must be >= 0, got {self.probe_steps}")
+            raise ConfigError(f"--probe-steps must be >= 0, got {self.probe_steps}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -177,97 +181,84 @@ def load_images(data_dir: Path | None, split: str, device: torch.device) -> torc
 
 
 def run(config: GANConfig) -> Path:
-    """Train the GAN; returns the run directory. Checkpoints at every epoch end; ``--resume``
-    continues from the last completed epoch."""
+    """Train the GAN; returns the run directory. The run's checkpoint (:class:`genlab.engine.Run`)
+    is written at every epoch end, every few minutes and on Ctrl-C or SIGTERM; ``--resume``
+    continues from it exactly."""
     device = resolve_device(config.device)
-    run_dir = RunDir("gan", config, device)
-    autocast = autocast_for(device, config.precision)
-    data = load_images(config.data_dir, "train", device)[:config.subset]  # (60000, 1, 28, 28)
-    n_data = data.shape[0]
-    steps_per_epoch = n_data // config.batch_size  # full batches only
-    probe_steps = steps_per_epoch if config.probe_steps is None else config.probe_steps
-
+    autocast = autocast_for(device, config.precision)  # may time GEMMs (global RNG): before seeding
     seed_everything(config.seed)
     generator, discriminator, opt_g, opt_d = build(config, device)
-    fixed_z = torch.randn(200, config.latent_dim, generator=torch.Generator().manual_seed(config.seed + 1))
-    epoch, step, elapsed_before = 0, 0, 0.0
-    if config.resume:
-        ckpt = load_checkpoint(run_dir.checkpoint, device)
-        generator.load_state_dict(ckpt["generator"])
-        discriminator.load_state_dict(ckpt["discriminator"])
-        opt_g.load_state_dict(ckpt["opt_g"])
-        opt_d.load_state_dict(ckpt["opt_d"])
-        fixed_z, epoch, step, elapsed_before = ckpt["fixed_z"], ckpt["epoch"], ckpt["step"], ckpt["elapsed_s"]
-        set_rng_state(ckpt["rng"])
-        run_dir.truncate_metrics(step, epoch)
-        print(f"resuming {run_dir.path} after epoch {epoch}, step {step}")
+    with Run("gan", config, device, generator=generator, discriminator=discriminator, opt_g=opt_g,
+             opt_d=opt_d) as run:
+        data = load_images(config.data_dir, "train", device)[:config.subset]  # (60000, 1, 28, 28)
+        n_data = data.shape[0]
+        steps_per_epoch = n_data // config.batch_size  # full batches only
+        probe_steps = steps_per_epoch if config.probe_steps is None else config.probe_steps
+        fixed_z = torch.randn(200, config.latent_dim, generator=torch.Generator().manual_seed(config.seed + 1))
+        epoch, batch, step = 0, 0, 0
+        sums = torch.zeros(len(STEP_KEYS), dtype=torch.float64, device=device)  # the epoch's running sums
+        resumed = run.resume()
+        if resumed:
+            epoch, batch, step = resumed["epoch"], resumed["batch"], resumed["step"]
+            fixed_z, sums = resumed["fixed_z"].cpu(), resumed["epoch_sums"].to(device)
+            run.dir.truncate_metrics(step, epoch)
 
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    start_time = time.time() - elapsed_before
-    bar = tqdm(total=total_steps, initial=step, unit="step", desc=f"gan {config.generator_loss}",
-               dynamic_ncols=True, disable=None)
-    pending: list[torch.Tensor] = []
+        total_steps = config.epochs * steps_per_epoch
+        if config.max_steps is not None:
+            total_steps = min(total_steps, config.max_steps)
+        bar = tqdm(total=total_steps, initial=step, unit="step", desc=f"gan {config.generator_loss}",
+                   dynamic_ncols=True, disable=None)
+        pending: list[torch.Tensor] = []
 
-    def flush_steps() -> None:
-        if not pending:
-            return
-        values = torch.stack(pending).cpu().tolist()
-        first = step - len(values) + 1
-        rows = []
-        for i, r in enumerate(values):
-            if not (math.isfinite(r[0]) and math.isfinite(r[1])):
+        def flush_steps() -> None:
+            if pending:
+                values = torch.stack(pending).cpu().tolist()
+                first = step - len(values) + 1
                 pending.clear()
-                raise TrainingDiverged(f"non-finite loss at step {first + i}; the last good checkpoint "
-                                       f"{run_dir.checkpoint} is kept. Lower --lr or use --precision fp32.")
-            rows.append({"step": first + i, **{k: v for k, v in zip(STEP_KEYS, r) if math.isfinite(v)}})
-        run_dir.log_steps(rows)
-        pending.clear()
+                run.log_steps([{"step": first + i, **{k: v for k, v in zip(STEP_KEYS, r)
+                                                      if math.isfinite(v) or k in ("loss_d", "loss_g")}}
+                               for i, r in enumerate(values)], check=("loss_d", "loss_g"))
 
-    def checkpoint() -> None:
-        save_checkpoint(run_dir.checkpoint, {
-            "config": config_to_dict(config), "generator": generator.state_dict(),
-            "discriminator": discriminator.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-            "fixed_z": fixed_z, "epoch": epoch, "step": step, "elapsed_s": time.time() - start_time,
-            "rng": rng_state()})
+        def progress() -> dict:
+            flush_steps()  # the metrics files never lag behind a checkpoint
+            return {"batch": batch, "epoch_sums": sums, "fixed_z": fixed_z}
 
-    try:
-        while epoch < config.epochs and step < total_steps:
-            order = torch.randperm(n_data, generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
-            order = order.to(device)
-            sums = torch.zeros(len(STEP_KEYS), dtype=torch.float64, device=device)
-            batch = 0
-            while batch < steps_per_epoch and step < total_steps:
-                idx = order[batch * config.batch_size:(batch + 1) * config.batch_size]
-                metrics = train_step(generator, discriminator, opt_g, opt_d, data[idx], autocast,
-                                     config.generator_loss, probe=step < probe_steps)
-                pending.append(metrics)
-                sums += metrics.double()
-                batch += 1
-                step += 1
-                if step % config.log_every == 0:
-                    flush_steps()
-                    bar.update(config.log_every)
-                    bar.set_postfix(epoch=epoch + 1, loss_d=f"{sums[0] / batch:.3f}", loss_g=f"{sums[1] / batch:.3f}")
-            flush_steps()
-            if batch < steps_per_epoch:  # stopped by --max-steps inside the epoch
-                break
-            mean = dict(zip(STEP_KEYS, (sums / batch).tolist()))
-            grad_key = PROBE_KEYS[config.generator_loss]
-            run_dir.log_epoch({"epoch": epoch + 1, "loss_d": mean["loss_d"], "loss_g": mean["loss_g"],
-                               "d_real": mean["d_real"], "d_fake": mean["d_fake"], "grad_norm_g": mean[grad_key],
-                               "steps": step, "seconds": time.time() - start_time})
-            epoch += 1
-            checkpoint()
-            tqdm.write(f"epoch {epoch}: D {mean['loss_d']:.3f}  G {mean['loss_g']:.3f}  D(x) {mean['d_real']:.3f}  "
-                       f"D(G(z)) {mean['d_fake']:.3f}  |grad G| {mean[grad_key]:.3g}")
-    finally:
-        bar.close()
-    checkpoint()
-    finish(run_dir, config, generator, fixed_z, device, time.time() - start_time)
-    run_dir.close()
-    return run_dir.path
+        try:
+            while epoch < config.epochs and step < total_steps:
+                order = torch.randperm(n_data, generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+                order = order.to(device)
+                while batch < steps_per_epoch and step < total_steps:
+                    idx = order[batch * config.batch_size:(batch + 1) * config.batch_size]
+                    metrics = train_step(generator, discriminator, opt_g, opt_d, data[idx], autocast,
+                                         config.generator_loss, probe=step < probe_steps)
+                    pending.append(metrics)
+                    sums += metrics.double()
+                    batch += 1
+                    step += 1
+                    if step % config.log_every == 0:
+                        flush_steps()
+                        bar.update(config.log_every)
+                        bar.set_postfix(epoch=epoch + 1, loss_d=f"{sums[0] / batch:.3f}",
+                                        loss_g=f"{sums[1] / batch:.3f}")
+                    run.step_done(step, epoch, progress)
+                flush_steps()
+                if batch < steps_per_epoch:  # stopped by --max-steps inside the epoch
+                    break
+                mean = dict(zip(STEP_KEYS, (sums / batch).tolist()))
+                grad_key = PROBE_KEYS[config.generator_loss]
+                run.dir.log_epoch({"epoch": epoch + 1, "loss_d": mean["loss_d"], "loss_g": mean["loss_g"],
+                                   "d_real": mean["d_real"], "d_fake": mean["d_fake"], "grad_norm_g": mean[grad_key],
+                                   "steps": step, "seconds": run.elapsed_s})
+                epoch, batch = epoch + 1, 0
+                sums = torch.zeros(len(STEP_KEYS), dtype=torch.float64, device=device)
+                run.checkpoint(step, epoch, progress())
+                tqdm.write(f"epoch {epoch}: D {mean['loss_d']:.3f}  G {mean['loss_g']:.3f}  D(x) {mean['d_real']:.3f}  "
+                           f"D(G(z)) {mean['d_fake']:.3f}  |grad G| {mean[grad_key]:.3g}")
+        finally:
+            bar.close()
+        run.checkpoint(step, epoch, progress())
+        finish(run.dir, config, generator, fixed_z, device, run.elapsed_s)
+    return run.path
 
 
 # ---------------------------------------------------------------------------------------
@@ -316,8 +307,8 @@ def plot_run(run_dir: RunDir, config: GANConfig) -> None:
     if steps:
         window = max(1, min(200, len(steps) // 10))
         plots.plot_curves([r["step"] for r in steps],
-                          {"discriminator": _moving_average([r["loss_d"] for r in steps], window),
-                           f"generator ({name})": _moving_average([r["loss_g"] for r in steps], window)},
+                          {"discriminator": plots.moving_average([r["loss_d"] for r in steps], window),
+                           f"generator ({name})": plots.moving_average([r["loss_g"] for r in steps], window)},
                           figs / "losses_steps.png", "optimiser step", "loss (nats)",
                           f"GAN ({name}) losses per step (moving average over {window})")
         plot_gradient_norms(steps, figs / "grad_norms.png",
@@ -364,42 +355,51 @@ def finish(run_dir: RunDir, config: GANConfig, generator: Generator, fixed_z: to
     samples = generate(generator, fixed_z.to(device)).numpy()  # (200, 28, 28) uint8
     plots.save_image_grid(samples, run_dir.path / "figures" / "samples_10x20.png", 10, 20,
                           title=f"GAN ({config.generator_loss}), MNIST, 200 samples")
-    quality = None
+    quality, eval_seconds = None, None
     if config.fid_samples > 0:
+        start = time.time()
         quality = evaluate_generator(generator, device, config.seed, config.fid_samples, config.data_dir)
         quality.update(n_generated=config.fid_samples, n_real=10000)
+        eval_seconds = time.time() - start
     epochs = run_dir.read_epochs()
     metrics = {"generator_loss": config.generator_loss, "final_epoch": epochs[-1] if epochs else None,
-               "quality": quality, "gradients": gradient_summary(read_steps(run_dir.path)), "elapsed_s": elapsed}
-    run_dir.write_json("metrics.json", metrics)
-    write_summary(run_dir, config, metrics)
+               "quality": quality, "gradients": gradient_summary(read_steps(run_dir.path))}
+    run_dir.write_record(make_record(config.generator_loss, epochs, metrics, elapsed, eval_seconds,
+                                     run_dir.figures(FIGURE_CAPTIONS)))
     return metrics
 
 
-def write_summary(run_dir: RunDir, config: GANConfig, metrics: dict) -> Path:
-    rows = run_dir.read_epochs()
-    elapsed = metrics.get("elapsed_s")
-    lines = [f"# GAN ({config.generator_loss} generator loss) on MNIST: `{run_dir.path.name}`", "",
-             f"seed {config.seed}, batch {config.batch_size}, lr {config.lr}, {len(rows)} of {config.epochs} epochs"
-             + (f", {elapsed / 60:.1f} min" if elapsed else ""), "",
-             "| epoch | D loss | G loss | D(x) | D(G(z)) | generator gradient norm |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {int(r['epoch'])} | {r['loss_d']:.3f} | {r['loss_g']:.3f} | {r['d_real']:.3f} | "
-                     f"{r['d_fake']:.3f} | {r['grad_norm_g']:.3g} |")
+FIGURE_CAPTIONS = {
+    "samples_10x20": "200 samples from one fixed noise batch, tiled 10 x 20",
+    "losses_steps": "discriminator and generator loss per optimiser step (moving average)",
+    "losses": "discriminator and generator loss per epoch",
+    "d_outputs": "mean D(x) and D(G(z)) per epoch",
+    "grad_norms": "generator gradient norms of both losses at the same parameters (log scale), and D(G(z))",
+}
+
+
+def make_record(generator_loss: str, epochs: list[dict], metrics: dict, train_seconds: float | None,
+                eval_seconds: float | None, figures: list[Figure]) -> Record:
+    """The run's record: FID/KID/IS (when evaluated), the probed generator gradient norms of both
+    losses (the vanishing minimax gradient, SPEC §2), the last epoch's losses, the per-epoch table."""
+    quality = metrics["quality"]
+    out = quality_metrics(quality) if quality else []
+    notes = [f"Extractor: {quality['extractor']}."] if quality else []
     for label, g in metrics["gradients"].items():
-        lines += ["", f"Generator gradient norms, mean over the {label.replace('_', ' ')} ({g['steps']} steps, "
-                      f"mean D(G(z)) {g['d_fake_g']:.3f}): non-saturating {g['grad_norm_non_saturating']:.3g}, "
-                      f"minimax {g['grad_norm_minimax']:.3g}."]
-    q = metrics["quality"]
-    if q:
-        lines += ["", f"FID {q['fid']:.3f}, KID {q['kid_mean']:.5f} +/- {q['kid_std']:.5f}, classifier IS "
-                      f"{q['inception_score']:.3f} +/- {q['inception_score_std']:.3f} ({q['n_generated']} generated "
-                      f"vs {q['n_real']} test images).", f"Extractor: {q['extractor']}."]
-    figures = sorted(p.name for p in (run_dir.path / "figures").glob("*.png"))
-    lines += ["", "Figures: " + ", ".join(f"[{f}](figures/{f})" for f in figures)]
-    path = run_dir.path / "summary.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+        span = label.replace("_", " ")
+        for loss in ("non_saturating", "minimax"):
+            out.append(Metric(f"grad_norm_{loss}_{label}", g[f"grad_norm_{loss}"], headline=label.startswith("first"),
+                              description=f"mean generator gradient norm of the {loss.replace('_', '-')} loss over "
+                                          f"the {span} ({g['steps']} steps, mean D(G(z)) {g['d_fake_g']:.3f})"))
+    if epochs:
+        last = epochs[-1]
+        for key, what in (("loss_d", "discriminator"), ("loss_g", f"generator ({generator_loss})")):
+            out.append(Metric(key, last[key], "nats", description=f"{what} loss, mean over epoch {int(last['epoch'])}"))
+    table = Table("losses per epoch", ["epoch", "D loss", "G loss", "D(x)", "D(G(z))", "generator gradient norm"],
+                  [[int(r["epoch"]), r["loss_d"], r["loss_g"], r["d_real"], r["d_fake"], r["grad_norm_g"]]
+                   for r in epochs], "Epoch means; losses in nats.")
+    return Record("gan", f"GAN ({generator_loss} generator loss) on MNIST", "§2", metrics=out, tables=[table],
+                  figures=figures, train_seconds=train_seconds, eval_seconds=eval_seconds, notes=notes, extra=metrics)
 
 
 def compare_gradient_norms(run_paths: list[Path], path: Path, steps: int | None = None) -> Path:
@@ -435,13 +435,7 @@ def compare_gradient_norms(run_paths: list[Path], path: Path, steps: int | None 
 
 def evaluate(run_path: Path) -> dict:
     """``genlab eval RUN_DIR``: FID/KID/IS on 10,000 samples, rewritten into metrics.json."""
-    return evaluate_run(run_path, "gan", GANConfig, finish, "elapsed_s")
-
-
-def bench(argv: list[str]) -> dict:
-    from genlab.benchmarks import gan as bench_gan
-
-    return bench_gan.main(argv)
+    return evaluate_run(run_path, "gan", GANConfig, finish)
 
 
 EXPERIMENT = Experiment(
@@ -451,5 +445,4 @@ EXPERIMENT = Experiment(
     run=run,
     evaluate=evaluate,
     sample=sample,
-    bench=bench,
 )

@@ -47,8 +47,10 @@ from torch.func import grad, hessian, jacrev, vmap
 
 from genlab import plots
 from genlab.engine import RunConfig, RunDir
+from genlab.errors import ConfigError
 from genlab.experiments import Experiment
-from genlab.tables import fmt, markdown_table, write_csv
+from genlab.record import Figure, Metric, Record, Reference, Table
+from genlab.tables import fmt, write_csv
 
 FUNCTIONS = {"f1": "4*x**2 - 4*y**2", "f2": "(x - 1)*(y - 1)"}
 """The assignment's two functions (SPEC §5), by name."""
@@ -105,21 +107,21 @@ class MinimaxConfig(RunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.functions:
-            raise ValueError("--functions needs at least one function")
+            raise ConfigError("--functions needs at least one function")
         for name in self.functions:
             parse_function(name)  # a bad expression fails here, with its reason
         for method in (*self.methods, self.sweep_method):
             if method not in METHODS:
-                raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+                raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         if self.iterations < 2 or self.sweep_iterations < 2:
-            raise ValueError(f"--iterations and --sweep-iterations must be >= 2, got {self.iterations}, "
+            raise ConfigError(f"--iterations and --sweep-iterations must be >= 2, got {self.iterations}, "
                              f"{self.sweep_iterations}")
         if self.sweep_points < 0 or self.sweep_max <= 0:
-            raise ValueError("--sweep-points must be >= 0 and --sweep-max > 0")
+            raise ConfigError("--sweep-points must be >= 0 and --sweep-max > 0")
         if self.box <= 0:
-            raise ValueError(f"--box must be > 0, got {self.box}")
+            raise ConfigError(f"--box must be > 0, got {self.box}")
         if not 0 <= self.marginal < 1:
-            raise ValueError(f"--marginal must be in [0, 1), got {self.marginal}")
+            raise ConfigError(f"--marginal must be in [0, 1), got {self.marginal}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -600,43 +602,61 @@ def run_function(name: str, label: str, config: MinimaxConfig, run_dir: RunDir, 
     return result
 
 
-def write_summary(run_dir: RunDir, results: dict, elapsed: float) -> Path:
-    lines = [f"# Gradient descent-ascent dynamics (SPEC §5): `{run_dir.path.name}`", "", f"{elapsed:.1f} s", ""]
+def make_record(results: dict, elapsed: float, figures: list[Figure]) -> Record:
+    """The run's record: per function and method the observed contraction rate of the distance
+    to the target point, against the closed-form rate of SPEC §5 where there is one (the rates
+    of simultaneous GDA are the headline); the step-size sweep's agreement; per function the
+    stationary points, the methods and the sweep's diagonal as tables."""
+    metrics, tables, notes = [], [], []
     for label, r in results.items():
-        lines += [f"## {label}: f(x, y) = {r['expression']}", "",
-                  f"eta_x = {r['eta_x']:g}, eta_y = {r['eta_y']:g}, start {tuple(r['start'])}, "
-                  f"{r['iterations']} iterations.", "", "Stationary points (gradient and Hessian by autograd):", ""]
-        lines += markdown_table(["x", "y", "|grad f|", "Hessian eigenvalues", "type"],
-                                [(p["x"], p["y"], p["gradient_norm"], ", ".join(fmt(v) for v in p["hessian_eigenvalues"]),
-                                  p["type"]) for p in r["stationary_points"]])
-        lines += ["", f"Distances to ({fmt(r['target']['x'])}, {fmt(r['target']['y'])}):", ""]
-        lines += markdown_table(
-            ["method", "observed rate", "closed-form rate", "linearised rate (autograd)", "final distance",
-             "observed", "predicted"],
-            [(m, v["observed_rate"], "" if v["closed_form_rate"] is None else v["closed_form_rate"],
-              v["linearised_rate"], v["final_distance"], v["observed"], v["predicted"])
-             for m, v in r["methods"].items()], digits=6)
+        for m, v in r["methods"].items():
+            closed = v["closed_form_rate"]
+            metrics.append(Metric(
+                f"rate_{label}_{m}", v["observed_rate"], lower_is_better=None, headline=m == "simultaneous",
+                reference=Reference(closed, section="§5", note="closed form") if closed is not None else None,
+                tolerance=1e-6 * max(1.0, abs(closed)) if closed is not None else None,
+                description=f"{label}, {m}: observed per-step factor of the distance to "
+                            f"({fmt(r['target']['x'])}, {fmt(r['target']['y'])}), eta_x = {r['eta_x']:g}, "
+                            f"eta_y = {r['eta_y']:g} ({v['observed']}; linearised {v['linearised_rate']:.6g})"))
+        tables.append(Table(f"{label}: stationary points", ["x", "y", "|grad f|", "Hessian eigenvalues", "type"],
+                            [[p["x"], p["y"], p["gradient_norm"], ", ".join(fmt(v) for v in p["hessian_eigenvalues"]),
+                              p["type"]] for p in r["stationary_points"]],
+                            f"f(x, y) = {r['expression']}; gradient and Hessian by autograd."))
+        tables.append(Table(f"{label}: methods", ["method", "observed rate", "closed-form rate",
+                                                  "linearised rate (autograd)", "final distance", "observed",
+                                                  "predicted"],
+                            [[m, v["observed_rate"], v["closed_form_rate"], v["linearised_rate"], v["final_distance"],
+                              v["observed"], v["predicted"]] for m, v in r["methods"].items()],
+                            f"Start {tuple(r['start'])}, {r['iterations']} iterations."))
         s = r.get("sweep")
         if s:
+            metrics.append(Metric(f"sweep_agreement_{label}", s["agree"] / s["points"], lower_is_better=False,
+                                  description=f"{label}: share of the {s['points']} sweep points where the observed "
+                                              f"behaviour is the linearised one"))
             counts = "; ".join(f"{k} {s['observed'][k]} observed / {s['predicted'][k]} predicted" for k in BEHAVIOURS)
-            lines += ["", f"Step-size sweep ({s['method']}, {s['grid'][0]}x{s['grid'][1]} grid up to {s['eta_max']:g}, {s['iterations']} iterations, "
-                          f"rates within {r['marginal']:g} of 1 marginal): {counts}. Observed and linearised "
-                          f"behaviour agree on {s['agree']} / {s['points']} points"
-                      + (f", observed and closed form on {s['agree_with_closed_form']} / {s['points']}"
-                         if s["agree_with_closed_form"] is not None else "")
-                      + (f"; analytic convergence region {s['closed_form_region']}" if s["closed_form_region"] else "")
-                      + ".", ""]
+            notes.append(f"{label}: step-size sweep ({s['method']}, {s['grid'][0]}x{s['grid'][1]} grid up to "
+                         f"{s['eta_max']:g}, {s['iterations']} iterations, rates within {r['marginal']:g} of 1 "
+                         f"marginal): {counts}. Observed and linearised behaviour agree on {s['agree']} / "
+                         f"{s['points']} points"
+                         + (f", observed and closed form on {s['agree_with_closed_form']} / {s['points']}"
+                            if s["agree_with_closed_form"] is not None else "")
+                         + (f"; analytic convergence region {s['closed_form_region']}"
+                            if s["closed_form_region"] else "") + ".")
             diag = s["diagonal"][:: max(1, len(s["diagonal"]) // 7)]
-            lines += markdown_table(["eta_x = eta_y", "observed rate", "predicted rate", "observed", "predicted"],
-                                    [(d["eta"], d["observed_rate"], d["linearised_rate"],
-                                      BEHAVIOURS[behaviour(d["observed_rate"], r["marginal"])],
-                                      BEHAVIOURS[behaviour(d["linearised_rate"], r["marginal"])]) for d in diag], digits=5)
-        lines.append("")
-    figures = sorted(p.name for p in (run_dir.path / "figures").glob("*.png"))
-    lines += ["Figures: " + ", ".join(f"[{f}](figures/{f})" for f in figures)]
-    path = run_dir.path / "summary.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+            tables.append(Table(f"{label}: sweep diagonal", ["eta_x = eta_y", "observed rate", "predicted rate",
+                                                             "observed", "predicted"],
+                                [[d["eta"], d["observed_rate"], d["linearised_rate"],
+                                  BEHAVIOURS[behaviour(d["observed_rate"], r["marginal"])],
+                                  BEHAVIOURS[behaviour(d["linearised_rate"], r["marginal"])]] for d in diag]))
+    return Record("minimax", "Gradient descent-ascent dynamics", "§5", metrics=metrics, tables=tables,
+                  figures=figures, train_seconds=elapsed, notes=notes, extra={"functions": results})
+
+
+FIGURE_CAPTIONS_BY_KIND = {
+    "trajectories": "trajectories of every method over the contours of f",
+    "distance": "distance to the target point per iteration (log scale), with the analytic rate",
+    "sweep": "step-size sweep: observed against predicted convergence",
+}
 
 
 def run(config: MinimaxConfig) -> Path:
@@ -652,8 +672,9 @@ def run(config: MinimaxConfig) -> Path:
     if sweep_rows:
         write_csv(run_dir.path / "metrics" / "sweep.csv", sweep_rows)
     elapsed = time.time() - start_time
-    run_dir.write_json("metrics.json", {"functions": results, "elapsed_s": elapsed})
-    write_summary(run_dir, results, elapsed)
+    captions = {f"{label}_{kind}": f"{label}: {text}" for label in results
+                for kind, text in FIGURE_CAPTIONS_BY_KIND.items()}
+    run_dir.write_record(make_record(results, elapsed, run_dir.figures(captions)))
     run_dir.close()
     return run_dir.path
 

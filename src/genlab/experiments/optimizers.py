@@ -38,20 +38,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from genlab.data import load_split
-from genlab.engine import (RunConfig, RunDir, config_to_dict, load_checkpoint, resolve_device, save_checkpoint)
+from genlab.engine import (EpochsConfig, RunDir, config_to_dict, load_checkpoint, resolve_device, save_checkpoint)
+from genlab.errors import ConfigError
 from genlab.experiments import Experiment
 from genlab.optim import OPTIMIZERS
+from genlab.record import Figure, Metric, Record, Table
 
 DATASET = "mnist"
 IMAGE_DIM = 28 * 28
 N_CLASSES = 10
-# The fields that define the grid: a resumed run must have the same ones.
-GRID_FIELDS = ("optimizers", "lrs", "repeats", "seed", "hidden", "batch_size", "subset", "test_subset",
-               "momentum", "rmsprop_decay", "beta1", "beta2")
 
 
 @dataclass
-class OptimizersConfig(RunConfig):
+class OptimizersConfig(EpochsConfig):
     """SPEC §6 protocol: all optimisers, learning rates 0.5, 1e-2, 1e-5, 15 epochs, 3 seeds."""
 
     epochs: int = 15
@@ -85,21 +84,21 @@ class OptimizersConfig(RunConfig):
         super().__post_init__()
         unknown = [o for o in self.optimizers if o not in OPTIMIZERS]
         if unknown or not self.optimizers:
-            raise ValueError(f"--optimizers must be among {' '.join(OPTIMIZERS)}, got {' '.join(self.optimizers)}")
+            raise ConfigError(f"--optimizers must be among {' '.join(OPTIMIZERS)}, got {' '.join(self.optimizers)}")
         if len(set(self.optimizers)) != len(self.optimizers) or len(set(self.lrs)) != len(self.lrs):
-            raise ValueError("--optimizers and --lrs must not repeat a value")
+            raise ConfigError("--optimizers and --lrs must not repeat a value")
         if not self.lrs or not all(0 < lr < math.inf for lr in self.lrs):
-            raise ValueError(f"--lrs must be positive and finite, got {self.lrs}")
+            raise ConfigError(f"--lrs must be positive and finite, got {self.lrs}")
         if self.repeats < 1:
-            raise ValueError(f"--repeats must be >= 1, got {self.repeats}")
+            raise ConfigError(f"--repeats must be >= 1, got {self.repeats}")
         if self.batch_size < 1 or not all(h >= 1 for h in self.hidden):
-            raise ValueError("--batch-size and every --hidden width must be >= 1")
+            raise ConfigError("--batch-size and every --hidden width must be >= 1")
         if self.subset is not None and self.subset < self.batch_size:
-            raise ValueError(f"--subset must be >= --batch-size ({self.batch_size}), got {self.subset}")
+            raise ConfigError(f"--subset must be >= --batch-size ({self.batch_size}), got {self.subset}")
         if self.test_subset is not None and self.test_subset < 1:
-            raise ValueError(f"--test-subset must be >= 1, got {self.test_subset}")
+            raise ConfigError(f"--test-subset must be >= 1, got {self.test_subset}")
         if self.log_every < 1:
-            raise ValueError(f"--log-every must be >= 1, got {self.log_every}")
+            raise ConfigError(f"--log-every must be >= 1, got {self.log_every}")
 
     @property
     def seeds(self) -> list[int]:
@@ -303,11 +302,7 @@ def run(config: OptimizersConfig) -> Path:
     diverged_at = torch.full((n_runs,), -1, dtype=torch.int64, device=device)  # first non-finite step, or -1
     epoch, step, elapsed = 0, 0, 0.0
     if config.resume:
-        ckpt = load_checkpoint(run_dir.checkpoint, device)
-        saved = {k: ckpt["config"][k] for k in GRID_FIELDS}
-        wanted = {k: v for k, v in config_to_dict(config).items() if k in GRID_FIELDS}
-        if json.loads(json.dumps(saved)) != json.loads(json.dumps(wanted)):
-            raise ValueError(f"--resume with a different grid: checkpoint has {saved}, options ask for {wanted}")
+        ckpt = load_checkpoint(run_dir.checkpoint, device)  # RunDir has refused a changed grid
         grid.load_state_dict(ckpt["grid"])
         last_finite, diverged_at = ckpt["last_finite"].to(device), ckpt["diverged_at"].to(device)
         epoch, step, elapsed = ckpt["epoch"], ckpt["step"], ckpt["seconds"]
@@ -418,11 +413,29 @@ def format_cell(entry: dict) -> str:
     return text
 
 
-def markdown_table(table: dict, lrs: list[str]) -> list[str]:
-    lines = ["| optimiser | " + " | ".join(f"lr {lr}" for lr in lrs) + " |", "|---" * (len(lrs) + 1) + "|"]
-    for name, per_lr in table.items():
-        lines.append(f"| {name} | " + " | ".join(format_cell(per_lr[lr]) if lr in per_lr else "" for lr in lrs) + " |")
-    return lines
+def accuracy_table(table: dict, lrs: list[str], repeats: int) -> Table:
+    """:func:`final_table` as the record's table: one row per optimiser, one column per learning rate."""
+    return Table("final test accuracy", ["optimiser", *(f"lr {lr}" for lr in lrs)],
+                 [[name, *(format_cell(per_lr[lr]) if lr in per_lr else None for lr in lrs)]
+                  for name, per_lr in table.items()],
+                 f"Test accuracy (%) after the last epoch, mean ± std over {repeats} seeds (sample std).")
+
+
+def accuracy_metrics(table: dict) -> list[Metric]:
+    """One metric per (optimiser, lr) cell whose runs did not all diverge: the mean test accuracy
+    in %, its standard error over the finished seeds; the best cell is the headline (SPEC §6 gives
+    no reference numbers)."""
+    cells = [(name, lr, e) for name, per_lr in table.items() for lr, e in per_lr.items() if e["mean"] is not None]
+    best = max(cells, key=lambda c: c[2]["mean"], default=None)
+    out = []
+    for name, lr, e in cells:
+        n = len(e["accuracies"])
+        out.append(Metric(f"test_accuracy_{name}_lr{lr}", 100 * e["mean"], "%",
+                          stderr=100 * e["std"] / math.sqrt(n) if n > 1 else None, n_seeds=n, lower_is_better=False,
+                          headline=(name, lr) == best[:2],
+                          description=f"{name} at learning rate {lr}: final test accuracy"
+                                      + (f" ({e['diverged']} of {e['n']} runs diverged)" if e["diverged"] else "")))
+    return out
 
 
 def plot_losses(steps: list[dict], runs: list[dict], figures: Path) -> list[Path]:
@@ -508,29 +521,23 @@ def summarise(path: Path) -> dict:
                "runs": len({(r["optimizer"], r["lr"], r["seed"]) for r in runs}),
                "classifier": f"MLP {'-'.join(map(str, [IMAGE_DIM, *config['hidden'], N_CLASSES]))}, {n_params} parameters",
                "final_test_accuracy": table}
-    (path / "metrics.json").write_text(json.dumps(metrics, indent=2))
     figures = path / "figures"
     figures.mkdir(exist_ok=True)
     if steps:
         plot_losses(steps, runs, figures)
     if runs:
         plot_accuracy(runs, figures)
-    lines = [f"# Optimisers on MNIST (SPEC §6): `{path.name}`", "",
-             f"{metrics['classifier']}; batch {config['batch_size']}; seeds {config['seed']}..."
-             f"{config['seed'] + config['repeats'] - 1}; {done} of {config['epochs']} epochs"
-             + (f"; {metrics['seconds'] / 60:.1f} min" if metrics["seconds"] else "") + ".", "",
-             f"Final test accuracy (%), mean ± std over {config['repeats']} seeds (sample std):", "",
-             *markdown_table(table, lrs), ""]
-    names = sorted(p.name for p in figures.glob("*.png"))
-    lines += ["Figures: " + ", ".join(f"[{n}](figures/{n})" for n in names)]
-    (path / "summary.md").write_text("\n".join(lines) + "\n")
+    captions = {"loss_lr": "training loss per epoch at one learning rate: mean over seeds, min-max band, "
+                           "x = diverged",
+                "test_accuracy": "test accuracy per epoch, one panel per learning rate"}
+    Record("optimizers", "Optimisers on MNIST", "§6", metrics=accuracy_metrics(table),
+           tables=[accuracy_table(table, lrs, config["repeats"])],
+           figures=[Figure(f"figures/{p.name}", next(c for k, c in captions.items() if p.name.startswith(k)))
+                    for p in sorted(figures.glob("*.png"))],
+           train_seconds=metrics["seconds"], config=config, environment=json.loads((path / "env.json").read_text()),
+           notes=[f"{metrics['classifier']}; batch {config['batch_size']}; {done} of {config['epochs']} epochs."],
+           extra=metrics).write(path)
     return metrics
-
-
-def _bench(argv: list[str]) -> dict:
-    from genlab.benchmarks.optimizers import main
-
-    return main(argv)
 
 
 EXPERIMENT = Experiment(
@@ -539,5 +546,4 @@ EXPERIMENT = Experiment(
     config=OptimizersConfig,
     run=run,
     evaluate=summarise,
-    bench=_bench,
 )

@@ -44,9 +44,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from genlab.data import load_split
-from genlab.engine import (RunConfig, RunDir, config_to_dict, load_checkpoint, resolve_device, save_checkpoint,
+from genlab.engine import (DataConfig, RunDir, config_to_dict, load_checkpoint, resolve_device, save_checkpoint,
                            seed_everything)
+from genlab.errors import ConfigError
 from genlab.experiments import Experiment
+from genlab.record import Metric, Record, Reference, Table
 
 # SPEC §8 reference: "about 75 % test accuracy after the final iteration with the plain estimator".
 REFERENCE_FINAL_ACCURACY = {"reinforce-plain": 0.75}
@@ -56,7 +58,7 @@ OBJECTIVE_SIZE = 2_000  # training examples on which the expected 0-1 loss is tr
 
 
 @dataclass
-class ReinforceConfig(RunConfig):
+class ReinforceConfig(DataConfig):
     """SPEC §8 defaults."""
 
     task: Literal["mnist-gt5", "threshold"] = "mnist-gt5"
@@ -69,8 +71,6 @@ class ReinforceConfig(RunConfig):
     """Number of seeds: --seed, --seed + 1, ...; every method is trained once per seed."""
     steps: int = 2000
     """Optimiser steps per training (the budget, the same for every method)."""
-    epochs: int = 1
-    """Unused: the budget is --steps (minibatches are drawn from reshuffled passes over the data)."""
     batch_size: int = 64
     """Inputs per minibatch (N)."""
     samples_per_input: int = 1
@@ -104,15 +104,15 @@ class ReinforceConfig(RunConfig):
         }
         for name, ok in checks.items():
             if not ok:
-                raise ValueError(f"{name} is out of range: {getattr(self, name[2:].replace('-', '_'))}")
+                raise ConfigError(f"{name} is out of range: {getattr(self, name[2:].replace('-', '_'))}")
         if not 0 <= self.baseline_decay < 1:
-            raise ValueError(f"--baseline-decay must be in [0, 1), got {self.baseline_decay}")
+            raise ConfigError(f"--baseline-decay must be in [0, 1), got {self.baseline_decay}")
         if not 0 < self.target_accuracy <= 1:
-            raise ValueError(f"--target-accuracy must be in (0, 1], got {self.target_accuracy}")
+            raise ConfigError(f"--target-accuracy must be in (0, 1], got {self.target_accuracy}")
         if self.subset is not None and self.subset < self.batch_size:
-            raise ValueError(f"--subset must be >= --batch-size ({self.batch_size}), got {self.subset}")
+            raise ConfigError(f"--subset must be >= --batch-size ({self.batch_size}), got {self.subset}")
         if not self.estimator and not self.supervised:
-            raise ValueError("nothing to train: give --estimator plain/baseline or keep --supervised")
+            raise ConfigError("nothing to train: give --estimator plain/baseline or keep --supervised")
         self.estimator = tuple(dict.fromkeys(self.estimator))  # drop repeats, keep order
 
     @property
@@ -547,26 +547,18 @@ def _isnan(v) -> bool:
     return isinstance(v, float) and math.isnan(v)
 
 
-def _fmt(v: float | None, spec: str) -> str:
-    return "n/a" if v is None else format(v, spec)
-
-
-def summary_table(summary: dict[str, dict], target: float) -> list[str]:
-    """Markdown rows: final accuracy, steps to ``target``, gradient-estimate variance."""
+def methods_table(summary: dict[str, dict], target: float) -> Table:
+    """Per method: final accuracy, steps to ``target``, gradient-estimate variance."""
     pct = round(100 * target)
-    lines = [f"| method | final test accuracy (mean ± std) | per seed | steps to {pct} % (mean; per seed) "
-             "| tr Cov(g), mean over training | at step 0 | at the end | labels only, mean | ‖E g‖², mean |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for method, s in summary.items():
-        reach = ", ".join("never" if v is None else str(v) for v in s["steps_to_target"])
-        lines.append(
-            f"| {method} | {100 * s['final_accuracy_mean']:.2f} ± {100 * s['final_accuracy_std']:.2f} % "
-            f"| {', '.join(f'{100 * a:.2f}' for a in s['final_accuracy'])} "
-            f"| {_fmt(s['steps_to_target_mean'], '.0f')}; {reach} "
-            f"| {_fmt(s['grad_var_mean'], '.3g')} | {_fmt(s['grad_var_start'], '.3g')} "
-            f"| {_fmt(s['grad_var_end'], '.3g')} | {_fmt(s['grad_var_labels_mean'], '.3g')} "
-            f"| {_fmt(s['grad_sq_norm_mean'], '.3g')} |")
-    return lines
+    rows = [[method, f"{100 * s['final_accuracy_mean']:.2f} ± {100 * s['final_accuracy_std']:.2f} %",
+             ", ".join(f"{100 * a:.2f}" for a in s["final_accuracy"]),
+             ("n/a" if s["steps_to_target_mean"] is None else f"{s['steps_to_target_mean']:.0f}") + "; "
+             + ", ".join("never" if v is None else str(v) for v in s["steps_to_target"]),
+             s["grad_var_mean"], s["grad_var_start"], s["grad_var_end"], s["grad_var_labels_mean"],
+             s["grad_sq_norm_mean"]] for method, s in summary.items()]
+    return Table("methods", ["method", "final test accuracy (mean ± std)", "per seed",
+                             f"steps to {pct} % (mean; per seed)", "tr Cov(g), mean over training", "at step 0",
+                             "at the end", "labels only, mean", "‖E g‖², mean"], rows)
 
 
 def finish(run_dir: RunDir, config: ReinforceConfig, task: Task, results: list[dict], elapsed: float) -> dict:
@@ -588,22 +580,30 @@ def finish(run_dir: RunDir, config: ReinforceConfig, task: Task, results: list[d
                    dashed_key="grad_var_labels")
     summary = summarise(results, config.target_accuracy)
     metrics = {"task": config.task, "methods": summary, "majority_accuracy": task.majority_accuracy,
-               "steps": results[0]["curve"][-1]["step"], "elapsed_s": elapsed,
+               "steps": results[0]["curve"][-1]["step"],
                "reference": {"final_accuracy": REFERENCE_FINAL_ACCURACY if reference else None}}
-    run_dir.write_json("metrics.json", metrics)
-    lines = [f"# REINFORCE vs supervised, {label}: `{run_dir.path.name}`", "",
-             f"{len(results)} trainings ({', '.join(config.methods)} × seeds "
+    out = []
+    for method, m in summary.items():
+        n = len(m["final_accuracy"])
+        ref = reference.get(method) if reference else None
+        out.append(Metric(f"final_accuracy_{method}", 100 * m["final_accuracy_mean"], "%",
+                          stderr=100 * m["final_accuracy_std"] / math.sqrt(n) if n > 1 else None, n_seeds=n,
+                          lower_is_better=False, headline=method == next(iter(summary)),
+                          reference=Reference(100 * ref, section="§8", note="about 75 % with the plain estimator")
+                          if ref else None,
+                          description=f"{label}: test accuracy after the final step ({metrics['steps']})"))
+    notes = [f"{len(results)} trainings ({', '.join(config.methods)} × seeds "
              f"{', '.join(str(config.seed + s) for s in range(config.seeds))}), {metrics['steps']} steps each, "
              f"batch {config.batch_size}, {config.samples_per_input} label(s) per input, {config.optimizer} "
-             f"lr {config.lr}, hidden {config.hidden}, {elapsed / 60:.1f} min in all.", "",
-             *summary_table(summary, config.target_accuracy), "",
+             f"lr {config.lr}, hidden {config.hidden}.",
              f"Always answering the majority label scores {100 * task.majority_accuracy:.2f} % on the test set."]
-    if reference:
-        lines.append("SPEC §8 reference: about 75 % test accuracy after the final iteration with the plain "
-                     "estimator.")
-    figures = sorted(p.name for p in figs.glob("*.png"))
-    lines += ["", "Figures: " + ", ".join(f"[{f}](figures/{f})" for f in figures)]
-    (run_dir.path / "summary.md").write_text("\n".join(lines) + "\n")
+    captions = {"accuracy": "test accuracy per method (band: min-max over seeds)",
+                "objective": "expected 0-1 loss of the policy on 2,000 training inputs",
+                "grad_variance": "variance of the minibatch gradient estimate (dashed: labels only)"}
+    run_dir.write_record(Record("reinforce", f"REINFORCE vs supervised, {label}", "§8", metrics=out,
+                                tables=[methods_table(summary, config.target_accuracy)],
+                                figures=run_dir.figures(captions), train_seconds=elapsed, notes=notes,
+                                extra=metrics))
     return metrics
 
 

@@ -31,9 +31,11 @@ import torch
 from tqdm.auto import tqdm
 
 from genlab import plots
-from genlab.engine import (RunConfig, RunDir, TrainingDiverged, autocast_for, config_to_dict, load_checkpoint,
+from genlab.engine import (EpochsConfig, RunDir, TrainingDiverged, autocast_for, config_to_dict, load_checkpoint,
                            resolve_device, rng_state, save_checkpoint, seed_everything, set_rng_state)
+from genlab.errors import ConfigError, GenlabError
 from genlab.experiments import Experiment
+from genlab.record import Figure, Metric, Record, Reference, Table
 from genlab.summaries import (ROUGE_KEYS, Pair, SentencePieceTokenizer, default_data_file, lead_1, load_hf_xsum,
                               load_pairs, rouge_scores, split_pairs, tokenizer_dir)
 from genlab.transformer import Transformer, TransformerConfig, beam_search, greedy_decode, label_smoothed_nll
@@ -44,7 +46,7 @@ REFERENCE_ROUGE = {"from scratch (full XSum)": (18.82, 3.02, 15.19),
 
 
 @dataclass
-class SummaryDataConfig(RunConfig):
+class SummaryDataConfig(EpochsConfig):
     """The (document, summary) pairs to use: the options :func:`load_data` reads (shared with
     :mod:`genlab.experiments.t5_finetune`)."""
 
@@ -108,15 +110,15 @@ class SummarizeConfig(SummaryDataConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
+            raise ConfigError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.d_model % self.n_heads:
-            raise ValueError(f"--d-model ({self.d_model}) must be a multiple of --n-heads ({self.n_heads})")
+            raise ConfigError(f"--d-model ({self.d_model}) must be a multiple of --n-heads ({self.n_heads})")
         if self.max_source_len < 2 or self.max_target_len < 2:
-            raise ValueError("--max-source-len and --max-target-len must be >= 2")
+            raise ConfigError("--max-source-len and --max-target-len must be >= 2")
         if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.beam_size < 1 or self.batch_size < 1:
-            raise ValueError("--beam-size and --batch-size must be >= 1")
+            raise ConfigError("--beam-size and --batch-size must be >= 1")
 
 
 # ---------------------------------------------------------------------------------------
@@ -133,7 +135,7 @@ def load_data(config: SummarizeConfig) -> dict[str, list[Pair]]:
         pairs = load_pairs(default_data_file(config.dataset, config.data_dir))
     parts = split_pairs(pairs, official=config.official_split)
     if not parts["train"] or not parts["test"]:
-        raise ValueError(f"the data has {len(parts['train'])} train and {len(parts['test'])} test pairs; need both")
+        raise GenlabError(f"the data has {len(parts['train'])} train and {len(parts['test'])} test pairs; need both")
     return parts
 
 
@@ -339,11 +341,12 @@ def run(config: SummarizeConfig) -> Path:
 
 def finish(run_dir: RunDir, config, summarise_fn: Callable[[list[str]], list[str]], parts: dict[str, list[Pair]],
            elapsed: float | None, parameters: int, title: str = "Transformer summariser",
-           system: str = "from scratch (this run)") -> dict:
+           system: str = "from scratch (this run)", experiment: str = "summarize") -> dict:
     """Test summaries (``summarise_fn``: documents -> summaries), ROUGE of the model and of
     LEAD-1 on the same documents, figures, test_summaries.jsonl, metrics.json, summary.md.
     ``config`` needs test_limit, seed, epochs, beam_size, length_penalty, no_repeat_ngram_size,
-    n_examples, official_split. Also used by t5-finetune."""
+    n_examples, official_split. Also used by t5-finetune (``experiment``), whose SPEC reference is
+    the fine-tuned T5's."""
     test = parts["test"][:config.test_limit]
     references = [p.summary for p in test]
     start = time.time()
@@ -359,10 +362,9 @@ def finish(run_dir: RunDir, config, summarise_fn: Callable[[list[str]], list[str
     metrics = {"system": system, "rouge": scores, "n_test": len(test), "n_train": len(parts["train"]),
                "n_validation": len(parts["validation"]), "split": "official" if config.official_split else "hash 90/5/5",
                "final_epoch": (run_dir.read_epochs() or [None])[-1], "generation_s": generation_s,
-               "elapsed_s": elapsed, "parameters": parameters,
-               "reference_rouge_r1_r2_rl": REFERENCE_ROUGE}
-    run_dir.write_json("metrics.json", metrics)
-    write_summary(run_dir, config, metrics, test, generated, lead, title)
+               "parameters": parameters, "reference_rouge_r1_r2_rl": REFERENCE_ROUGE}
+    run_dir.write_record(make_record(experiment, title, config, metrics, test, generated, lead, elapsed, generation_s,
+                                     run_dir.figures(FIGURE_CAPTIONS)))
     return metrics
 
 
@@ -401,33 +403,52 @@ def plot_run(run_dir: RunDir, scores: dict, title: str, system: str) -> None:
     plt.close(fig)
 
 
-def write_summary(run_dir: RunDir, config, metrics: dict, test: list[Pair], generated: list[str],
-                  lead: list[str], title: str) -> None:
+FIGURE_CAPTIONS = {
+    "loss_steps": "label-smoothed training loss per optimiser step",
+    "loss_epochs": "training loss and validation NLL per epoch",
+    "rouge": "ROUGE-1/2/L of this run and of LEAD-1 on the test part, with the SPEC references (full XSum)",
+}
+
+
+def make_record(experiment: str, title: str, config, metrics: dict, test: list[Pair], generated: list[str],
+                lead: list[str], train_seconds: float | None, eval_seconds: float, figures: list[Figure]) -> Record:
+    """The run's record: ROUGE-1/2/L/Lsum (F x 100) of the model, ROUGE-1 headline, against SPEC
+    §10's reference for the experiment (trained on the full XSum), LEAD-1's on the same documents;
+    the ROUGE table with 95 % bootstrap intervals and the first ``config.n_examples`` summaries."""
     s = metrics["rouge"]
-    row = lambda name, sc: f"| {name} | " + " | ".join(f"{sc[k]['f']:.2f} [{sc[k].get('low', 0):.1f}, {sc[k].get('high', 0):.1f}]" for k in ROUGE_KEYS) + " |"  # noqa: E731
-    epochs = run_dir.read_epochs()
-    lines = [f"# {title}: `{run_dir.path.name}`", "",
-             f"{metrics['n_train']} train / {metrics['n_validation']} validation / {metrics['n_test']} test pairs "
-             f"({metrics['split']} split), {metrics['parameters']:,} parameters, {len(epochs)} of {config.epochs} "
-             f"epochs" + (f", {metrics['elapsed_s'] / 60:.1f} min" if metrics["elapsed_s"] else "")
-             + f"; beam {config.beam_size}, length penalty {config.length_penalty}, "
-               f"no-repeat {config.no_repeat_ngram_size}-grams.", "",
-             "ROUGE F-measure x 100 (rouge-score, stemming), mean [95 % bootstrap interval]:", "",
-             "| system | ROUGE-1 | ROUGE-2 | ROUGE-L | ROUGE-Lsum |", "|---|---|---|---|---|",
-             row(metrics["system"], s["model"]), row("LEAD-1", s["lead_1"])]
-    for name, (r1, r2, rl) in REFERENCE_ROUGE.items():
-        lines.append(f"| ref: {name} | {r1} | {r2} | {rl} | |")
-    if epochs:
-        last = epochs[-1]
-        lines += ["", f"Last epoch: training loss {last['train_loss']:.3f}, validation NLL {last['val_nll']:.3f} "
-                      f"nats/token (perplexity {last['val_perplexity']:.1f})."]
-    lines += ["", "## Examples", ""]
-    for p, g, l1 in list(zip(test, generated, lead))[:config.n_examples]:
-        lines += [f"**{p.id}**: {p.document[:300].replace(chr(10), ' ')}...", "",
-                  f"- reference: {p.summary}", f"- generated: {g}", f"- LEAD-1: {l1}", ""]
-    figures = sorted(f.name for f in (run_dir.path / "figures").glob("*.png"))
-    lines += ["Figures: " + ", ".join(f"[{f}](figures/{f})" for f in figures)]
-    (run_dir.path / "summary.md").write_text("\n".join(lines) + "\n")
+    ref_name = "from scratch (full XSum)" if experiment == "summarize" else "fine-tuned T5 (full XSum)"
+    refs = dict(zip(ROUGE_KEYS, REFERENCE_ROUGE[ref_name]))
+    out = [Metric(key, s["model"][key]["f"], lower_is_better=False, headline=key == "rouge1",
+                  reference=Reference(refs[key], section="§10", note=ref_name) if key in refs else None,
+                  description=f"{key} F-measure x 100 (rouge-score, stemming), {metrics['n_test']} test pairs, "
+                              f"95 % bootstrap interval [{s['model'][key].get('low', 0):.2f}, "
+                              f"{s['model'][key].get('high', 0):.2f}]")
+           for key in ROUGE_KEYS]
+    out += [Metric(f"lead_1_{key}", s["lead_1"][key]["f"], lower_is_better=False,
+                   description=f"LEAD-1 baseline {key} on the same test pairs") for key in ROUGE_KEYS]
+
+    def cell(sc: dict) -> str:
+        return f"{sc['f']:.2f} [{sc.get('low', 0):.1f}, {sc.get('high', 0):.1f}]"
+
+    rouge = Table("ROUGE", ["system", "ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE-Lsum"],
+                  [[metrics["system"], *(cell(s["model"][k]) for k in ROUGE_KEYS)],
+                   ["LEAD-1", *(cell(s["lead_1"][k]) for k in ROUGE_KEYS)],
+                   *([f"ref: {name}", *v, None] for name, v in REFERENCE_ROUGE.items())],
+                  "F-measure x 100 (rouge-score, stemming), mean [95 % bootstrap interval].")
+    examples = Table("examples", ["id", "document", "reference", "generated", "LEAD-1"],
+                     [[p.id, p.document[:300].replace("\n", " ") + "...", p.summary, g, l1]
+                      for p, g, l1 in list(zip(test, generated, lead))[:config.n_examples]])
+    notes = [f"{metrics['n_train']} train / {metrics['n_validation']} validation / {metrics['n_test']} test pairs "
+             f"({metrics['split']} split), {metrics['parameters']:,} parameters; beam {config.beam_size}, length "
+             f"penalty {config.length_penalty}, no-repeat {config.no_repeat_ngram_size}-grams."]
+    last = metrics["final_epoch"]
+    if last:
+        notes.append(f"Last epoch: training loss {last['train_loss']:.3f}, validation NLL {last['val_nll']:.3f} "
+                     f"nats/token (perplexity {last['val_perplexity']:.1f})." if "val_perplexity" in last else
+                     f"Last epoch: training loss {last['train_loss']:.3f}, validation NLL {last['val_nll']:.3f} "
+                     f"nats/token.")
+    return Record(experiment, title, "§10", metrics=out, tables=[rouge, examples], figures=figures,
+                  train_seconds=train_seconds, eval_seconds=eval_seconds, notes=notes, extra=metrics)
 
 
 def _restore(run_path: Path, device: torch.device):
@@ -455,17 +476,10 @@ def evaluate(run_path: Path) -> dict:
     return metrics["rouge"]
 
 
-def bench(argv: list[str]) -> dict:
-    from genlab.benchmarks import summarize as bench_summarize
-
-    return bench_summarize.main(argv)
-
-
 EXPERIMENT = Experiment(
     name="summarize",
     summary="SPEC §10: Transformer summariser from scratch on XSum (cached beam search), ROUGE vs LEAD-1",
     config=SummarizeConfig,
     run=run,
     evaluate=evaluate,
-    bench=bench,
 )

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from genlab.engine import (RunDir, TrainingDiverged, config_to_dict, load_checkpoint, resolve_device, rng_state,
                            save_checkpoint, seed_everything, set_rng_state)
+from genlab.errors import ConfigError, GenlabError
 from genlab.experiments import Experiment
 from genlab.experiments.summarize import SummaryDataConfig, epoch_batches, finish, load_data
 from genlab.summaries import Pair, tokenizer_dir
@@ -74,12 +75,12 @@ class T5FinetuneConfig(SummaryDataConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if (self.init is None) == (not self.random_init):
-            raise ValueError("give exactly one of --init DIR (a local T5 checkpoint) and --random-init")
+            raise ConfigError("give exactly one of --init DIR (a local T5 checkpoint) and --random-init")
         if self.init is not None and not (Path(self.init) / "config.json").exists():
-            raise FileNotFoundError(f"{self.init}: no config.json; --init needs a T5 checkpoint folder "
-                                    "(e.g. `huggingface-cli download t5-small --local-dir t5-small`)")
+            raise ConfigError(f"{self.init}: no config.json; --init needs a T5 checkpoint folder "
+                              "(e.g. `huggingface-cli download t5-small --local-dir t5-small`)")
         if self.beam_size < 1 or self.batch_size < 1:
-            raise ValueError("--beam-size and --batch-size must be >= 1")
+            raise ConfigError("--beam-size and --batch-size must be >= 1")
 
 
 def load_tokenizer(config: T5FinetuneConfig):
@@ -92,7 +93,7 @@ def load_tokenizer(config: T5FinetuneConfig):
     else:
         path = tokenizer_dir(None, config.data_dir)
     if not (path / "spiece.model").exists():
-        raise FileNotFoundError(f"{path}: no spiece.model; pass --tokenizer DIR (the t5-small tokenizer folder)")
+        raise GenlabError(f"{path}: no spiece.model; pass --tokenizer DIR (the t5-small tokenizer folder)")
     return AutoTokenizer.from_pretrained(str(path))
 
 
@@ -216,7 +217,7 @@ def run(config: T5FinetuneConfig) -> Path:
     finish(run_dir, config, lambda docs: summarise(model, tokenizer, docs, config, device), parts,
            time.time() - start_time, n_params, title="T5 fine-tuned" + (" (tiny, random init)" if config.random_init
                                                                         else f" from {config.init}"),
-           system="T5 (this run)")
+           system="T5 (this run)", experiment="t5-finetune")
     run_dir.close()
     return run_dir.path
 

@@ -29,6 +29,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -38,9 +39,11 @@ from tqdm.auto import tqdm
 
 from genlab import plots
 from genlab.data import load_split
-from genlab.engine import (RunConfig, RunDir, TrainingDiverged, compute_dtype, config_from_dict, config_to_dict,
-                           load_checkpoint, resolve_device, save_checkpoint, seed_everything)
+from genlab.engine import (DataConfig, GeneratorStates, Run, RunDir, check_checkpoint, compute_dtype,
+                           config_from_dict, load_checkpoint, resolve_device, seed_everything)
+from genlab.errors import ConfigError
 from genlab.experiments import Experiment
+from genlab.record import Figure, Metric, Record, Reference, Table
 
 DATASET = "mnist"
 PIXELS = 28 * 28
@@ -60,7 +63,7 @@ TERM_NAMES = {"nelbo": "negative ELBO", "kl": "KL", "rec": "reconstruction"}
 
 
 @dataclass
-class VAEConfig(RunConfig):
+class VAEConfig(DataConfig):
     """SPEC §4 defaults."""
 
     iterations: int = 10000
@@ -100,30 +103,30 @@ class VAEConfig(RunConfig):
     """Train on the first N training images only (quick looks and tests)."""
     test_subset: int | None = None
     """Evaluate on the first N test images only (quick looks and tests)."""
-    epochs: int = 1
-    """Not used: the VAE counts --iterations."""
+
+    CONTINUABLE: ClassVar[tuple[str, ...]] = DataConfig.CONTINUABLE + ("iterations", "iw_samples", "iw_batch")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("iterations", "seeds", "batch_size", "latent_dim", "hidden_dim", "eval_every",
                      "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
+            raise ConfigError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.iw_samples < 0:
-            raise ValueError(f"--iw-samples must be >= 0, got {self.iw_samples}")
+            raise ConfigError(f"--iw-samples must be >= 0, got {self.iw_samples}")
         if not self.lr > 0:
-            raise ValueError(f"--lr must be > 0, got {self.lr}")
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
         if not self.adam_eps > 0:
-            raise ValueError(f"--adam-eps must be > 0, got {self.adam_eps}")
+            raise ConfigError(f"--adam-eps must be > 0, got {self.adam_eps}")
         if self.variance not in ("softplus", "exp"):
-            raise ValueError(f"--variance must be softplus or exp, got {self.variance!r}")
+            raise ConfigError(f"--variance must be softplus or exp, got {self.variance!r}")
         if self.subset is not None and self.subset < self.batch_size:
-            raise ValueError(f"--subset must be >= --batch-size ({self.batch_size}), got {self.subset}")
+            raise ConfigError(f"--subset must be >= --batch-size ({self.batch_size}), got {self.subset}")
         for name in ("test_subset", "iw_test_subset", "iw_batch"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
 
     @property
     def seed_list(self) -> list[int]:
@@ -537,93 +540,73 @@ def evaluate_iwae(model: VAE, x: torch.Tensor, k: int, seed: int, chunk: int | N
     return total / len(x)
 
 
-def _checkpoint_state(config, model, optimizer, stream, train_gens, step, elapsed) -> dict:
-    return {
-        "config": config_to_dict(config),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "stream": stream.state_dict(),
-        "train_generators": [g.get_state() for g in train_gens],
-        "step": step,
-        "train_seconds": elapsed,  # training time so far, excluding evaluation
-    }
-
-
 def run(config: VAEConfig) -> Path:
-    """Train ``config.seeds`` VAEs together, evaluate them, write the outputs; returns the run directory."""
+    """Train ``config.seeds`` VAEs together, evaluate them, write the outputs; returns the run directory.
+
+    The run's checkpoint (:class:`genlab.engine.Run`) is written every ``checkpoint_every``
+    iterations, every few minutes and on Ctrl-C or SIGTERM (checked every ``log_every``
+    iterations); it holds the models, Adam, the batch streams and the per-model generators.
+    """
     device = resolve_device(config.device)
-    run_dir = RunDir("vae", config, device)
-    seed_everything(config.seed)
-    train = load_train(config.data_dir, device, config.subset)  # (60000, 784) uint8
-    test = load_test_binarised(config.data_dir, device, config.test_subset)  # (10000, 784) {0, 1}
-    model, optimizer, train_gens = build(config, device)
-    stream = BatchStream(train, config.batch_size, train_gens)
-    step, train_seconds = 0, 0.0
-    if config.resume:
-        ckpt = load_checkpoint(run_dir.checkpoint, device)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        stream.load_state_dict(ckpt["stream"])
-        for g, state in zip(train_gens, ckpt["train_generators"]):
-            try:
-                g.set_state(state.cpu())
-            except RuntimeError:  # CPU (Mersenne Twister) and CUDA (Philox) states differ in kind
-                raise ValueError(f"{run_dir.checkpoint}: its training-noise generators are not {device.type} "
-                                 f"generators, so the run cannot continue on {device.type}; resume it with "
-                                 f"--device set to the device it was trained on (env.json)") from None
-        step, train_seconds = ckpt["step"], ckpt["train_seconds"]
-        run_dir.truncate_metrics(step, 0)
-        _truncate_jsonl(run_dir.path / "metrics" / "eval.jsonl", step)
-        print(f"resuming {run_dir.path} at iteration {step}")
+    with Run("vae", config, device) as run:
+        seed_everything(config.seed)
+        train = load_train(config.data_dir, device, config.subset)  # (60000, 784) uint8
+        test = load_test_binarised(config.data_dir, device, config.test_subset)  # (10000, 784) {0, 1}
+        model, optimizer, train_gens = build(config, device)
+        stream = BatchStream(train, config.batch_size, train_gens)
+        run.hold(model=model, optimizer=optimizer, stream=stream, train_generators=GeneratorStates(train_gens))
+        step, train_seconds = 0, 0.0  # training seconds exclude the evaluations
+        resumed = run.resume()
+        if resumed:
+            step, train_seconds = resumed["step"], resumed["train_seconds"]
+            run.dir.truncate_metrics(step, 0)
+            _truncate_jsonl(run.path / "metrics" / "eval.jsonl", step)
 
-    total = config.iterations if config.max_steps is None else min(config.iterations, config.max_steps)
-    names = [f"seed{s}" for s in config.seed_list]
-    pending: list[torch.Tensor] = []
+        total = config.iterations if config.max_steps is None else min(config.iterations, config.max_steps)
+        names = [f"seed{s}" for s in config.seed_list]
+        pending: list[torch.Tensor] = []
 
-    def flush() -> None:
-        if not pending:
-            return
-        values = torch.stack(pending).mean(0)  # (3, S): means over the logged iterations
-        pending.clear()
-        if not torch.isfinite(values).all():
-            raise TrainingDiverged(f"non-finite negative ELBO before iteration {step}; the last good checkpoint "
-                                   f"{run_dir.checkpoint} is kept. Lower --lr.")
-        row = {"step": step}
-        for t, term in enumerate(TERMS):
-            row.update({f"{term}_{n}": v for n, v in zip(names, values[t].tolist())})
-        run_dir.log_steps([row])
+        def flush() -> None:
+            if not pending:
+                return
+            values = torch.stack(pending).mean(0)  # (3, S): means over the logged iterations
+            pending.clear()
+            row = {"step": step}
+            for t, term in enumerate(TERMS):
+                row.update({f"{term}_{n}": v for n, v in zip(names, values[t].tolist())})
+            run.log_steps([row], check=tuple(row))
 
-    def log_eval() -> None:
-        terms = evaluate_terms(model, test, config.seed_list)
-        row = {"step": step, **{f"test_{term}_{n}": v for t, term in enumerate(TERMS)
-                                for n, v in zip(names, terms[t].tolist())}}
-        with (run_dir.path / "metrics" / "eval.jsonl").open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        def log_eval() -> None:
+            terms = evaluate_terms(model, test, config.seed_list)
+            row = {"step": step, **{f"test_{term}_{n}": v for t, term in enumerate(TERMS)
+                                    for n, v in zip(names, terms[t].tolist())}}
+            with (run.path / "metrics" / "eval.jsonl").open("a") as f:
+                f.write(json.dumps(row) + "\n")
 
-    dtype = compute_dtype(device, config.precision)
-    bar = tqdm(total=total, initial=step, unit="it", desc=f"vae x{config.seeds}", dynamic_ncols=True, disable=None)
-    while step < total:
-        start = time.perf_counter()
-        chunk_end = min(total, (step // config.log_every + 1) * config.log_every)
-        while step < chunk_end:
-            x = stream.next()  # (S, B, 784)
-            eps = draw_noise(train_gens, config.batch_size, config.latent_dim, device)  # (S, B, z)
-            pending.append(train_step(model, optimizer, x, eps, dtype))
-            step += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_seconds += time.perf_counter() - start
-        flush()
-        bar.update(chunk_end - bar.n)
-        if step % config.eval_every == 0 or step == total:
-            log_eval()
-        if step % config.checkpoint_every == 0 or step == total:
-            save_checkpoint(run_dir.checkpoint, _checkpoint_state(config, model, optimizer, stream, train_gens,
-                                                                  step, train_seconds))
-    bar.close()
-    finish(run_dir, config, model, test, device, train_seconds)
-    run_dir.close()
-    return run_dir.path
+        dtype = compute_dtype(device, config.precision)
+        bar = tqdm(total=total, initial=step, unit="it", desc=f"vae x{config.seeds}", dynamic_ncols=True,
+                   disable=None)
+        while step < total:
+            start = time.perf_counter()
+            chunk_end = min(total, (step // config.log_every + 1) * config.log_every)
+            while step < chunk_end:
+                x = stream.next()  # (S, B, 784)
+                eps = draw_noise(train_gens, config.batch_size, config.latent_dim, device)  # (S, B, z)
+                pending.append(train_step(model, optimizer, x, eps, dtype))
+                step += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            train_seconds += time.perf_counter() - start
+            flush()
+            bar.update(chunk_end - bar.n)
+            if step % config.eval_every == 0 or step == total:
+                log_eval()
+            if step % config.checkpoint_every == 0 or step == total:
+                run.checkpoint(step, 0, {"train_seconds": train_seconds})
+            run.step_done(step, 0, lambda: {"train_seconds": train_seconds})
+        bar.close()
+        finish(run.dir, config, model, test, device, train_seconds)
+    return run.path
 
 
 def _truncate_jsonl(path: Path, step: int) -> None:
@@ -717,42 +700,51 @@ def finish(run_dir: RunDir, config: VAEConfig, model: VAE, test: torch.Tensor, d
         "units": "nats per image",
     }
     plot_run(run_dir, config, model, test, device)
-    run_dir.write_json("metrics.json", metrics)
-    write_summary(run_dir, config, metrics)
+    run_dir.write_record(make_record(metrics, run_dir.figures(FIGURE_CAPTIONS), iwae_seconds))
     return metrics
 
 
-def write_summary(run_dir: RunDir, config: VAEConfig, metrics: dict) -> Path:
-    test, ref = metrics["test"], metrics["reference"]
-    n = len(config.seed_list)
-    lines = [f"# VAE on binarised MNIST: `{run_dir.path.name}`", "",
-             f"seeds {config.seed_list}, {config.iterations} iterations, batch {config.batch_size}, lr {config.lr}, "
-             f"z in R^{config.latent_dim}; test set: {metrics['n_test']} images binarised with seed "
-             f"{TEST_BINARIZATION_SEED}."
-             + (f" Training took {metrics['train_seconds']:.1f} s ({metrics['train_seconds_per_seed']:.1f} s per seed)."
-                if metrics["train_seconds"] else ""), "",
-             f"| test, nats per image | genlab (mean +/- s.e., {n} seed(s)) | SPEC §4 reference |", "|---|---|---|"]
-    iwae_label = f"IWAE NLL bound, k = {config.iw_samples}, {metrics['n_test_iwae']} test images"
-    for key, label in [*TERM_NAMES.items(), ("iwae_nll", iwae_label)]:
-        if key in test:
-            r = ref.get(key)
-            lines.append(f"| {label} | {test[key]['mean']:.2f} +/- {test[key]['standard_error']:.2f} | "
-                         + (f"{r['mean']:.2f} +/- {r['standard_error']:.2f}" if r else "") + " |")
-    lines += ["", "| seed | " + " | ".join(k for k in test) + " |", "|---" * (len(test) + 1) + "|"]
-    for s, v in metrics["per_seed"].items():
-        lines.append(f"| {s} | " + " | ".join(f"{v[k]:.2f}" for k in test) + " |")
-    figures = sorted(p.name for p in (run_dir.path / "figures").glob("*.png"))
-    lines += ["", "Figures: " + ", ".join(f"[{f}](figures/{f})" for f in figures)]
-    path = run_dir.path / "summary.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+FIGURE_CAPTIONS = {
+    "samples_seed": "200 samples (decoder Bernoulli means at z ~ N(0, I)), tiled 10 x 20",
+    "reconstructions": "test digits (odd rows) and their reconstructions at the posterior mean (even rows)",
+    "training_curves": "training negative ELBO, KL and reconstruction (mean over seeds), with the SPEC §4 reference",
+    "test_curves": "test negative ELBO, KL and reconstruction during training, with the SPEC §4 reference",
+}
+
+
+def make_record(metrics: dict, figures: list[Figure], iwae_seconds: float | None) -> Record:
+    """The run's record from :func:`finish`'s metrics: the three test terms against the SPEC §4
+    reference (mean +/- standard error over the seeds), the IWAE bound, and the per-seed table."""
+    test, n = metrics["test"], len(metrics["seeds"])
+    directions = {"nelbo": True, "kl": None, "rec": True}
+    names = {"nelbo": "negative_elbo", "kl": "kl", "rec": "reconstruction"}
+    out = [Metric(names[t], test[t]["mean"], "nats", stderr=test[t]["standard_error"], n_seeds=n,
+                  lower_is_better=directions[t], headline=t == "nelbo",
+                  reference=Reference(*REFERENCE[t], section="§4"),
+                  description=f"test {TERM_NAMES[t]} per image, {metrics['n_test']:,} images binarised with seed "
+                              f"{TEST_BINARIZATION_SEED}, one reparameterised sample")
+           for t in TERMS]
+    if "iwae_nll" in test:
+        out.append(Metric("iwae_nll", test["iwae_nll"]["mean"], "nats", stderr=test["iwae_nll"]["standard_error"],
+                          n_seeds=n, lower_is_better=True,
+                          description=f"importance-weighted bound on the test NLL, k = {metrics['iw_samples']:,}, "
+                                      f"{metrics['n_test_iwae']:,} test images (Burda et al. 2016, eq. 8)"))
+    keys = [k for k in (*TERMS, "iwae_nll") if k in test]
+    table = Table("per seed", ["seed", *(TERM_NAMES.get(k, "IWAE NLL bound") for k in keys)],
+                  [[int(s), *(v[k] for k in keys)] for s, v in metrics["per_seed"].items()], "Test set, nats per image.")
+    notes = [f"{n} model(s) trained together for {metrics['iterations']:,} iterations each"
+             + (f", {metrics['train_seconds_per_seed']:.1f} s of training per seed." if metrics["train_seconds"] else ".")]
+    return Record("vae", "VAE on binarised MNIST", "§4", metrics=out, tables=[table], figures=figures,
+                  train_seconds=metrics["train_seconds"], eval_seconds=iwae_seconds, notes=notes, extra=metrics)
 
 
 def _restore(run_path: Path, device: torch.device) -> tuple[VAEConfig, VAE]:
-    ckpt = load_checkpoint(Path(run_path) / "checkpoints" / "last.pt", device)
+    path = Path(run_path) / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(path, device)
+    check_checkpoint(ckpt, "vae", path)
     config = config_from_dict(VAEConfig, ckpt["config"], out=Path(run_path), resume=True, device=str(device.type))
     model = VAE(config.seeds, config.latent_dim, config.hidden_dim, variance=config.variance).to(device)
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(ckpt["states"]["model"])
     return config, model
 
 
@@ -760,10 +752,10 @@ def evaluate(run_path: Path) -> dict:
     """``genlab eval RUN_DIR``: recompute the test metrics, figures, metrics.json and summary.md."""
     device = resolve_device("auto")
     config, model = _restore(run_path, device)
-    previous = json.loads((Path(run_path) / "metrics.json").read_text()) if (Path(run_path) / "metrics.json").exists() else {}
+    train_seconds = Record.read(run_path).train_seconds if (Path(run_path) / "metrics.json").exists() else None
     run_dir = RunDir("vae", config, device)
     test = load_test_binarised(config.data_dir, device, config.test_subset)
-    metrics = finish(run_dir, config, model, test, device, previous.get("train_seconds"))
+    metrics = finish(run_dir, config, model, test, device, train_seconds)
     run_dir.close()
     return metrics
 
@@ -777,12 +769,6 @@ def sample(run_path: Path, n: int, seed: int = 0) -> np.ndarray:
     return np.concatenate([bernoulli_means(model, zb) for zb in z.split(10000)])
 
 
-def bench(argv: list[str]) -> dict:
-    from genlab.benchmarks import vae as bench_vae
-
-    return bench_vae.main(argv)
-
-
 EXPERIMENT = Experiment(
     name="vae",
     summary="SPEC §4: VAE on binarised MNIST (z in R^10, 10,000 Adam steps), test -ELBO/KL/rec and IWAE NLL",
@@ -790,5 +776,4 @@ EXPERIMENT = Experiment(
     run=run,
     evaluate=evaluate,
     sample=sample,
-    bench=bench,
 )

@@ -20,7 +20,6 @@ standard deviations of a mode.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -30,13 +29,14 @@ from typing import Literal
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import tyro
 from torch import nn
 from tqdm.auto import tqdm
 
-from genlab.engine import (RunConfig, RunDir, config_to_dict, load_checkpoint, resolve_device, rng_state,
-                           save_checkpoint, seed_everything, set_rng_state)
+from genlab.engine import (RunConfig, RunDir, TrainingDiverged, config_to_dict, load_checkpoint, resolve_device,
+                           rng_state, save_checkpoint, seed_everything, set_rng_state)
+from genlab.errors import ConfigError
 from genlab.experiments import Experiment
+from genlab.record import Figure, Metric, Record, Table
 from genlab.lipschitz import SpectralNormalizer, clip_weights_, gradient_penalty
 
 Lipschitz = Literal["spectral-norm", "weight-clip", "gradient-penalty", "spectral-regularization"]
@@ -98,26 +98,24 @@ class WGANConfig(RunConfig):
     """A mode counts as covered when at least this many of the eval samples are within 3 std of it."""
     log_every: int = 50
     """Iterations averaged into one row of metrics/steps.jsonl."""
-    epochs: tyro.conf.Suppress[int] = 1
-    data_dir: tyro.conf.Suppress[Path | None] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.lipschitz or any(m not in METHODS for m in self.lipschitz):
-            raise ValueError(f"--lipschitz must be one or more of {', '.join(METHODS)}, got {self.lipschitz}")
+            raise ConfigError(f"--lipschitz must be one or more of {', '.join(METHODS)}, got {self.lipschitz}")
         if len(set(self.lipschitz)) != len(self.lipschitz):
-            raise ValueError(f"--lipschitz lists a method twice: {self.lipschitz}")
+            raise ConfigError(f"--lipschitz lists a method twice: {self.lipschitz}")
         if self.target not in ("circle", "grid"):
-            raise ValueError(f"--target must be circle or grid, got {self.target!r}")
+            raise ConfigError(f"--target must be circle or grid, got {self.target!r}")
         for name in ("modes", "target_samples", "latent_dim", "generator_hidden", "critic_hidden", "iterations",
                      "n_critic", "batch_size", "eval_samples", "curve_samples", "w1_every", "log_every",
                      "power_iterations", "min_mode_samples"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.std <= 0 or self.clip <= 0:
-            raise ValueError(f"--std and --clip must be > 0, got {self.std} and {self.clip}")
+            raise ConfigError(f"--std and --clip must be > 0, got {self.std} and {self.clip}")
         if self.snapshots < 2:
-            raise ValueError(f"--snapshots must be >= 2, got {self.snapshots}")
+            raise ConfigError(f"--snapshots must be >= 2, got {self.snapshots}")
         if self.max_steps is not None:
             self.iterations = min(self.iterations, self.max_steps)
 
@@ -284,7 +282,7 @@ def train_method(config: WGANConfig, method: str, data: torch.Tensor, holdout: t
         if (k + 1) % config.log_every == 0:
             window = estimates[k + 1 - config.log_every:k + 1]
             if not torch.isfinite(window).all():
-                raise RuntimeError(f"{method}: non-finite Wasserstein estimate at iteration {k}; lower the learning rates")
+                raise TrainingDiverged(f"{method}: non-finite Wasserstein estimate at iteration {k}; lower the learning rates")
             rows.append({"step": k + 1, f"{method}/wasserstein_estimate": float(window.mean())})
     snapshot(config.iterations)
     exact_w1(config.iterations)
@@ -423,37 +421,47 @@ def finish(run_dir: RunDir, config: WGANConfig, done: dict, data: torch.Tensor, 
     results = [state["result"] for state in done.values()]
     metrics = {"methods": results, "target_vs_target": {"w1": floor, **target_stats},
                "eval_samples": n, "elapsed_s": elapsed}
-    run_dir.write_json("metrics.json", metrics)
-    lines = [f"# WGAN on a 2-D mixture of Gaussians: `{run_dir.path.name}`", "",
-             f"target: {config.target} ({target_stats['modes']} modes, std {config.std}), seed {config.seed}, "
-             f"{config.iterations} critic iterations ({config.n_critic} per generator step), batch {config.batch_size}, "
-             f"Adam lr {config.lr_critic} / {config.lr_generator}, betas {config.betas}"
-             + (f", {elapsed / 60:.1f} min" if elapsed else ""), "",
-             f"| method | exact W1 ({n} vs {n}, ot.emd2) | modes covered | high-quality share (<= 3 std) | "
-             "critic's final estimate | iterations/s |", "|---|---|---|---|---|---|"]
-    for r in results:
-        lines.append(f"| {r['method']} | {r['w1']:.4f} | {r['modes_covered']}/{r['modes']} | "
-                     f"{r['high_quality_share']:.3f} | {r['final_estimate']:.4f} | {r['iterations_per_s']:.0f} |")
-    lines.append(f"| target vs target | {floor:.4f} | {target_stats['modes_covered']}/{target_stats['modes']} | "
-                 f"{target_stats['high_quality_share']:.3f} | | |")
-    figures = sorted(p.name for p in figs.glob("*.png"))
-    lines += ["", "Figures: " + ", ".join(f"[{f}](figures/{f})" for f in figures)]
-    (run_dir.path / "summary.md").write_text("\n".join(lines) + "\n")
+    run_dir.write_record(make_record(config, metrics, run_dir.figures(FIGURE_CAPTIONS)))
     return metrics
 
 
+FIGURE_CAPTIONS = {
+    "snapshots": "target and generated samples with the critic's contours over training, one row per method",
+    "wasserstein": "the critic's Wasserstein estimate and the exact W1 to the target over iterations",
+}
+
+
+def make_record(config: WGANConfig, metrics: dict, figures: list[Figure]) -> Record:
+    """The run's record: per Lipschitz method the exact W1 to held-out target samples, the modes
+    covered and the high-quality share (SPEC §3 has no reference numbers), and the comparison table
+    with the target-vs-target floor."""
+    n, floor = metrics["eval_samples"], metrics["target_vs_target"]
+    out = []
+    for i, r in enumerate(metrics["methods"]):
+        m = r["method"]
+        out += [Metric(f"w1_{m}", r["w1"], lower_is_better=True, headline=i == 0,
+                       description=f"exact Wasserstein-1 distance, {n:,} generated vs {n:,} held-out target "
+                                   f"samples (ot.emd2); target vs target: {floor['w1']:.4f}"),
+                Metric(f"modes_covered_{m}", r["modes_covered"], lower_is_better=False,
+                       description=f"modes (of {r['modes']}) with at least {config.min_mode_samples} samples "
+                                   f"within 3 std"),
+                Metric(f"high_quality_share_{m}", r["high_quality_share"], lower_is_better=False,
+                       description="share of samples within 3 std of a mode")]
+    table = Table("Lipschitz methods", ["method", f"exact W1 ({n} vs {n}, ot.emd2)", "modes covered",
+                                        "high-quality share (<= 3 std)", "critic's final estimate", "iterations/s"],
+                  [[r["method"], r["w1"], f"{r['modes_covered']}/{r['modes']}", r["high_quality_share"],
+                    r["final_estimate"], r["iterations_per_s"]] for r in metrics["methods"]]
+                  + [["target vs target", floor["w1"], f"{floor['modes_covered']}/{floor['modes']}",
+                      floor["high_quality_share"], None, None]],
+                  f"Target: {config.target} ({floor['modes']} modes, std {config.std}); {config.iterations} critic "
+                  f"iterations ({config.n_critic} per generator step), batch {config.batch_size}.")
+    return Record("wgan", "WGAN on a 2-D mixture of Gaussians", "§3", metrics=out, tables=[table], figures=figures,
+                  train_seconds=metrics["elapsed_s"], extra=metrics)
+
+
 def evaluate(run_path: Path) -> dict:
-    """``genlab eval RUN_DIR``: the comparison table of a finished run (from metrics.json)."""
-    path = Path(run_path) / "metrics.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: the run has not finished; resume it with --resume")
-    return json.loads(path.read_text())
-
-
-def bench(argv: list[str]) -> dict:
-    from genlab.benchmarks import wgan as bench_wgan
-
-    return bench_wgan.main(argv)
+    """``genlab eval RUN_DIR``: the comparison of a finished run (its record's ``extra``)."""
+    return Record.read(run_path).extra
 
 
 EXPERIMENT = Experiment(
@@ -462,5 +470,4 @@ EXPERIMENT = Experiment(
     config=WGANConfig,
     run=run,
     evaluate=evaluate,
-    bench=bench,
 )

@@ -1,0 +1,42 @@
+"""The tiny configuration of every registered experiment: a few steps on a slice of the real
+data, through the real CLI (``tests/test_registry.py`` runs them all).
+
+``{pairs}`` stands for a JSONL file of 200 real XSum pairs that the test writes.
+"""
+
+SMOKE_ARGS: dict[str, list[str]] = {
+    "dcgan": ["--subset", "320", "--epochs", "1", "--fid-samples", "200", "--log-every", "1"],
+    "gan": ["--subset", "192", "--batch-size", "32", "--epochs", "1", "--fid-samples", "200", "--log-every", "2"],
+    "wgan": ["--iterations", "60", "--w1-every", "30", "--log-every", "10", "--eval-samples", "300",
+             "--curve-samples", "100", "--target-samples", "1000"],
+    "vae": ["--iterations", "20", "--batch-size", "50", "--subset", "1000", "--test-subset", "100", "--iw-samples", "5",
+            "--eval-every", "10", "--log-every", "5", "--checkpoint-every", "10"],
+    "minimax": ["--iterations", "30", "--sweep-points", "6", "--sweep-iterations", "40"],
+    "bandit": ["--steps", "50", "--seeds", "4", "--estimator-samples", "2000"],
+    "divergence": ["--steps", "30", "--p-samples", "500", "--batch-size", "64"],
+    "continual": ["--tasks", "2", "--max-steps", "16", "--batch-size", "32", "--replay-batch", "16",
+                  "--memory-per-task", "32", "--fisher-samples", "32", "--eval-samples", "200", "--probe-every", "4",
+                  "--hidden", "32"],
+    "reinforce": ["--steps", "20", "--seeds", "2", "--subset", "512", "--eval-every", "5", "--variance-every", "10",
+                  "--variance-estimates", "4"],
+    "optimizers": ["--epochs", "1", "--subset", "256", "--test-subset", "200", "--batch-size", "64", "--repeats", "2",
+                   "--lrs", "0.01", "--log-every", "4"],
+    "summarize": ["--data", "{pairs}", "--max-steps", "3", "--epochs", "1", "--test-limit", "3", "--d-model", "32",
+                  "--d-ff", "64", "--n-layers", "1", "--batch-size", "8", "--max-source-len", "64",
+                  "--max-target-len", "12", "--precision", "fp32"],
+    "t5-finetune": ["--random-init", "--data", "{pairs}", "--max-steps", "2", "--test-limit", "3", "--batch-size", "4",
+                    "--max-source-len", "64", "--max-target-len", "12", "--beam-size", "2"],
+    "classifier": ["--dataset", "mnist", "--epochs", "1", "--max-steps", "20"],
+}
+
+# Experiments whose lifecycle is genlab.engine.Run, with options under which the test hook's
+# step (STOP_AFTER) falls inside the run, and the per-step metrics file compared after resuming.
+RESUME_ARGS: dict[str, tuple[list[str], int, str]] = {
+    "dcgan": (["--subset", "320", "--epochs", "2", "--fid-samples", "0", "--log-every", "1"], 7,
+              "metrics/steps.jsonl"),
+    "gan": (["--subset", "192", "--batch-size", "32", "--epochs", "2", "--fid-samples", "0", "--log-every", "2",
+             "--probe-steps", "3"], 8, "metrics/steps.jsonl"),
+    "vae": (["--iterations", "20", "--batch-size", "50", "--subset", "1000", "--test-subset", "100",
+             "--iw-samples", "5", "--eval-every", "10", "--log-every", "5", "--checkpoint-every", "10"], 15,
+            "metrics/eval.jsonl"),
+}
