@@ -1,5 +1,7 @@
 """Domain-classifier FID/KID/IS through torchmetrics, on the real FashionMNIST."""
 
+import math
+
 import pytest
 import torch
 
@@ -35,9 +37,12 @@ def scores(test_images):
 def test_fid_of_real_images_against_themselves_is_near_zero(scores):
     q = scores["self"]
     assert abs(q["fid"]) < 1e-3
-    # KID draws its real and fake subsets independently from the same 10,000 images, so shared images
-    # inflate the cross term and bias it slightly below 0: small against the KID of noise, not exactly 0
-    assert abs(q["kid_mean"]) < 1e-3 * scores["noise"]["kid_mean"]
+    # KID averages 20 subset estimates; drawn independently from the same 10,000 images, the real and
+    # fake subsets share images, which biases the cross term slightly below 0. Zero within 4 standard
+    # errors of that mean (kid_std is the spread of the 20 estimates), and that error is small against
+    # the KID of noise. The subsets come from a fixed seed, so this does not depend on test order.
+    se = q["kid_std"] / math.sqrt(20)
+    assert abs(q["kid_mean"]) < 4 * se < 1e-2 * scores["noise"]["kid_mean"]
 
 
 def test_fid_orders_real_held_out_and_noise(scores):

@@ -110,7 +110,7 @@ def to_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 
 def image_quality(fake: torch.Tensor, real: torch.Tensor, dataset: str, batch_size: int = 1000,
-                  kid_subsets: int = 100, kid_subset_size: int = 1000,
+                  kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0,
                   device: torch.device | str = "cpu") -> dict[str, float]:
     """FID, KID (mean, std) and classifier Inception Score of ``fake`` against ``real``.
 
@@ -118,6 +118,7 @@ def image_quality(fake: torch.Tensor, real: torch.Tensor, dataset: str, batch_si
         fake, real: uint8 (N, 1, 28, 28) images (SPEC: 10,000 generated vs the 10,000 test).
         dataset: whose classifier to use (``"fashion-mnist"`` or ``"mnist"``).
         device: where the classifier and the metrics' float64 sums run (the run's device).
+        seed: of KID's random subsets and the Inception Score's random splits.
 
     Returns:
         ``{"fid", "kid_mean", "kid_std", "inception_score", "inception_score_std",
@@ -148,8 +149,12 @@ def image_quality(fake: torch.Tensor, real: torch.Tensor, dataset: str, batch_si
         fid.update(batch, real=False)
         kid.update(batch, real=False)
         inception.update(batch)
-    kid_mean, kid_std = kid.compute()
-    is_mean, is_std = inception.compute()
+    # KID's subsets and the Inception Score's splits are random permutations: drawn from a fixed
+    # seed, so the same images give the same numbers, without touching the caller's random stream
+    with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
+        torch.manual_seed(seed)
+        kid_mean, kid_std = kid.compute()
+        is_mean, is_std = inception.compute()
     return {
         "fid": float(fid.compute()),
         "kid_mean": float(kid_mean),
