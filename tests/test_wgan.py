@@ -199,7 +199,8 @@ def test_cli_smoke_all_methods(tmp_path):
     assert "| spectral-norm |" in (out / "summary.md").read_text()
     # resume: every method is already in the checkpoint, nothing retrains, the table is rewritten
     genlab("run", "wgan", "--lipschitz", "spectral-norm", "weight-clip", "gradient-penalty",
-           "spectral-regularization", "--iterations", "60", "--eval-samples", "300", "--curve-samples", "100",
-           "--target-samples", "1000", "--out", str(out), "--resume", timeout=300)
+           "spectral-regularization", "--iterations", "60", "--w1-every", "30", "--log-every", "10",
+           "--eval-samples", "300", "--curve-samples", "100", "--target-samples", "1000", "--out", str(out),
+           "--resume", timeout=300)
     again = Record.read(out).extra
     assert [m["w1"] for m in again["methods"]] == [m["w1"] for m in metrics["methods"]]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, UnknownNameError
 
 REGISTRY: dict[str, str] = {
     "dcgan": "genlab.experiments.dcgan",
@@ -57,7 +57,8 @@ class Experiment:
 
 
 def get(name: str) -> Experiment:
-    """The registered experiment ``name``. Raises GenlabError naming the known ones."""
+    """The registered experiment ``name``. Raises UnknownNameError (a GenlabError and a KeyError)
+    naming the known ones."""
     if name not in REGISTRY:
-        raise GenlabError(f"unknown experiment {name!r}; known: {', '.join(sorted(REGISTRY))} (see `genlab list`)")
+        raise UnknownNameError(f"unknown experiment {name!r}; known: {', '.join(sorted(REGISTRY))} (see `genlab list`)")
     return importlib.import_module(REGISTRY[name]).EXPERIMENT

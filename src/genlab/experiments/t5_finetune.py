@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from genlab.engine import (RunDir, TrainingDiverged, config_to_dict, load_checkpoint, resolve_device, rng_state,
                            save_checkpoint, seed_everything, set_rng_state)
-from genlab.errors import ConfigError, GenlabError
+from genlab.errors import ConfigError, GenlabError, NotFoundError
 from genlab.experiments import Experiment
 from genlab.experiments.summarize import SummaryDataConfig, epoch_batches, finish, load_data
 from genlab.summaries import Pair, tokenizer_dir
@@ -77,7 +77,7 @@ class T5FinetuneConfig(SummaryDataConfig):
         if (self.init is None) == (not self.random_init):
             raise ConfigError("give exactly one of --init DIR (a local T5 checkpoint) and --random-init")
         if self.init is not None and not (Path(self.init) / "config.json").exists():
-            raise ConfigError(f"{self.init}: no config.json; --init needs a T5 checkpoint folder "
+            raise NotFoundError(f"{self.init}: no config.json; --init needs a T5 checkpoint folder "
                               "(e.g. `huggingface-cli download t5-small --local-dir t5-small`)")
         if self.beam_size < 1 or self.batch_size < 1:
             raise ConfigError("--beam-size and --batch-size must be >= 1")
