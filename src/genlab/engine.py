@@ -656,8 +656,9 @@ def gemm_flops(dtype: torch.dtype, device: torch.device, n: int = 1024, repeats:
     than ``give_up_after_s`` seconds is returned as the measurement (emulated kernels)."""
     import time
 
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
+    rng = torch.Generator(device=device).manual_seed(0)  # its own generator: the run's RNG stream is untouched
+    a = torch.randn(n, n, device=device, generator=rng).to(dtype)
+    b = torch.randn(n, n, device=device, generator=rng).to(dtype)
     best = float("inf")
     for i in range(repeats + 1):
         if device.type == "cuda":
