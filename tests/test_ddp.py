@@ -83,7 +83,7 @@ def test_ddp_gives_the_one_process_losses_at_the_same_global_batch(ddp_run, tmp_
     steps. Measured on this test's 8 steps: at most 1.2e-7 at step 1 and 2e-5 by step 8; the bound
     used, 1e-6 at step 1 and 1e-4 after, is well under what a wrong implementation gives: the same
     run with other noise (a rank drawing its own z, or the images of another shard) moves the
-    losses by more than 1e-2 at step 1 already (the last assertion).
+    losses by more than 5e-3 at step 1 already (measured: 0.038; the last assertion).
     """
     single = tmp_path / "single"
     genlab("run", "dcgan", *TINY, "--noise", "per-sample", "--out", str(single))
@@ -96,7 +96,7 @@ def test_ddp_gives_the_one_process_losses_at_the_same_global_batch(ddp_run, tmp_
     other = tmp_path / "stream"
     genlab("run", "dcgan", *TINY, "--max-steps", "1", "--noise", "stream", "--out", str(other))
     first = _steps(other)[0]
-    assert abs(first["loss_g"] - one[0]["loss_g"]) + abs(first["loss_d"] - one[0]["loss_d"]) > 1e-2
+    assert abs(first["loss_g"] - one[0]["loss_g"]) + abs(first["loss_d"] - one[0]["loss_d"]) > 5e-3
 
 
 def test_interrupted_and_resumed_ddp_run_equals_the_uninterrupted_one(ddp_run, tmp_path):
