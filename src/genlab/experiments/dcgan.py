@@ -436,11 +436,11 @@ def run(config: DCGANConfig) -> Path:
                               f"process's own RNG, so {world.size} processes would not train the one-process "
                               f"run; use --noise per-sample (or auto)")
     per_sample = config.noise == "per-sample" or (config.noise == "auto" and world.size > 1)
+    autocast = autocast_for(device, config.precision)  # may time GEMMs (global RNG): before seeding
     seed_everything(config.seed)
     generator, discriminator, opt_g, opt_d = build(config, device, capturable=config.cuda_graph)
     with Run("dcgan", config, device, generator=generator, discriminator=discriminator, opt_g=opt_g,
              opt_d=opt_d) as run:
-        autocast = autocast_for(device, config.precision)
         data = load_images(config.data_dir, "train", device)[:config.subset]  # (60000, 1, 28, 28)
         n_data = data.shape[0]
         global_batch, local_batch = config.batch_size, config.batch_size // world.size

@@ -185,11 +185,11 @@ def run(config: GANConfig) -> Path:
     is written at every epoch end, every few minutes and on Ctrl-C or SIGTERM; ``--resume``
     continues from it exactly."""
     device = resolve_device(config.device)
+    autocast = autocast_for(device, config.precision)  # may time GEMMs (global RNG): before seeding
     seed_everything(config.seed)
     generator, discriminator, opt_g, opt_d = build(config, device)
     with Run("gan", config, device, generator=generator, discriminator=discriminator, opt_g=opt_g,
              opt_d=opt_d) as run:
-        autocast = autocast_for(device, config.precision)
         data = load_images(config.data_dir, "train", device)[:config.subset]  # (60000, 1, 28, 28)
         n_data = data.shape[0]
         steps_per_epoch = n_data // config.batch_size  # full batches only
