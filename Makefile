@@ -7,7 +7,7 @@ STAMP := $(VENV)/.genlab-installed
 # CUDA wheel of the same version (pip install torch==2.13.0 --index-url ...).
 TORCH ?= torch==2.13.0
 
-.PHONY: run test data install browser bench clean
+.PHONY: run test test-parity-avx2 data install browser bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -37,8 +37,14 @@ run: data
 test: data browser
 	$(PY) -m pytest -q
 
+# The parity tests (two code paths compared: stacked/alone, fast/plain, cached/uncached,
+# resumed/straight) again on a second kernel path: ATen's AVX2 kernels and oneDNN capped at AVX2,
+# whatever this CPU has. CI runs both targets.
+test-parity-avx2: data
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -m parity
+
 bench: data
-	$(VENV)/bin/genlab bench dcgan --steps 40
+	$(VENV)/bin/genlab bench dcgan
 
 clean:
 	rm -rf $(VENV) runs

@@ -103,9 +103,12 @@ def test_fid_on_the_gpu_equals_fid_on_the_cpu():
     real, fake = test[:2000], test[2000:4000]
     on_cpu = image_quality(fake, real, "fashion-mnist", kid_subsets=10, device="cpu")
     on_gpu = image_quality(fake, real, "fashion-mnist", kid_subsets=10, device="cuda")
-    # float32 features from other kernels (~1e-6 relative), then float64 statistics
-    assert on_gpu["fid"] == pytest.approx(on_cpu["fid"], rel=1e-3)
-    assert on_gpu["inception_score"] == pytest.approx(on_cpu["inception_score"], rel=1e-3)
+    # cuDNN runs the classifier's convolutions in TF32 (torch.backends.cudnn.allow_tf32 is on by
+    # default: 10-bit mantissas, u = 2^-11), so features and logits differ by ~1e-3 relative; FID
+    # averages that out in its float64 statistics, the Inception Score exponentiates logits
+    # (measured on an H200: FID within 1e-3, IS 8.3609 vs 8.3523, 1.0e-3).
+    assert on_gpu["fid"] == pytest.approx(on_cpu["fid"], rel=5e-3)
+    assert on_gpu["inception_score"] == pytest.approx(on_cpu["inception_score"], rel=5e-3)
 
 
 def test_sample_draws_the_same_images_on_cuda(tmp_path):

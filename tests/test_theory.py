@@ -78,3 +78,28 @@ def test_generator_losses_match_their_formulas_and_logit_derivatives():
     # dL/dh = -D / N and -(1 - D) / N, up to float32 rounding of sigmoid near 1 (spacing 6e-8)
     torch.testing.assert_close(g_mm, -d / n, rtol=1e-5, atol=1e-8)
     torch.testing.assert_close(g_ns, -(1 - d) / n, rtol=1e-5, atol=1e-8)
+
+
+def test_score_identity_p_grad_log_p_is_grad_p():
+    from genlab.theory import score_identity
+
+    out = score_identity()
+    # the two sides by two different autograd graphs in float64; a dropped factor p would be off by O(1)
+    torch.testing.assert_close(out["lhs"], out["rhs"], rtol=1e-10, atol=1e-15)
+    # and against the closed form: d/dmu N = N (x - mu) / sigma^2
+    x, mu, sigma = out["x"], 0.3, 1.2
+    density = torch.exp(-0.5 * ((x - mu) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+    torch.testing.assert_close(out["rhs"][:, 0], density * (x - mu) / sigma**2, rtol=1e-10, atol=1e-15)
+
+
+def test_score_function_estimator_is_unbiased():
+    from genlab.theory import score_function_estimates
+
+    theta = torch.tensor([0.5, -1.0, 2.0, 0.0], dtype=torch.float64)
+    rewards = torch.tensor([1.0, 3.0, -2.0, 0.5], dtype=torch.float64)
+    est = score_function_estimates(theta, rewards, n=50_000, seed=1)
+    torch.testing.assert_close(est["expectation"], est["exact"], rtol=1e-12, atol=1e-14)  # exactly, by enumeration
+    assert ((est["mean"] - est["exact"]).abs() < 4 * est["stderr"]).all()  # Monte Carlo, within 4 s.e.
+    # the closed form of the exact gradient: pi_i (R_i - E[R])
+    pi = torch.softmax(theta, 0)
+    torch.testing.assert_close(est["exact"], pi * (rewards - (pi * rewards).sum()), rtol=1e-12, atol=1e-14)

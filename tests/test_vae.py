@@ -109,6 +109,24 @@ def test_written_out_gradients_equal_autograd(dtype, tolerance):
         assert error < tolerance, f"{name}: relative error {error:.2e}"
 
 
+@pytest.mark.parity
+def test_written_out_gradients_equal_autograd_with_the_log_variance_parameterisation():
+    """--variance exp: v = exp(h), so d v / d h = v (softplus's is sigmoid(h)); float64, exact."""
+    torch.manual_seed(1)
+    model = VAE(n_models=2, variance="exp").double()
+    x = torch.bernoulli(torch.full((2, 16, 784), 0.3, dtype=torch.float64))
+    eps = torch.randn(2, 16, 10, dtype=torch.float64)
+    nelbo, kl, rec = model.negative_elbo_bound(x, eps)
+    expected = torch.autograd.grad(nelbo.sum(), list(model.parameters()))
+    m, v = model.encode(x)
+    h = model.encoder(x).chunk(2, dim=-1)[1]
+    torch.testing.assert_close(v, h.exp())
+    terms, grads = vae.negative_elbo_and_gradients(model, x, eps, torch.float64)
+    torch.testing.assert_close(terms, torch.stack([nelbo, kl, rec]).detach(), rtol=1e-12, atol=0)
+    for (name, _), got, want in zip(model.named_parameters(), grads, expected):
+        assert (got - want).norm() / want.norm() < 1e-10, name
+
+
 def test_sample_gaussian_mean_variance_and_gradients():
     torch.manual_seed(0)
     m = torch.tensor([1.0, -2.0, 0.5], requires_grad=True)

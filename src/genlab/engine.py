@@ -271,6 +271,8 @@ def environment(device: torch.device, seed: int) -> dict[str, Any]:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     if device.type == "cuda" or cpu_isa() != "none":
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         env["bf16_over_fp32_gemm"] = round(bf16_speedup(device), 2)  # what --precision auto went by
     return env
 
@@ -741,9 +743,11 @@ def gemm_flops(dtype: torch.dtype, device: torch.device, n: int = 1024, repeats:
     than ``give_up_after_s`` seconds is returned as the measurement (emulated kernels)."""
     import time
 
-    rng = torch.Generator(device=device).manual_seed(0)  # its own generator: the run's RNG stream is untouched
+    rng = torch.Generator(device).manual_seed(0)  # its own stream: timing must not move a run's draws
     a = torch.randn(n, n, device=device, generator=rng).to(dtype)
     b = torch.randn(n, n, device=device, generator=rng).to(dtype)
+    if device.type == "cuda":  # the first product of a dtype starts cuBLAS and picks its kernel
+        torch.mm(a, b)
     best = float("inf")
     for i in range(repeats + 1):
         if device.type == "cuda":
@@ -792,6 +796,8 @@ def bf16_supported(device: torch.device) -> bool:
     """
     if device.type == "cpu" and cpu_isa() == "none":
         return False
+    if device.type == "cuda" and device.index is None:  # one cache entry per GPU: "cuda" is "cuda:0"
+        device = torch.device("cuda", torch.cuda.current_device())
     return bf16_speedup(device) >= BF16_MIN_SPEEDUP
 
 

@@ -16,6 +16,9 @@ Adam, and the data set held as one tensor batched by indexing.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -54,12 +57,12 @@ def reference_models(latent_dim: int = 100):
 
 
 def make_reference_step(images, batch_size: int, device: torch.device, loss_name: str = "non-saturating",
-                        grad_norms: bool = False):
+                        grad_norms: bool = False, models: tuple | None = None):
     """``step(i)``: one step of the reference loop (see the module docstring) on ``images``,
     uint8 (N, 28, 28). The generator loss is the non-saturating BCE or, with
     ``loss_name="minimax"``, ``log(1 - sigmoid(h))``; ``grad_norms`` adds the course solution's
     per-step generator gradient norm, summed over parameters in Python (§2)."""
-    generator, discriminator = (m.to(device) for m in reference_models())
+    generator, discriminator = (m.to(device) for m in (models or reference_models()))
     opt_g = torch.optim.Adam(generator.parameters(), lr=1e-4)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=1e-4)
     bce = nn.BCEWithLogitsLoss()
@@ -197,6 +200,40 @@ def time_layers(device: torch.device, precision: str, batch_size: int, repeats: 
     return rows
 
 
+def quality_at_equal_epochs(images, epochs: int, seed: int, device: torch.device, n: int = 10000) -> dict:
+    """FID/KID/IS (genlab's domain classifier, ``n`` samples vs the 10,000 test images) of the
+    reference loop and of genlab's trainer (``genlab run dcgan``), each trained ``epochs`` epochs
+    from ``seed`` at batch 64: the check that genlab's speed costs no quality."""
+    import tempfile
+    import time
+
+    from genlab.quality import image_quality
+
+    torch.manual_seed(seed)
+    generator, discriminator = reference_models()
+    step = make_reference_step(images, 64, device, models=(generator, discriminator))
+    t0 = time.perf_counter()
+    for i in range(epochs * (len(images) // 64)):
+        step(i)
+    ref_seconds = time.perf_counter() - t0
+    real = torch.from_numpy(dcgan.load_split(dcgan.DATASET, "test")[0].copy()).unsqueeze(1)
+    z = torch.randn(n, 100, generator=torch.Generator().manual_seed(seed + 2)).to(device)
+    generator.eval()
+    with torch.no_grad():
+        fake = torch.cat([generator(z[i:i + 1000]).float().cpu() for i in range(0, n, 1000)])
+    fake = ((fake.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    reference = image_quality(fake, real, dcgan.DATASET, device=device)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        out = dcgan.run(dcgan.DCGANConfig(epochs=epochs, seed=seed, fid_samples=n, device=device.type,
+                                          out=Path(tmp) / "run"))
+        ours = json.loads((out / "metrics.json").read_text())["quality"]
+        genlab_seconds = time.perf_counter() - t0
+    return {"epochs": epochs, "seed": seed, "samples": n,
+            "reference": {**reference, "train_seconds": round(ref_seconds, 1)},
+            "genlab": {**ours, "seconds_with_eval": round(genlab_seconds, 1)}}
+
+
 def main(argv: list[str] | None = None) -> dict:
     import statistics
 
@@ -215,9 +252,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile", action="store_true", help="time genlab's step with torch.compile'd networks")
     parser.add_argument("--layers", action="store_true",
                         help="also time each convolution contiguous vs channels-last (the layout table's source)")
+    parser.add_argument("--quality-epochs", type=int, default=0,
+                        help="instead of timing: train the reference loop and genlab this many epochs each "
+                             "(seed 42) and compare their FID/KID/IS")
     add_json_argument(parser)
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
+    if args.quality_epochs > 0:
+        images, _ = dcgan.load_split(dcgan.DATASET, "train")
+        result = quality_at_equal_epochs(images, args.quality_epochs, 42, device)
+        return report(result, args.json, json.dumps(result, indent=2))
     if args.cuda_graph and device.type != "cuda":
         parser.error(f"--cuda-graph needs a CUDA device, and this benchmark runs on {device}")
     if args.cuda_graph and args.compile:

@@ -171,6 +171,8 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor, noise: SampleNoise | None = None) -> torch.Tensor:
         """``noise``: per-sample streams for the dropout masks (its stream for the first dropout,
         the next for the second), or None for the global RNG."""
+        if not self.channels_last and noise is None:
+            return self.net(x)
         dropouts = 0
         for i, layer in enumerate(self.net):
             if i in self._formats:  # a convolution: its input in the chosen layout
@@ -183,12 +185,13 @@ class Discriminator(nn.Module):
         return x
 
 
-#: Convolutions run channels-last, per CPU kind (:func:`genlab.engine.cpu_isa`), from per-layer
-#: measurements (docs/benchmarks.md, "DCGAN layout per layer"; ``genlab bench dcgan --layers``
-#: measures them on any machine). On AMX the 64 -> 128 convolution runs 3x faster channels-last
-#: while the whole step channels-last is slower; on Zen 4 (AVX512-BF16) and AVX2 no layer gains
-#: beyond noise, so everything stays contiguous.
-CHANNELS_LAST_BY_ISA: dict[str, tuple[str, ...]] = {"amx_bf16": ("conv2",), "avx512_bf16": (), "none": ()}
+#: Convolutions run channels-last, per CPU kind (:func:`genlab.engine.cpu_isa`), read from
+#: per-layer forward + backward timings (``genlab bench dcgan --layers``; docs/benchmarks.md,
+#: "DCGAN layout per layer"). On the machines measured, no layer gains beyond noise from
+#: channels-last (Zen 4 AVX512-BF16; Sapphire Rapids AMX at 2 threads: conv2 41.5 vs 42.2 ms),
+#: and the whole AMX step was slower with conv2 channels-last, so every entry is contiguous.
+#: A machine whose measurement says otherwise adds its layers here or passes ``--layout``.
+CHANNELS_LAST_BY_ISA: dict[str, tuple[str, ...]] = {"amx_bf16": (), "avx512_bf16": (), "none": ()}
 
 
 def layout_for(device: torch.device, layout: str = "auto") -> tuple[str, ...]:

@@ -74,6 +74,11 @@ class VAEConfig(DataConfig):
     """Training minibatch size."""
     lr: float = 1e-3
     """Adam learning rate."""
+    adam_eps: float = 1e-8
+    """Adam's epsilon (added to the square root of the second moment; torch's default)."""
+    variance: str = "softplus"
+    """Encoder variance parameterisation: softplus (v = softplus(h) + 1e-8, the assignment's) or exp
+    (v = exp(h), h a log-variance, Kingma & Welling 2014)."""
     precision: str = "auto"
     """Training arithmetic: auto (the wide matrix products in bf16 where the hardware supports it), bf16 or
     fp32. The loss terms, the parameters and Adam stay float32; evaluation is always float32."""
@@ -113,6 +118,10 @@ class VAEConfig(DataConfig):
             raise ConfigError(f"--iw-samples must be >= 0, got {self.iw_samples}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if not self.adam_eps > 0:
+            raise ConfigError(f"--adam-eps must be > 0, got {self.adam_eps}")
+        if self.variance not in ("softplus", "exp"):
+            raise ConfigError(f"--variance must be softplus or exp, got {self.variance!r}")
         if self.subset is not None and self.subset < self.batch_size:
             raise ConfigError(f"--subset must be >= --batch-size ({self.batch_size}), got {self.subset}")
         for name in ("test_subset", "iw_test_subset", "iw_batch"):
@@ -207,6 +216,11 @@ class StackedMLP(nn.Module):
         return self.fc3(F.elu(self.fc2(F.elu(self.fc1(x)))))
 
 
+def variance_of(h: torch.Tensor, parameterisation: str) -> torch.Tensor:
+    """The encoder variance from its raw output h (any shape): softplus(h) + VARIANCE_FLOOR or exp(h)."""
+    return h.exp() if parameterisation == "exp" else F.softplus(h) + VARIANCE_FLOOR
+
+
 class VAE(nn.Module):
     """S independent VAEs of SPEC §4 (S = 1 for one model): per model the encoder
     784-300-300-(10 means, 10 variances) (331,820 parameters) and the decoder 10-300-300-784
@@ -216,12 +230,14 @@ class VAE(nn.Module):
         n_models: S.
         latent_dim, hidden_dim: 10 and 300 in SPEC §4.
         generators: S CPU generators for the initialisation (None: the global RNG).
+        variance: how the encoder's second output h becomes the variance v: ``"softplus"``,
+            v = softplus(h) + 1e-8 (the assignment's), or ``"exp"``, v = exp(h) (h a log-variance).
     """
 
     def __init__(self, n_models: int = 1, latent_dim: int = 10, hidden_dim: int = 300,
-                 generators: list[torch.Generator] | None = None):
+                 generators: list[torch.Generator] | None = None, variance: str = "softplus"):
         super().__init__()
-        self.n_models, self.latent_dim = n_models, latent_dim
+        self.n_models, self.latent_dim, self.variance = n_models, latent_dim, variance
         self.encoder = StackedMLP(n_models, PIXELS, hidden_dim, 2 * latent_dim, generators)
         self.decoder = StackedMLP(n_models, latent_dim, hidden_dim, PIXELS, generators)
 
@@ -233,7 +249,7 @@ class VAE(nn.Module):
         """x (S, B, 784) or (B, 784) in [0, 1] -> mean and variance of q(z|x), each (S, B, latent_dim)."""
         x = self._per_model(x)
         m, h = self.encoder(x).to(x.dtype).chunk(2, dim=-1)  # x's dtype (float32) under autocast too
-        return m, F.softplus(h) + VARIANCE_FLOOR
+        return m, variance_of(h, self.variance)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z (S, B, latent_dim) -> Bernoulli logits of p(x|z), (S, B, 784), z's dtype under autocast too."""
@@ -373,7 +389,7 @@ def negative_elbo_and_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, 
     batch = x.shape[1]
     out, enc_saved = _mlp_forward(x, params[:6], dtype)
     m, h = out.chunk(2, dim=-1)  # (S, B, z) each
-    v = F.softplus(h) + VARIANCE_FLOOR
+    v = variance_of(h, model.variance)
     sd = v.sqrt()
     z = m + sd * eps  # (S, B, z)
     logits, dec_saved = _mlp_forward(z, params[6:], dtype)  # (S, B, 784)
@@ -384,7 +400,7 @@ def negative_elbo_and_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, 
     dz, dec_grads = _mlp_backward(d_logits, dec_saved, input_grad=True)
     dm = dz + m / batch  # z = m + sd * eps, and d KL / d m = m
     dv = dz * eps / (2 * sd) + 0.5 * (1 - 1 / v) / batch  # d sd / d v = 1 / (2 sd), d KL / d v = (1 - 1/v) / 2
-    dh = dv * torch.sigmoid(h)  # v = softplus(h) + floor
+    dh = dv * (v if model.variance == "exp" else torch.sigmoid(h))  # d v / d h: exp(h), or sigmoid(h) for softplus
     _, enc_grads = _mlp_backward(torch.cat([dm, dh], dim=-1), enc_saved, input_grad=False)
     return torch.stack([kl + rec, kl, rec]), enc_grads + dec_grads
 
@@ -425,8 +441,9 @@ def build(config: VAEConfig, device: torch.device) -> tuple[VAE, torch.optim.Opt
     """The stacked model, its Adam and one training-noise generator per model, from the seeds."""
     seeds = [model_seeds(s) for s in config.seed_list]
     init = [torch.Generator().manual_seed(s[0]) for s in seeds]
-    model = VAE(config.seeds, config.latent_dim, config.hidden_dim, init).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type in ("cpu", "cuda"))
+    model = VAE(config.seeds, config.latent_dim, config.hidden_dim, init, config.variance).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps,
+                                 fused=device.type in ("cpu", "cuda"))
     train_gens = [torch.Generator(device).manual_seed(s[1]) for s in seeds]
     return model, optimizer, train_gens
 
@@ -726,7 +743,7 @@ def _restore(run_path: Path, device: torch.device) -> tuple[VAEConfig, VAE]:
     ckpt = load_checkpoint(path, device)
     check_checkpoint(ckpt, "vae", path)
     config = config_from_dict(VAEConfig, ckpt["config"], out=Path(run_path), resume=True, device=str(device.type))
-    model = VAE(config.seeds, config.latent_dim, config.hidden_dim).to(device)
+    model = VAE(config.seeds, config.latent_dim, config.hidden_dim, variance=config.variance).to(device)
     model.load_state_dict(ckpt["states"]["model"])
     return config, model
 

@@ -47,7 +47,7 @@ METHODS = ("spectral-norm", "weight-clip", "gradient-penalty", "spectral-regular
 class WGANConfig(RunConfig):
     """SPEC §3 defaults."""
 
-    lipschitz: tuple[Lipschitz, ...] = ("spectral-norm", "weight-clip", "gradient-penalty")
+    lipschitz: tuple[Lipschitz, ...] = ("spectral-norm", "weight-clip", "gradient-penalty", "spectral-regularization")
     """Lipschitz control(s) of the critic; each one trains its own generator and critic from
     the same seed (spectral-regularization is the fourth, beyond SPEC §3)."""
     target: Literal["circle", "grid"] = "circle"
@@ -66,15 +66,15 @@ class WGANConfig(RunConfig):
     """Hidden width of the generator."""
     critic_hidden: int = 128
     """Hidden width of the critic."""
-    iterations: int = 20000
+    iterations: int = 30000
     """Critic iterations k (the generator steps when k mod n_critic == 0)."""
     n_critic: int = 5
     """Critic steps per generator step."""
     batch_size: int = 256
     """Samples per minibatch (target and generated)."""
-    lr_generator: float = 1e-4
+    lr_generator: float = 1e-3
     """Adam learning rate of the generator."""
-    lr_critic: float = 1e-4
+    lr_critic: float = 1e-3
     """Adam learning rate of the critic."""
     betas: tuple[float, float] = (0.0, 0.9)
     """Adam betas, both optimisers."""
