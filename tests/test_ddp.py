@@ -133,3 +133,40 @@ def test_an_experiment_without_data_parallel_support_is_refused(tmp_path):
     assert "error: vae does not train data-parallel, but torchrun started 2 processes" in proc.stderr
     assert "data-parallel experiments: dcgan" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def _rank_rng_worker(rank: int, world: int, port: int, out: str) -> None:
+    """One rank of test_each_rank_resumes_its_own_random_state (a torch.multiprocessing target)."""
+    import torch.distributed as dist
+
+    from genlab.engine import Run, RunConfig
+
+    os.environ.update(LOOPBACK, MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model = torch.nn.Linear(3, 2)
+        torch.manual_seed(100 + rank)  # each rank its own stream (e.g. dropout drawn per rank)
+        with Run("x", RunConfig(out=Path(out)), torch.device("cpu"), model=model) as run:
+            run.checkpoint(1, 0)
+            expected = torch.rand(4)
+        torch.manual_seed(0)  # a fresh process would start elsewhere
+        with Run("x", RunConfig(out=Path(out), resume=True), torch.device("cpu"), model=model) as run:
+            assert run.resume()["step"] == 1
+            resumed = torch.rand(4)
+        torch.save({"expected": expected, "resumed": resumed}, Path(out).parent / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_each_rank_resumes_its_own_random_state(tmp_path):
+    """Run's rank handling without an experiment: 2 gloo ranks with different RNG streams checkpoint
+    (rank 0 writes, holding both states) and resume; each continues its own stream."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_rng_worker, args=(2, _free_port(), str(tmp_path / "run")), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert torch.equal(r0["resumed"], r0["expected"]) and torch.equal(r1["resumed"], r1["expected"])
+    assert not torch.equal(r0["expected"], r1["expected"])  # the two streams differ, so the test can tell them apart
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ckpt["world_size"] == 2 and len(ckpt["rng_ranks"]) == 2
+    assert not torch.equal(ckpt["rng_ranks"][0]["torch"], ckpt["rng_ranks"][1]["torch"])
