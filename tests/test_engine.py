@@ -64,16 +64,6 @@ def test_config_validation_and_run_dir_guard(tmp_path):
         load_checkpoint(tmp_path / "none.pt")
 
 
-def test_the_precision_probe_leaves_the_global_random_stream_alone():
-    from genlab.engine import gemm_flops
-
-    torch.manual_seed(0)
-    expected = torch.rand(3)
-    torch.manual_seed(0)
-    gemm_flops(torch.float32, torch.device("cpu"), n=64, repeats=1)
-    torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)
-
-
 def _linear_run(tmp_path, **config):
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.Adam(model.parameters())
@@ -131,3 +121,13 @@ def test_step_done_checkpoints_when_the_interval_has_passed(tmp_path):
         run.every_s = 0.0
         run.step_done(2, 0, lambda: {"batch": 2})
     assert load_checkpoint(run.dir.checkpoint)["step"] == 2
+
+
+def test_the_precision_probe_leaves_the_global_random_stream_alone():
+    from genlab.engine import gemm_flops
+
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    gemm_flops(torch.float32, torch.device("cpu"), n=64, repeats=1)
+    torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)

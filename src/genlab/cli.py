@@ -15,6 +15,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -39,6 +40,10 @@ def _benchmark(name: str):
     if importlib.util.find_spec(module) is None:
         raise GenlabError(f"{name} has no benchmark (no {module})")
     return importlib.import_module(module)
+
+
+def _data_parallel_names() -> list[str]:
+    return [name for name in sorted(experiments.REGISTRY) if experiments.get(name).data_parallel]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,10 +92,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             import tyro
 
+            from genlab import distributed
+
             exp = experiments.get(args.experiment)
+            distributed.refuse_unless_supported(exp.name, exp.data_parallel, _data_parallel_names)
             config = tyro.cli(exp.config, args=rest, prog=f"genlab run {exp.name}", description=exp.summary)
-            path = exp.run(config)
-            print(f"run directory: {path}")
+            try:
+                path = exp.run(config)  # under torchrun every rank runs it; the experiment joins the group
+            finally:
+                distributed.shutdown()
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(f"run directory: {path}")
             return 0
         if rest and args.command != "bench":
             parser.error(f"unrecognised arguments: {' '.join(rest)}")
@@ -144,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             _benchmark(args.experiment).main(rest)
             return 0
     except GenlabError as err:  # genlab's own refusals: one line; anything else keeps its traceback
-        print(f"error: {err}", file=sys.stderr)
+        rank = int(os.environ.get("RANK", "0"))  # under torchrun: which process refused
+        print(f"error: {err}" if rank == 0 else f"error (rank {rank}): {err}", file=sys.stderr)
         return err.exit_code
     return 0

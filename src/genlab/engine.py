@@ -39,6 +39,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
+from genlab import distributed
 from genlab.errors import ConfigError, GenlabError
 from genlab.record import Figure, Record
 
@@ -265,6 +266,7 @@ def environment(device: torch.device, seed: int) -> dict[str, Any]:
         "seed": seed,
         "git_commit": _git_commit(),
         "versions": versions,
+        **distributed_environment(),
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
@@ -273,6 +275,13 @@ def environment(device: torch.device, seed: int) -> dict[str, Any]:
             device = torch.device("cuda", torch.cuda.current_device())
         env["bf16_over_fp32_gemm"] = round(bf16_speedup(device), 2)  # what --precision auto went by
     return env
+
+
+def distributed_environment() -> dict[str, Any]:
+    """``world_size`` (processes training the one model; 1 without torchrun) and ``backend``
+    (gloo, nccl; None in one process), for env.json."""
+    world = distributed.World.current()
+    return {"world_size": world.size, "backend": world.backend}
 
 
 def _number(text: str) -> int | float:
@@ -331,9 +340,19 @@ class RunDir:
         experiment: registry name, used in the default directory name.
         config: the experiment's config dataclass (a :class:`RunConfig` subclass).
         device: the resolved device, recorded in env.json.
+        writes: False on the data-parallel ranks other than 0 (:class:`Run`): the directory
+            ``config.out`` (already validated and written by rank 0) is neither checked nor
+            written, and the logging and record methods do nothing.
     """
 
-    def __init__(self, experiment: str, config: RunConfig, device: torch.device):
+    def __init__(self, experiment: str, config: RunConfig, device: torch.device, writes: bool = True):
+        self.writes = writes
+        if not writes:
+            self.path, self.experiment = Path(config.out), experiment
+            use_deterministic_algorithms(getattr(config, "deterministic", False))
+            self.checkpoint = self.path / "checkpoints" / "last.pt"
+            self._tb = None
+            return
         if config.out is None:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             config.out = Path("runs") / f"{experiment}__{config.seed}__{stamp}"
@@ -363,6 +382,8 @@ class RunDir:
 
     def truncate_metrics(self, step: int, epoch: int) -> None:
         """On resume: drop metric rows written after the checkpoint (step, epoch)."""
+        if not self.writes:
+            return
         steps = self.path / "metrics" / "steps.jsonl"
         if steps.exists():
             rows = [line for line in steps.read_text().splitlines() if line and json.loads(line)["step"] <= step]
@@ -377,6 +398,8 @@ class RunDir:
 
     def log_steps(self, rows: list[dict[str, float]]) -> None:
         """Append per-step scalars (each row has ``step``) to steps.jsonl and TensorBoard."""
+        if not self.writes:
+            return
         with (self.path / "metrics" / "steps.jsonl").open("a") as f:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
@@ -387,6 +410,8 @@ class RunDir:
 
     def log_epoch(self, row: dict[str, float], tensorboard: bool = True) -> None:
         """Append one per-epoch row (with ``epoch``) to epochs.csv and TensorBoard."""
+        if not self.writes:
+            return
         path = self.path / "metrics" / "epochs.csv"
         new = not path.exists()
         with path.open("a", newline="") as f:
@@ -409,6 +434,8 @@ class RunDir:
 
     def write_json(self, name: str, data: dict[str, Any]) -> Path:
         path = self.path / name
+        if not self.writes:
+            return path
         path.write_text(json.dumps(data, indent=2))
         return path
 
@@ -424,6 +451,8 @@ class RunDir:
     def write_record(self, record: Record) -> Path:
         """Complete ``record`` with this run's config.json and env.json, then validate and write
         ``metrics.json`` and ``summary.md`` (:meth:`genlab.record.Record.write`)."""
+        if not self.writes:
+            return self.path / "metrics.json"
         record.config = json.loads((self.path / "config.json").read_text())
         record.environment = json.loads((self.path / "env.json").read_text())
         return record.write(self.path)
@@ -479,12 +508,22 @@ class Run:
     tensors) and ``rng`` (:func:`rng_state`). It is written atomically to checkpoints/last.pt;
     the one before is kept as checkpoints/previous.pt, and :meth:`resume` falls back to it,
     saying so, when last.pt cannot be read.
+
+    Data-parallel runs (``torchrun``, :mod:`genlab.distributed`): every rank builds its ``Run``
+    and makes the same calls. Rank 0 alone validates and writes the run directory, the metrics,
+    the record and the checkpoints (``run.dir`` is a non-writing :class:`RunDir` elsewhere;
+    ``run.is_main`` guards an experiment's own files); a checkpoint also holds ``world_size`` and
+    ``rng_ranks``, every rank's RNG state in rank order, which :meth:`resume` hands back to each
+    rank, so a resumed run continues exactly. It refuses a checkpoint of another world size.
+    :meth:`step_done` takes the stop and interval-checkpoint decisions jointly (any rank's
+    signal stops all ranks at the same step).
     """
 
     def __init__(self, experiment: str, config: RunConfig, device: torch.device, **objects: Any):
         self.experiment, self.config, self.device, self.objects = experiment, config, device, {}
         self.hold(**objects)
-        self.dir = RunDir(experiment, config, device)
+        self.world = distributed.World.current()
+        self.dir = self._open_dir()
         self.path = self.dir.path
         self.previous = self.path / "checkpoints" / "previous.pt"
         self.every_s = getattr(config, "checkpoint_every_s", CHECKPOINT_EVERY_S)
@@ -503,6 +542,27 @@ class Run:
             if not _stateful(obj):
                 raise TypeError(f"{name}: a Run holds objects with state_dict and load_state_dict, got {type(obj)}")
         self.objects.update(objects)
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes the run directory (rank 0; the only one without torchrun)."""
+        return self.world.is_main
+
+    def _open_dir(self) -> RunDir:
+        """The run directory: opened (validated, created) by rank 0, whose outcome, the path and
+        whether there is a run to resume, or its refusal, every other rank takes over."""
+        if self.world.size == 1:
+            return RunDir(self.experiment, self.config, self.device)
+
+        def open_main() -> tuple[str, bool]:
+            self._main_dir = RunDir(self.experiment, self.config, self.device)
+            return str(self.config.out), self.config.resume
+
+        out, resume = distributed.main_decides(open_main, self.world)
+        if self.is_main:
+            return self._main_dir
+        self.config.out, self.config.resume = Path(out), resume
+        return RunDir(self.experiment, self.config, self.device, writes=False)
 
     # -- context ------------------------------------------------------------------------
     def __enter__(self) -> Run:
@@ -531,12 +591,18 @@ class Run:
     # -- checkpoints --------------------------------------------------------------------
     def checkpoint(self, step: int, epoch: int, progress: dict[str, Any] | None = None) -> None:
         """Write the whole state atomically to last.pt, keeping the one before as previous.pt."""
+        rng_ranks = distributed.all_gather_object(rng_state(), self.world)  # a collective: every rank calls it
+        if not self.is_main:
+            self._last_checkpoint = time.monotonic()
+            return
         state = {
             "schema": CHECKPOINT_SCHEMA, "experiment": self.experiment, "genlab_version": _genlab_version(),
             "config": config_to_dict(self.config), "step": step, "epoch": epoch, "elapsed_s": self.elapsed_s,
             "states": {name: obj.state_dict() for name, obj in self.objects.items()},
-            "progress": progress or {}, "rng": rng_state(),
+            "progress": progress or {}, "rng": rng_ranks[0],
         }
+        if self.world.size > 1:
+            state.update(world_size=self.world.size, rng_ranks=rng_ranks)
         if self.dir.checkpoint.exists():
             os.replace(self.dir.checkpoint, self.previous)
         save_checkpoint(self.dir.checkpoint, state)
@@ -547,16 +613,36 @@ class Run:
         restore every object, the RNG states and the elapsed time; return ``{"step", "epoch",
         **progress}``. Without ``--resume`` (or with nothing to resume from): None.
 
-        Raises GenlabError for a checkpoint of another experiment or another schema, naming both.
+        Raises GenlabError for a checkpoint of another experiment or another schema, naming both,
+        or one written by another number of processes (naming both and the launch to use).
         """
         if not self.config.resume:
             return None
+        ckpt = distributed.main_decides(self._load_checkpoint, self.world)  # read by rank 0, sent to all
+        saved_world = int(ckpt.get("world_size", 1))
+        if saved_world != self.world.size:
+            raise GenlabError(f"{self.path}: the checkpoint was written by {saved_world} process(es) and this launch "
+                              f"has {self.world.size}; continue it with the same number "
+                              + (f"(`torchrun --nproc-per-node {saved_world} -m genlab run {self.experiment} ...`)"
+                                 if saved_world > 1 else f"(`genlab run {self.experiment} --resume ...` without torchrun)"))
+        for name, obj in self.objects.items():
+            obj.load_state_dict(ckpt["states"][name])
+        set_rng_state(ckpt["rng_ranks"][self.world.rank] if saved_world > 1 else ckpt["rng"])
+        self.elapsed_before = float(ckpt["elapsed_s"])
+        self._start = time.time()
+        if self.is_main:
+            print(f"resuming {self.path} at step {ckpt['step']} (epoch {ckpt['epoch']})")
+        return {"step": ckpt["step"], "epoch": ckpt["epoch"], **ckpt["progress"]}
+
+    def _load_checkpoint(self) -> dict[str, Any]:
+        """The last readable checkpoint (last.pt, else previous.pt, saying so), validated, on the CPU
+        when it is to be sent to other ranks."""
         ckpt = None
         for path in (self.dir.checkpoint, self.previous):
             if not path.exists():
                 continue
             try:
-                ckpt = load_checkpoint(path, self.device)
+                ckpt = load_checkpoint(path, self.device if self.world.size == 1 else "cpu")
             except Exception as err:  # a truncated or corrupt file: say which, try the one before
                 print(f"{path} is unreadable ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
                       f"falling back to {self.previous.name}", file=sys.stderr)
@@ -566,13 +652,7 @@ class Run:
             raise GenlabError(f"{self.dir.checkpoint}: no readable checkpoint (nor {self.previous.name}); "
                               f"drop --resume and start the run again in a new --out")
         check_checkpoint(ckpt, self.experiment, path)
-        for name, obj in self.objects.items():
-            obj.load_state_dict(ckpt["states"][name])
-        set_rng_state(ckpt["rng"])
-        self.elapsed_before = float(ckpt["elapsed_s"])
-        self._start = time.time()
-        print(f"resuming {self.path} at step {ckpt['step']} (epoch {ckpt['epoch']})")
-        return {"step": ckpt["step"], "epoch": ckpt["epoch"], **ckpt["progress"]}
+        return ckpt
 
     def step_done(self, step: int, epoch: int, progress: Callable[[], dict[str, Any]]) -> None:
         """Call after every optimiser step: checkpoints when the interval has passed, and on
@@ -580,13 +660,18 @@ class Run:
         ``progress`` builds the checkpoint's progress dict (called only when one is written)."""
         if self.stop_after_steps is not None and step >= self.stop_after_steps and self._signal is None:
             self._signal = signal.SIGINT
+        due = time.monotonic() - self._last_checkpoint >= self.every_s
+        if self.world.size > 1:  # every rank stops, or checkpoints, at the same step
+            stop, due = distributed.all_max([float(self._signal or 0), float(due)], self.world)
+            self._signal = int(stop) or None
         if self._signal is not None:
             self.checkpoint(step, epoch, progress())
             self.dir.close()
-            print(f"\ninterrupted at step {step}; checkpoint written. Resume with "
-                  f"`genlab run {self.experiment} --out {self.path} --resume`", flush=True)
+            if self.is_main:
+                print(f"\ninterrupted at step {step}; checkpoint written. Resume with "
+                      f"`genlab run {self.experiment} --out {self.path} --resume`", flush=True)
             raise SystemExit(128 + int(self._signal))
-        if time.monotonic() - self._last_checkpoint >= self.every_s:
+        if due:
             self.checkpoint(step, epoch, progress())
 
     # -- logging ------------------------------------------------------------------------
@@ -680,10 +765,11 @@ def gemm_flops(dtype: torch.dtype, device: torch.device, n: int = 1024, repeats:
 
 
 #: bf16 is chosen by ``--precision auto`` only where its measured GEMM rate is at least this
-#: many times the float32 rate. Native bf16 measures 2.8x (AVX512-BF16, Zen 4) to 8.5x (AMX);
-#: emulated bf16 (ISA capped to AVX2, CPUs without bf16) measures below 1x. A threshold far
-#: from both keeps the choice the same from run to run on one machine.
-BF16_MIN_SPEEDUP = 1.5
+#: many times the float32 rate. Native bf16 measures 2.3x to 4.4x (AVX512-BF16, Zen 4, 1.9x at the
+#: worst under heavy load), 2.2x to 8.5x (AMX) and 14.5x (H200); emulated bf16 (ISA capped to AVX2,
+#: CPUs without bf16) measures 0.02x to 0.2x. A threshold far from both keeps the choice the same
+#: from run to run on one machine, loaded or not.
+BF16_MIN_SPEEDUP = 1.2
 
 
 @functools.lru_cache(maxsize=None)

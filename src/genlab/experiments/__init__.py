@@ -43,6 +43,8 @@ class Experiment:
         run: trains from a config, returns the run directory.
         evaluate: ``genlab eval RUN_DIR`` -> metrics dict (optional).
         sample: ``genlab sample RUN_DIR --n N`` -> uint8 (N, 28, 28) (optional).
+        data_parallel: trains one model on several processes when launched by ``torchrun``
+            (:mod:`genlab.distributed`); a ``torchrun`` launch of any other experiment is refused.
 
     ``genlab bench NAME`` runs ``genlab.benchmarks.<NAME>.main`` (found by the CLI: an experiment
     never imports its benchmark, the benchmark imports the experiment).
@@ -54,6 +56,7 @@ class Experiment:
     run: Callable[[Any], Path]
     evaluate: Callable[[Path], dict] | None = None
     sample: Callable[[Path, int, int], Any] | None = None
+    data_parallel: bool = False
 
 
 def get(name: str) -> Experiment:

@@ -7,6 +7,17 @@ a discriminator of two strided convolutions with dropout, binary cross-entropy o
 
     genlab run dcgan                       # 50 epochs, batch 64, seed 42
     genlab run dcgan --epochs 1 --max-steps 20 --out /tmp/smoke
+    torchrun --nproc-per-node 2 -m genlab run dcgan      # data-parallel: 2 processes, 32 images each
+
+Data-parallel (``torchrun``, :mod:`genlab.distributed`): the global batch stays ``--batch-size``,
+each of the W processes trains on batch / W images of it (the next contiguous slice of the
+epoch's permutation), ``DistributedDataParallel`` averages the gradients, and the generator's
+batch norms use the statistics of the global batch (``nn.SyncBatchNorm`` on CUDA,
+:class:`genlab.distributed.AllReduceBatchNorm` on the CPU, where SyncBatchNorm has no kernels),
+so that a step is the one-process step up to the order of floating-point sums. The random numbers
+(z, dropout masks) are drawn per sample (``--noise per-sample``, :class:`genlab.layers.SampleNoise`),
+keyed by the sample's place in the global batch, so any W draws the same ones;
+``genlab run dcgan --noise per-sample`` is the one-process run that W processes reproduce.
 """
 
 from __future__ import annotations
@@ -27,12 +38,13 @@ from tqdm.auto import tqdm
 
 from genlab import plots
 from genlab.data import load_split
+from genlab import distributed
 from genlab.engine import (EpochsConfig, Run, RunDir, autocast_for, check_checkpoint, compute_dtype,
                            config_from_dict, load_checkpoint, resolve_device, rng_state, seed_everything,
                            set_rng_state)
 from genlab.errors import ConfigError
 from genlab.experiments import Experiment
-from genlab.layers import FastDropout
+from genlab.layers import FastDropout, SampleNoise
 from genlab.quality import quality_metrics
 from genlab.record import Figure, Metric, Record, Reference, Table
 
@@ -78,6 +90,11 @@ class DCGANConfig(EpochsConfig):
     cuda_graph: bool = False
     """Replay the training step as captured CUDA graphs (CUDA only; not yet timed on a GPU, see
     GraphedTrainStep)."""
+    noise: str = "auto"
+    """Where z and the dropout masks come from: stream (torch's global RNG, one draw per batch),
+    per-sample (each sample's own generator, keyed by seed, step and its place in the global batch,
+    so any number of torchrun processes draws the same numbers; see SampleNoise), or auto
+    (stream in one process, per-sample under torchrun)."""
 
     CONTINUABLE: ClassVar[tuple[str, ...]] = EpochsConfig.CONTINUABLE + ("fid_samples", "log_every")
 
@@ -93,6 +110,10 @@ class DCGANConfig(EpochsConfig):
             raise ConfigError(f"--subset must be >= --batch-size ({self.batch_size}), got {self.subset}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.noise not in ("auto", "stream", "per-sample"):
+            raise ConfigError(f"--noise must be auto, stream or per-sample, got {self.noise!r}")
+        if self.cuda_graph and self.noise == "per-sample":
+            raise ConfigError("--cuda-graph replays the global RNG's draws; it cannot use --noise per-sample")
 
 
 # ---------------------------------------------------------------------------------------
@@ -147,13 +168,20 @@ class Discriminator(nn.Module):
         self._formats = {0: torch.channels_last if "conv1" in channels_last else torch.contiguous_format,
                          3: torch.channels_last if "conv2" in channels_last else torch.contiguous_format}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.channels_last:
+    def forward(self, x: torch.Tensor, noise: SampleNoise | None = None) -> torch.Tensor:
+        """``noise``: per-sample streams for the dropout masks (its stream for the first dropout,
+        the next for the second), or None for the global RNG."""
+        if not self.channels_last and noise is None:
             return self.net(x)
+        dropouts = 0
         for i, layer in enumerate(self.net):
             if i in self._formats:  # a convolution: its input in the chosen layout
                 x = x.contiguous(memory_format=self._formats[i])
-            x = layer(x)
+            if isinstance(layer, FastDropout):
+                x = layer(x, None if noise is None else noise.with_stream(noise.stream + dropouts))
+                dropouts += 1
+            else:
+                x = layer(x)
         return x
 
 
@@ -205,33 +233,56 @@ def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 # Training
 # ---------------------------------------------------------------------------------------
 
+#: Stream ids of a step's per-sample draws (:class:`SampleNoise`): z, then the two dropout layers
+#: of the discriminator step, then those of the generator step.
+NOISE_Z, NOISE_D_STEP, NOISE_G_STEP = 0, 1, 3
+
+
 def train_step(generator: Generator, discriminator: Discriminator, opt_g: torch.optim.Optimizer,
-               opt_d: torch.optim.Optimizer, real: torch.Tensor, autocast) -> torch.Tensor:
+               opt_d: torch.optim.Optimizer, real: torch.Tensor, autocast,
+               noise: SampleNoise | None = None) -> torch.Tensor:
     """One alternating DCGAN step on a batch ``real`` (N, 1, 28, 28) in [-1, 1].
 
     Returns a float32 tensor (4,): D loss, G loss, mean D(x), mean D(G(z)) (both measured
     in the discriminator step). One generator forward per step: the fake batch of the
     discriminator step is reused for the generator step.
+
+    ``noise``: None draws z and the dropout masks from the global RNG; a :class:`SampleNoise`
+    whose ``rows`` are the places of ``real``'s images in the global batch (span: twice the
+    global batch; real images take rows [0, B), their fakes [B, 2B)) draws them per sample.
+    ``generator`` and ``discriminator`` may be ``DistributedDataParallel`` wrappers: the
+    discriminator step runs through the wrapper (its gradients are averaged over the ranks), the
+    generator step through the bare discriminator, which is frozen there (its parameters get
+    no gradient, so its wrapper expects no reduction), while the generator's wrapper, whose
+    forward ran once, averages the generator's gradients in that step's backward.
     """
     n = real.shape[0]
-    z = torch.randn(n, generator.latent_dim, device=real.device)
+    g_module, d_module = distributed.unwrap(generator), distributed.unwrap(discriminator)
+    d_noise = g_noise = None
+    if noise is None:
+        z = torch.randn(n, g_module.latent_dim, device=real.device)
+    else:
+        z = noise.with_stream(NOISE_Z).normal(g_module.latent_dim).to(real.device)  # (N, latent_dim)
+        fake_rows = tuple(noise.span // 2 + r for r in noise.rows)
+        d_noise = noise.with_stream(NOISE_D_STEP).with_rows(noise.rows + fake_rows)
+        g_noise = noise.with_stream(NOISE_G_STEP).with_rows(fake_rows)
     # (1) Update D: maximise log D(x) + log(1 - D(G(z))). Real and fake in one forward.
     with autocast:
         fake = generator(z)  # (N, 1, 28, 28)
-        logits = discriminator(torch.cat([real, fake.detach().to(real.dtype)]))  # (2N, 1)
+        logits = discriminator(torch.cat([real, fake.detach().to(real.dtype)]), d_noise)  # (2N, 1)
         real_logits, fake_logits = logits[:n], logits[n:]
         loss_d = discriminator_loss(real_logits, fake_logits)
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     opt_d.step()
     # (2) Update G: maximise log D(G(z)) (non-saturating), D's parameters frozen.
-    discriminator.requires_grad_(False)
+    d_module.requires_grad_(False)
     with autocast:
-        loss_g = generator_loss(discriminator(fake))
+        loss_g = generator_loss(d_module(fake, g_noise))
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     opt_g.step()
-    discriminator.requires_grad_(True)
+    d_module.requires_grad_(True)
     with torch.no_grad():
         d_real = torch.sigmoid(real_logits.float()).mean()
         d_fake = torch.sigmoid(fake_logits.float()).mean()
@@ -330,8 +381,9 @@ class GraphedTrainStep:
 
 
 def build(config: DCGANConfig, device: torch.device, capturable: bool = False):
-    """Models and optimisers of a config, on ``device``; ``capturable`` Adam for CUDA graph capture."""
-    generator = Generator(config.latent_dim, config.leaky_slope).to(device)
+    """Models and optimisers of a config, on ``device``; ``capturable`` Adam for CUDA graph capture.
+    Under torchrun the generator's batch norms are global-batch ones (:func:`genlab.distributed.sync_batch_norm`)."""
+    generator = distributed.sync_batch_norm(Generator(config.latent_dim, config.leaky_slope).to(device), device)
     discriminator = Discriminator(config.leaky_slope, config.dropout, layout_for(device, config.layout)).to(device)
     betas = (config.beta1, config.beta2)
     fused = device.type in ("cpu", "cuda")
@@ -363,11 +415,30 @@ def run(config: DCGANConfig) -> Path:
     The run's checkpoint (:class:`genlab.engine.Run`) is written at every epoch end, every few
     minutes, and on Ctrl-C or SIGTERM; its progress holds the batch within the epoch, the
     epoch's running metric sums and the fixed noise batch, so a resumed run continues exactly.
+
+    Under ``torchrun`` with W processes (see the module docstring), rank r trains on images
+    [r B/W, (r+1) B/W) of each global batch of B; the logged metrics are the means over the
+    ranks, i.e. over the global batch. An epoch's last, partial batch of b images is trained as
+    its first b - (b mod W) images (at most W - 1 images an epoch are left out; none in one process).
+
+    Raises:
+        ConfigError: ``--batch-size`` not a multiple of the number of processes (naming both);
+            ``--noise stream`` or ``--cuda-graph`` under torchrun; ``--cuda-graph`` off CUDA.
     """
-    device = resolve_device(config.device)
+    device = distributed.init(resolve_device(config.device))  # under torchrun: joins; cuda:LOCAL_RANK on GPUs
+    world = distributed.World.current()
     if config.cuda_graph and device.type != "cuda":
         raise ConfigError(f"--cuda-graph needs a CUDA device, and this run is on {device}: drop --cuda-graph "
                           f"or use --device cuda")
+    if world.size > 1:
+        if config.batch_size % world.size:
+            raise ConfigError(f"--batch-size {config.batch_size} does not split over {world.size} processes: each "
+                              f"process trains on batch / processes images; use a multiple of {world.size}")
+        if config.noise == "stream" or config.cuda_graph:
+            raise ConfigError(f"{'--cuda-graph' if config.cuda_graph else '--noise stream'} draws from each "
+                              f"process's own RNG, so {world.size} processes would not train the one-process "
+                              f"run; use --noise per-sample (or auto)")
+    per_sample = config.noise == "per-sample" or (config.noise == "auto" and world.size > 1)
     autocast = autocast_for(device, config.precision)  # may time GEMMs (global RNG): before seeding
     seed_everything(config.seed)
     generator, discriminator, opt_g, opt_d = build(config, device, capturable=config.cuda_graph)
@@ -375,7 +446,13 @@ def run(config: DCGANConfig) -> Path:
              opt_d=opt_d) as run:
         data = load_images(config.data_dir, "train", device)[:config.subset]  # (60000, 1, 28, 28)
         n_data = data.shape[0]
-        steps_per_epoch = math.ceil(n_data / config.batch_size)
+        global_batch, local_batch = config.batch_size, config.batch_size // world.size
+        # the epoch's last, partial batch is trained when it has at least one image per process
+        steps_per_epoch = n_data // global_batch + (1 if n_data % global_batch >= world.size else 0)
+        # DDP averages gradients over the ranks at each backward. The generator's running batch-norm
+        # statistics come from all-reduced batch statistics, hence equal everywhere: no broadcast at each forward.
+        g_train = distributed.data_parallel(generator, device, forward_sync_buffers=False)
+        d_train = distributed.data_parallel(discriminator, device)
         fixed_z = torch.randn(64, config.latent_dim, generator=torch.Generator().manual_seed(config.seed + 1))
         epoch, batch, step = 0, 0, 0
         sums = torch.zeros(4, dtype=torch.float64, device=device)  # the epoch's running sums of the step metrics
@@ -390,8 +467,8 @@ def run(config: DCGANConfig) -> Path:
                                                          if n_data % config.batch_size else [])
             step_fn = GraphedTrainStep(generator, discriminator, opt_g, opt_d, shapes, config.precision)
         else:
-            def step_fn(real: torch.Tensor) -> torch.Tensor:
-                return train_step(generator, discriminator, opt_g, opt_d, real, autocast)
+            def step_fn(real: torch.Tensor, noise: SampleNoise | None = None) -> torch.Tensor:
+                return train_step(g_train, d_train, opt_g, opt_d, real, autocast, noise)
 
         pending: list[torch.Tensor] = []  # per-step metrics not yet written
 
@@ -411,14 +488,21 @@ def run(config: DCGANConfig) -> Path:
         if config.max_steps is not None:
             total_steps = min(total_steps, config.max_steps)
         bar = tqdm(total=total_steps * config.batch_size, initial=step * config.batch_size, unit="img",
-                   unit_scale=True, desc="dcgan", dynamic_ncols=True, disable=None)
+                   unit_scale=True, desc="dcgan", dynamic_ncols=True, disable=None if run.is_main else True)
         try:
             while epoch < config.epochs and step < total_steps:
                 order = torch.randperm(n_data, generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
                 order = order.to(device)
                 while batch < steps_per_epoch and step < total_steps:
-                    idx = order[batch * config.batch_size:(batch + 1) * config.batch_size]
-                    metrics = step_fn(data[idx])
+                    idx = order[batch * global_batch:(batch + 1) * global_batch]  # the global batch
+                    n_local = min(local_batch, len(idx) // world.size)
+                    first = world.rank * n_local  # this rank's rows in the global batch
+                    noise = (SampleNoise(config.seed, step, tuple(range(first, first + n_local)), 2 * global_batch)
+                             if per_sample else None)
+                    if per_sample or world.size > 1:
+                        metrics = distributed.all_mean(step_fn(data[idx[first:first + n_local]], noise), world)
+                    else:
+                        metrics = step_fn(data[idx])
                     pending.append(metrics)
                     sums += metrics.double()
                     batch += 1
@@ -437,18 +521,20 @@ def run(config: DCGANConfig) -> Path:
                                    "d_fake": mean[3], "steps": step, "seconds": run.elapsed_s})
                 epoch, batch = epoch + 1, 0
                 sums = torch.zeros(4, dtype=torch.float64, device=device)
-                if epoch in config.grid_epochs or epoch == config.epochs:
+                if run.is_main and (epoch in config.grid_epochs or epoch == config.epochs):
                     grid = generate(generator, fixed_z.to(device)).numpy()  # (64, 28, 28) uint8
                     np.save(run.path / "figures" / f"grid_epoch{epoch:03d}.npy", grid)
                     plots.save_image_grid(grid, run.path / "figures" / f"grid_epoch{epoch:03d}.png", 8, 8,
                                           title=f"DCGAN, FashionMNIST, epoch {epoch}")
                 run.checkpoint(step, epoch, progress())
-                tqdm.write(f"epoch {epoch}: D {mean[0]:.3f}  G {mean[1]:.3f}  D(x) {mean[2]:.3f}  "
-                           f"D(G(z)) {mean[3]:.3f}")
+                if run.is_main:
+                    tqdm.write(f"epoch {epoch}: D {mean[0]:.3f}  G {mean[1]:.3f}  D(x) {mean[2]:.3f}  "
+                               f"D(G(z)) {mean[3]:.3f}")
         finally:
             bar.close()
         run.checkpoint(step, epoch, progress())
-        finish(run.dir, config, generator, fixed_z, device, run.elapsed_s)
+        if run.is_main:  # figures and FID/KID: one process's work
+            finish(run.dir, config, generator, fixed_z, device, run.elapsed_s)
     return run.path
 
 
@@ -625,4 +711,5 @@ EXPERIMENT = Experiment(
     run=run,
     evaluate=evaluate,
     sample=sample,
+    data_parallel=True,
 )
