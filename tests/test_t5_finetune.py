@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import genlab
-from genlab.errors import ConfigError
+from genlab.errors import NotFoundError
 from genlab.record import Record
 from genlab.summaries import Pair, SentencePieceTokenizer, shared_data_dir, tokenizer_dir
 
@@ -52,7 +52,7 @@ def test_random_init_rejects_both_or_neither(tmp_path):
 
     with pytest.raises(ValueError, match="exactly one"):
         T5FinetuneConfig()
-    with pytest.raises(ConfigError, match="config.json"):
+    with pytest.raises(NotFoundError, match="config.json"):  # a GenlabError and a FileNotFoundError
         T5FinetuneConfig(init=tmp_path)
 
 
