@@ -44,3 +44,18 @@ def genlab(*args: str, check: bool = True, env_extra: dict[str, str] | None = No
     if check and proc.returncode != 0:
         raise AssertionError(f"genlab {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def read_steps(run: Path) -> list[dict]:
+    """A run's per-step metric rows (metrics/steps.jsonl)."""
+    import json
+
+    return [json.loads(line) for line in (run / "metrics" / "steps.jsonl").read_text().splitlines()]
+
+
+def read_epochs(run: Path) -> list[dict]:
+    """A run's per-epoch rows (metrics/epochs.csv) as strings, without the wall-clock column."""
+    import csv
+
+    with (run / "metrics" / "epochs.csv").open() as f:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]

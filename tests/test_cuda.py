@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import genlab
+from conftest import genlab, read_steps
 from genlab.engine import BF16_MIN_SPEEDUP, bf16_speedup, bf16_supported, load_checkpoint
 from genlab.experiments import dcgan
 from genlab.summaries import default_data_file
@@ -19,9 +19,6 @@ from genlab.summaries import default_data_file
 pytestmark = pytest.mark.cuda
 CUDA = ["--device", "cuda"]
 
-
-def _steps(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics" / "steps.jsonl").read_text().splitlines()]
 
 
 def test_bf16_probe_measures_native_bf16_on_this_gpu():
@@ -38,7 +35,7 @@ def test_dcgan_resumed_on_cuda_equals_the_straight_run_when_deterministic(tmp_pa
     genlab("run", "dcgan", *small, "--max-steps", "7", "--out", str(tmp_path / "part"))
     assert load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt", "cuda")["step"] == 7
     genlab("run", "dcgan", *small, "--resume", "--out", str(tmp_path / "part"))  # RNG states mapped to CUDA
-    assert _steps(tmp_path / "part") == _steps(tmp_path / "full")
+    assert read_steps(tmp_path / "part") == read_steps(tmp_path / "full")
     assert json.loads((tmp_path / "full" / "env.json").read_text())["device"] == "cuda"
 
 
@@ -48,7 +45,7 @@ def test_dcgan_same_seed_same_losses_on_cuda_when_deterministic(tmp_path, graph)
     args += ["--cuda-graph"] if graph else []
     genlab("run", "dcgan", *args, "--out", str(tmp_path / "a"))
     genlab("run", "dcgan", *args, "--out", str(tmp_path / "b"))
-    assert _steps(tmp_path / "a") == _steps(tmp_path / "b")
+    assert read_steps(tmp_path / "a") == read_steps(tmp_path / "b")
 
 
 def test_gan_resumes_on_cuda(tmp_path):

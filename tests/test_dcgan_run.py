@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import genlab
+from conftest import genlab, read_epochs, read_steps
 from genlab.engine import STOP_AFTER_STEPS_ENV, TrainingDiverged, load_checkpoint, rng_state, set_rng_state
 from genlab.experiments import dcgan
 from genlab.record import Record
@@ -17,15 +17,6 @@ from genlab.record import Record
 SMALL = dict(subset=320, batch_size=64, fid_samples=0, log_every=1)  # 5 steps per epoch
 
 
-def _steps(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics" / "steps.jsonl").read_text().splitlines()]
-
-
-def _epochs(run: Path) -> list[dict]:
-    import csv
-
-    with (run / "metrics" / "epochs.csv").open() as f:
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +36,7 @@ def test_smoke_run_writes_every_output(smoke_run):
     assert config["experiment"] == "dcgan" and config["lr"] == 1e-4 and config["batch_size"] == 64
     env = json.loads((smoke_run / "env.json").read_text())
     assert env["seed"] == 42 and env["device"] == "cpu" and env["versions"]["torch"]
-    steps = _steps(smoke_run)
+    steps = read_steps(smoke_run)
     assert [r["step"] for r in steps] == list(range(1, 21))
     assert all(0 < r["d_real"] < 1 and 0 < r["d_fake"] < 1 for r in steps)
     # at initialisation D outputs about 1/2, so the losses start near 2 log 2 and log 2
@@ -79,8 +70,8 @@ def test_same_seed_same_losses(tmp_path):
     a = dcgan.run(dcgan.DCGANConfig(out=tmp_path / "a", epochs=2, **SMALL))
     b = dcgan.run(dcgan.DCGANConfig(out=tmp_path / "b", epochs=2, **SMALL))
     c = dcgan.run(dcgan.DCGANConfig(out=tmp_path / "c", epochs=2, seed=7, **SMALL))
-    assert _steps(a) == _steps(b) and len(_steps(a)) == 10
-    assert _steps(a) != _steps(c)
+    assert read_steps(a) == read_steps(b) and len(read_steps(a)) == 10
+    assert read_steps(a) != read_steps(c)
 
 
 @pytest.mark.parity
@@ -90,8 +81,8 @@ def test_resume_gives_the_same_run(tmp_path):
     dcgan.run(dcgan.DCGANConfig(out=part, epochs=3, max_steps=7, **SMALL))  # stops inside epoch 2
     assert load_checkpoint(part / "checkpoints" / "last.pt")["step"] == 7
     dcgan.run(dcgan.DCGANConfig(out=part, epochs=3, resume=True, **SMALL))
-    assert _steps(part) == _steps(full)
-    assert _epochs(part) == _epochs(full)
+    assert read_steps(part) == read_steps(full)
+    assert read_epochs(part) == read_epochs(full)
     g_full = load_checkpoint(full / "checkpoints" / "last.pt")["states"]["generator"]
     g_part = load_checkpoint(part / "checkpoints" / "last.pt")["states"]["generator"]
     assert all(torch.equal(g_full[k], g_part[k]) for k in g_full)

@@ -4,7 +4,6 @@ Every process talks over 127.0.0.1 (``MASTER_ADDR``, ``GLOO_SOCKET_IFNAME=lo``, 
 The runs are tiny (256 FashionMNIST images, 4 steps an epoch) so that each test takes seconds.
 """
 
-import csv
 import json
 import os
 import socket
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import genlab
+from conftest import genlab, read_epochs, read_steps
 from genlab.engine import STOP_AFTER_STEPS_ENV, load_checkpoint
 
 LOOPBACK = {"MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -43,13 +42,6 @@ def torchrun(nproc: int, *args: str, check: bool = True, env_extra: dict[str, st
     return proc
 
 
-def _steps(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics" / "steps.jsonl").read_text().splitlines()]
-
-
-def _epochs(run: Path) -> list[dict]:
-    with (run / "metrics" / "epochs.csv").open() as f:
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +55,8 @@ def ddp_run(tmp_path_factory) -> Path:
 def test_ddp_run_writes_one_run_directory_with_world_size_and_backend(ddp_run):
     env = json.loads((ddp_run / "env.json").read_text())
     assert env["world_size"] == 2 and env["backend"] == "gloo"
-    assert [r["step"] for r in _steps(ddp_run)] == list(range(1, 9))  # one writer: no row twice
-    assert [int(r["epoch"]) for r in _epochs(ddp_run)] == [1, 2]
+    assert [r["step"] for r in read_steps(ddp_run)] == list(range(1, 9))  # one writer: no row twice
+    assert [int(r["epoch"]) for r in read_epochs(ddp_run)] == [1, 2]
     ckpt = load_checkpoint(ddp_run / "checkpoints" / "last.pt")
     assert ckpt["world_size"] == 2 and len(ckpt["rng_ranks"]) == 2 and ckpt["step"] == 8
     assert (ddp_run / "figures" / "grid_epoch002.png").is_file() and (ddp_run / "metrics.json").is_file()
@@ -87,7 +79,7 @@ def test_ddp_gives_the_one_process_losses_at_the_same_global_batch(ddp_run, tmp_
     """
     single = tmp_path / "single"
     genlab("run", "dcgan", *TINY, "--noise", "per-sample", "--out", str(single))
-    ddp, one = _steps(ddp_run), _steps(single)
+    ddp, one = read_steps(ddp_run), read_steps(single)
     assert len(ddp) == len(one) == 8
     for a, b in zip(ddp, one):
         tol = 1e-6 if a["step"] == 1 else 1e-4
@@ -95,7 +87,7 @@ def test_ddp_gives_the_one_process_losses_at_the_same_global_batch(ddp_run, tmp_
             assert a[key] == pytest.approx(b[key], abs=tol), (a["step"], key, a[key], b[key])
     other = tmp_path / "stream"
     genlab("run", "dcgan", *TINY, "--max-steps", "1", "--noise", "stream", "--out", str(other))
-    first = _steps(other)[0]
+    first = read_steps(other)[0]
     assert abs(first["loss_g"] - one[0]["loss_g"]) + abs(first["loss_d"] - one[0]["loss_d"]) > 5e-3
 
 
@@ -106,8 +98,8 @@ def test_interrupted_and_resumed_ddp_run_equals_the_uninterrupted_one(ddp_run, t
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert ckpt["step"] == 3 and ckpt["world_size"] == 2 and len(ckpt["rng_ranks"]) == 2
     torchrun(2, "run", "dcgan", *TINY, "--out", str(run), "--resume")
-    assert _steps(run) == _steps(ddp_run)  # bit for bit: same sums in the same order
-    assert _epochs(run) == _epochs(ddp_run)
+    assert read_steps(run) == read_steps(ddp_run)  # bit for bit: same sums in the same order
+    assert read_epochs(run) == read_epochs(ddp_run)
     a = load_checkpoint(run / "checkpoints" / "last.pt")["states"]["generator"]
     b = load_checkpoint(ddp_run / "checkpoints" / "last.pt")["states"]["generator"]
     assert all(torch.equal(a[k], b[k]) for k in b)

@@ -146,14 +146,6 @@ def make_step(config, images, device: torch.device, train_step=dcgan.train_step,
     return step
 
 
-def time_genlab(images, steps: int, warmup: int, batch_size: int, device: torch.device, precision: str,
-                cuda_graph: bool = False) -> float:
-    """Images per second of genlab's trainer step over ``steps`` steps after ``warmup``; with
-    ``cuda_graph``, of its replayed CUDA graph."""
-    config = dcgan.DCGANConfig(batch_size=batch_size, precision=precision, cuda_graph=cuda_graph)
-    return time_train_step(config, images, steps, warmup, device, dcgan.train_step, cuda_graph)
-
-
 def step_flops(config, device: torch.device) -> float:
     """FLOPs of one genlab DCGAN training step (matrix products and convolutions, forward and
     backward), counted by ``torch.utils.flop_counter.FlopCounterMode``."""
