@@ -1,4 +1,14 @@
-"""Figures: image grids and metric curves (matplotlib, Agg backend)."""
+"""Figures: image grids, metric curves and the pieces every experiment's figures share
+(matplotlib, Agg backend).
+
+An experiment's own figure is drawn with ``plt`` and finished with these helpers::
+
+    fig, ax = plots.plt.subplots()
+    line = plots.band(ax, steps, mean, mean - sem, mean + sem, "baseline")  # mean with a shaded band
+    plots.hline(ax, 0.2, "uniform policy")                              # labelled reference line
+    plots.decorate(ax, "step", "P(best arm)", "REINFORCE")              # labels, grid, legend
+    plots.save(fig, run_path / "figures" / "p_best.png")                # tight, 120 dpi, closed
+"""
 
 from __future__ import annotations
 
@@ -11,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["tile_images", "save_image_grid", "plot_curves"]
+__all__ = ["tile_images", "save_image_grid", "plot_curves", "moving_average", "save", "decorate", "hline", "band"]
 
 
 def tile_images(images: np.ndarray, nrow: int, ncol: int, pad: int = 1) -> np.ndarray:
@@ -69,19 +79,52 @@ def plot_curves(x: Sequence[float], series: dict[str, Sequence[float]], path: st
             rx, ry = zip(*sorted(reference[name].items()))
             ax.scatter(rx, ry, marker="x", s=50, color=line.get_color(), label=f"{name} (reference)", zorder=3)
     for label, y in (hlines or {}).items():
-        ax.axhline(y, ls="--", lw=0.8, color="gray")
-        ax.text(x[0], y, f" {label}", va="bottom", fontsize=8, color="gray")
+        hline(ax, y, label, x=x[0])
     if logy:
         ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    decorate(ax, xlabel, ylabel, title)
+    return save(fig, path)
+
+
+def save(fig, path: str | Path, dpi: int = 120) -> Path:
+    """Lay out ``fig`` tightly, write it to ``path`` (PNG at ``dpi``) and close it; returns the path."""
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return Path(path)
+
+
+def decorate(ax, xlabel: str, ylabel: str, title: str | None = None, title_size: float | None = None,
+             grid: str | None = "major", legend: bool = True, **legend_kwargs) -> None:
+    """Label the axes, title them (matplotlib's title size unless ``title_size``), draw a light
+    grid on the ``grid`` ticks (major, minor or both; None: no grid) and, with ``legend``, a
+    legend of the labelled artists (``legend_kwargs`` go to ``ax.legend``; font size 8 unless
+    given)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title is not None:
+        ax.set_title(title, **({} if title_size is None else {"fontsize": title_size}))
+    if grid is not None:
+        ax.grid(alpha=0.3, which=grid)
+    if legend:
+        ax.legend(**{"fontsize": 8, **legend_kwargs})
+
+
+def hline(ax, y: float, label: str, x: float | None = None, ls: str = "--", lw: float = 0.8) -> None:
+    """A gray horizontal reference line at ``y`` (an equilibrium, a chance level, a closed form),
+    labelled just above it at ``x`` (default: the left end of the axes' current x range)."""
+    ax.axhline(y, ls=ls, lw=lw, color="gray")
+    ax.text(ax.get_xlim()[0] if x is None else x, y, f" {label}", va="bottom", fontsize=8, color="gray")
+
+
+def band(ax, x: Sequence[float], mean: Sequence[float], low: Sequence[float], high: Sequence[float],
+         label: str | None = None, alpha: float = 0.2, **line_kwargs):
+    """A line (``mean`` against ``x``) over a shaded band from ``low`` to ``high`` in its colour:
+    a mean over seeds with its standard error or min-max range. ``line_kwargs`` go to
+    ``ax.plot`` (``color``, ``lw``, ...). Returns the line (its colour for related artists)."""
+    (line,) = ax.plot(x, mean, label=label, **line_kwargs)
+    ax.fill_between(x, low, high, color=line.get_color(), alpha=alpha, lw=0)
+    return line
 
 
 def moving_average(values: Sequence[float], window: int) -> list[float]:

@@ -1,18 +1,21 @@
 """The registry of experiments: one line per experiment, one module each.
 
-Each module defines ``EXPERIMENT = Experiment(...)``. Modules are imported lazily so that
+Each module defines ``EXPERIMENT = Experiment(...)`` (or ``EXPERIMENT = one_shot(...)`` for an
+experiment computed in one go, without checkpoints). Modules are imported lazily so that
 ``genlab list`` and one experiment's run do not pay for every other one's imports.
 """
 
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from genlab.errors import GenlabError, UnknownNameError
+from genlab.record import Record
 
 REGISTRY: dict[str, str] = {
     "dcgan": "genlab.experiments.dcgan",
@@ -65,3 +68,33 @@ def get(name: str) -> Experiment:
     if name not in REGISTRY:
         raise UnknownNameError(f"unknown experiment {name!r}; known: {', '.join(sorted(REGISTRY))} (see `genlab list`)")
     return importlib.import_module(REGISTRY[name]).EXPERIMENT
+
+
+def one_shot(name: str, summary: str, config: type, compute: Callable[[Any, Path], Record],
+             captions: dict[str, str] | Callable[[Any], dict[str, str]]) -> Experiment:
+    """An experiment computed in one go on the CPU, in seconds and deterministically (minimax,
+    bandit, divergence): it writes no checkpoint, and ``--resume`` runs it again from the start.
+
+    ``compute(config, run_path)`` writes its tables under ``run_path/metrics`` and its figures
+    under ``run_path/figures`` and returns the run's :class:`genlab.record.Record`. The run
+    directory (:class:`genlab.engine.RunDir`, on the CPU), the record's ``train_seconds`` (the
+    wall seconds of ``compute``) and its ``figures`` (every PNG, captioned by the first
+    ``captions`` prefix its name starts with; ``captions`` may be a function of the config where
+    the figures' names depend on the options) are handled here.
+    """
+
+    def run(cfg: Any) -> Path:
+        import torch
+
+        from genlab.engine import RunDir
+
+        run_dir = RunDir(name, cfg, torch.device("cpu"))
+        start = time.time()
+        record = compute(cfg, run_dir.path)
+        record.train_seconds = time.time() - start
+        record.figures = run_dir.figures(captions(cfg) if callable(captions) else captions)
+        run_dir.write_record(record)
+        run_dir.close()
+        return run_dir.path
+
+    return Experiment(name, summary, config, run)

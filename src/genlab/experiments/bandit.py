@@ -17,8 +17,8 @@ Four variants, each run for ``--seeds`` independent seeds at once (one row of th
   the same expectation, lower variance, and a below-average arm is pushed down.
 - ``adam``: Adam (Kingma and Ba 2015) on the loss -R log pi(a_i), whose gradient is -Δtheta / eta.
 
-The experiment is not epoch-based: ``--epochs`` and ``--data-dir`` are ignored, ``--max-steps``
-caps ``--steps``, ``--resume`` runs again (seconds, deterministic).
+It reads no data and has no epochs (``--epochs`` and ``--data-dir`` are refused as unknown
+options); ``--max-steps`` caps ``--steps``; ``--resume`` runs it again (seconds, deterministic).
 
     genlab run bandit
     genlab run bandit --rewards 1 0.9 0.2 --lr 2 --seeds 100
@@ -27,7 +27,6 @@ caps ``--steps``, ``--resume`` runs again (seconds, deterministic).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,10 +34,10 @@ import numpy as np
 import torch
 
 from genlab import plots
-from genlab.engine import RunConfig, RunDir
+from genlab.engine import RunConfig
 from genlab.errors import ConfigError
-from genlab.experiments import Experiment
-from genlab.record import Figure, Metric, Record, Table
+from genlab.experiments import one_shot
+from genlab.record import Metric, Record, Table
 from genlab.tables import fmt, write_csv
 
 VARIANTS = ("constant", "decaying", "baseline", "adam")
@@ -142,38 +141,27 @@ def score_function_estimate(theta: torch.Tensor, rewards: torch.Tensor, n: int, 
 # ---------------------------------------------------------------------------------------
 
 def train(variant: str, config: BanditConfig, steps: int) -> dict[str, torch.Tensor]:
-    """Run one variant for ``config.seeds`` seeds.
+    """Run one variant for ``config.seeds`` seeds from the uniform policy (theta = 0).
 
-    Returns float64 tensors: ``p_best`` (steps + 1, S), ``expected_reward`` (steps + 1, S),
-    ``theta`` (steps + 1, k) of the first seed, ``arms`` (steps, S) int64, ``final_pi`` (S, k), ``pi`` (steps + 1, S, k) float32.
+    Returns float64 tensors: ``p_best`` (steps + 1, S) and ``expected_reward`` (steps + 1, S)
+    after each step (row 0: the start), ``theta`` (steps + 1, k) of the first seed, ``arms``
+    (steps, S) int64, ``final_pi`` (S, k); and ``pi`` (steps + 1, S, k) float32.
     """
     rewards = torch.tensor(config.rewards, dtype=torch.float64)
-    k, seeds = len(rewards), config.seeds
-    best = int(torch.argmax(rewards))
     generator = torch.Generator().manual_seed(config.seed)  # the same draws' randomness per variant
-    theta = torch.zeros(seeds, k, dtype=torch.float64)  # uniform policy at the start
-    optimizer = None
+    theta = torch.zeros(config.seeds, len(rewards), dtype=torch.float64)
     if variant == "adam":
         theta = torch.nn.Parameter(theta)
         optimizer = torch.optim.Adam([theta], lr=config.adam_lr)
-    baseline = torch.zeros(seeds, dtype=torch.float64)
-    p_best, value, first, arms_taken, policy = [], [], [], [], []
-
-    def record() -> None:
-        with torch.no_grad():
-            policy.append(torch.softmax(theta, -1).float())  # float32 (S, k): for the lock-in share
-            p_best.append(torch.softmax(theta, -1)[:, best].clone())
-            value.append(expected_reward(theta, rewards).clone())
-            first.append(theta[0].detach().clone())
-
-    record()
+    baseline = torch.zeros(config.seeds, dtype=torch.float64)
+    thetas, arms = [theta.detach().clone()], []
     for t in range(steps):
         with torch.no_grad():
-            pi = torch.softmax(theta, dim=-1)  # (S, k)
-            arm = torch.multinomial(pi, 1, generator=generator).squeeze(1)  # (S,)
+            arm = torch.multinomial(torch.softmax(theta, dim=-1), 1, generator=generator).squeeze(1)  # (S,)
             reward = rewards[arm]
             if config.reward_noise > 0:
-                reward = reward + config.reward_noise * torch.randn(seeds, generator=generator, dtype=torch.float64)
+                reward = reward + config.reward_noise * torch.randn(config.seeds, generator=generator,
+                                                                    dtype=torch.float64)
         if variant == "constant":
             theta += reinforce_update(theta, arm, reward, config.lr)
         elif variant == "decaying":
@@ -185,79 +173,20 @@ def train(variant: str, config: BanditConfig, steps: int) -> dict[str, torch.Ten
             # gradient of the surrogate loss -R log pi(a): -R (e_a - pi)
             theta.grad = -reinforce_update(theta.detach(), arm, reward, 1.0)
             optimizer.step()
-        arms_taken.append(arm)
-        record()
-    return {"p_best": torch.stack(p_best), "expected_reward": torch.stack(value), "theta": torch.stack(first),
-            "arms": torch.stack(arms_taken), "final_pi": torch.softmax(theta.detach(), -1), "pi": torch.stack(policy)}
+        thetas.append(theta.detach().clone())
+        arms.append(arm)
+    thetas = torch.stack(thetas)  # (T+1, S, k)
+    pi = torch.softmax(thetas, dim=-1)
+    p_best = pi[..., int(torch.argmax(rewards))].contiguous()  # (T+1, S); contiguous rows sum in one fixed order
+    return {"p_best": p_best, "expected_reward": expected_reward(thetas, rewards), "theta": thetas[:, 0],
+            "arms": torch.stack(arms), "final_pi": pi[-1], "pi": pi.float()}
 
 
-# ---------------------------------------------------------------------------------------
-# Figures
-# ---------------------------------------------------------------------------------------
+def worse_arm_mass(pi: torch.Tensor, best: int) -> torch.Tensor:
+    """The largest probability on an arm other than ``best``: pi (..., k) -> (...); above 0.9
+    the policy is locked on a worse arm."""
+    return torch.cat([pi[..., :best], pi[..., best + 1:]], dim=-1).amax(-1)
 
-def plot_p_best(results: dict[str, dict], config: BanditConfig, path: Path) -> Path:
-    """Left: mean P(best arm) over seeds with a ±1 standard-error band. Right: share of seeds
-    whose policy is on the best arm (P > 0.9, solid) or locked on a worse one (dashed)."""
-    plt = plots.plt
-    rewards = torch.tensor(config.rewards)
-    best = int(torch.argmax(rewards))
-    fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.2))
-    for variant, r in results.items():
-        p = r["p_best"].numpy()  # (T+1, S)
-        t = np.arange(len(p))
-        mean = p.mean(1)
-        sem = p.std(1, ddof=1) / math.sqrt(p.shape[1]) if p.shape[1] > 1 else np.zeros_like(mean)
-        (line,) = axes[0].plot(t, mean, lw=1.6, label=variant)
-        axes[0].fill_between(t, mean - sem, mean + sem, color=line.get_color(), alpha=0.2, lw=0)
-        axes[1].plot(t, (p > 0.9).mean(1), lw=1.6, color=line.get_color(), label=f"{variant}: on the best arm")
-        worse = torch.cat([r["pi"][..., :best], r["pi"][..., best + 1:]], dim=-1).amax(-1)  # (T+1, S)
-        axes[1].plot(t, (worse > 0.9).double().mean(1).numpy(), "--", lw=1.2, color=line.get_color(),
-                     label=f"{variant}: locked on a worse arm")
-    axes[0].axhline(1 / len(config.rewards), ls=":", lw=0.8, color="gray")
-    axes[0].text(1, 1 / len(config.rewards), " uniform policy", va="bottom", fontsize=8, color="gray")
-    axes[0].set_ylabel(f"P(best arm), mean ± s.e. over {config.seeds} seeds")
-    axes[1].set_ylabel("share of seeds with P > 0.9")
-    for ax in axes:
-        ax.set_xscale("symlog", linthresh=10)
-        ax.set_xlim(0, len(t) - 1)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"REINFORCE on a {len(config.rewards)}-armed softmax bandit, rewards {tuple(config.rewards)}",
-                 fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def plot_theta(theta: torch.Tensor, config: BanditConfig, variant: str, eta: str, path: Path) -> Path:
-    plt = plots.plt
-    fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.0))
-    t = np.arange(len(theta))
-    pi = torch.softmax(theta, -1).numpy()
-    for i, r in enumerate(config.rewards):
-        axes[0].plot(t, theta[:, i].numpy(), lw=1.2, label=f"theta_{i + 1} (R = {r:g})")
-        axes[1].plot(t, pi[:, i], lw=1.2, label=f"pi(a_{i + 1})")
-    axes[0].set_ylabel("theta")
-    axes[1].set_ylabel("pi")
-    for ax in axes:
-        ax.set_xscale("symlog", linthresh=10)
-        ax.set_xlim(0, len(t) - 1)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"{variant} step {eta}, seed {config.seed}: parameters and policy", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-# ---------------------------------------------------------------------------------------
-# The run
-# ---------------------------------------------------------------------------------------
 
 def check_maths(config: BanditConfig) -> dict:
     """The closed forms beside autograd and Monte Carlo, at a random theta (recorded in metrics)."""
@@ -287,7 +216,58 @@ def check_maths(config: BanditConfig) -> dict:
     }
 
 
-def make_record(config: BanditConfig, metrics: dict, elapsed: float, figures: list[Figure]) -> Record:
+# ---------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------
+
+def steps_axes(ax, ylabel: str, steps: int) -> None:
+    """The bandit figures' axes over steps 0..steps: linear up to step 10, logarithmic after."""
+    ax.set_xscale("symlog", linthresh=10)
+    ax.set_xlim(0, steps)
+    plots.decorate(ax, "step", ylabel, fontsize=7, loc="upper left")
+
+
+def plot_p_best(results: dict[str, dict], config: BanditConfig, path: Path) -> Path:
+    """Left: mean P(best arm) over seeds with a ±1 standard-error band. Right: share of seeds
+    whose policy is on the best arm (P > 0.9, solid) or locked on a worse one (dashed)."""
+    best = int(torch.argmax(torch.tensor(config.rewards)))
+    fig, axes = plots.plt.subplots(1, 2, figsize=(11.0, 4.2))
+    for variant, r in results.items():
+        p = r["p_best"].numpy()  # (T+1, S)
+        t, mean = np.arange(len(p)), p.mean(1)
+        sem = p.std(1, ddof=1) / math.sqrt(p.shape[1]) if p.shape[1] > 1 else np.zeros_like(mean)
+        line = plots.band(axes[0], t, mean, mean - sem, mean + sem, variant, lw=1.6)
+        axes[1].plot(t, (p > 0.9).mean(1), lw=1.6, color=line.get_color(), label=f"{variant}: on the best arm")
+        axes[1].plot(t, (worse_arm_mass(r["pi"], best) > 0.9).double().mean(1).numpy(), "--", lw=1.2,
+                     color=line.get_color(), label=f"{variant}: locked on a worse arm")
+    plots.hline(axes[0], 1 / len(config.rewards), "uniform policy", x=1, ls=":")
+    for ax, ylabel in zip(axes, (f"P(best arm), mean ± s.e. over {config.seeds} seeds",
+                                 "share of seeds with P > 0.9")):
+        steps_axes(ax, ylabel, len(t) - 1)
+        ax.set_ylim(-0.02, 1.02)
+    fig.suptitle(f"REINFORCE on a {len(config.rewards)}-armed softmax bandit, rewards {tuple(config.rewards)}",
+                 fontsize=10)
+    return plots.save(fig, path)
+
+
+def plot_theta(theta: torch.Tensor, config: BanditConfig, variant: str, eta: str, path: Path) -> Path:
+    """Left: the logits theta (steps + 1, k) of one seed; right: its policy softmax(theta)."""
+    fig, axes = plots.plt.subplots(1, 2, figsize=(10.0, 4.0))
+    t, pi = np.arange(len(theta)), torch.softmax(theta, -1).numpy()
+    for i, r in enumerate(config.rewards):
+        axes[0].plot(t, theta[:, i].numpy(), lw=1.2, label=f"theta_{i + 1} (R = {r:g})")
+        axes[1].plot(t, pi[:, i], lw=1.2, label=f"pi(a_{i + 1})")
+    steps_axes(axes[0], "theta", len(t) - 1)
+    steps_axes(axes[1], "pi", len(t) - 1)
+    fig.suptitle(f"{variant} step {eta}, seed {config.seed}: parameters and policy", fontsize=10)
+    return plots.save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------
+# The record
+# ---------------------------------------------------------------------------------------
+
+def make_record(config: BanditConfig, metrics: dict) -> Record:
     """The run's record: per variant the final probability of the best arm (mean and standard
     error over the seeds; SPEC §7 has no reference numbers), the closed-form checks as metrics,
     the variants table and P(best) at a few steps."""
@@ -317,67 +297,50 @@ def make_record(config: BanditConfig, metrics: dict, elapsed: float, figures: li
                    [[variant, *v["p_best_at"]] for variant, v in metrics["variants"].items()],
                    "Probability of the best arm, mean over seeds.")
     return Record("bandit", "REINFORCE on a softmax bandit", "§7", metrics=out, tables=[variants, p_best],
-                  figures=figures, train_seconds=elapsed, extra=metrics)
+                  extra=metrics)
 
 
-FIGURE_CAPTIONS = {"p_best": "probability of the best arm over steps, per variant, several seeds",
-                   "theta": "the logits theta of the first seed over steps"}
-
-
-def run(config: BanditConfig) -> Path:
-    """Train every variant for every seed; returns the run directory (see the module docstring)."""
-    start_time = time.time()
-    run_dir = RunDir("bandit", config, torch.device("cpu"))  # (seeds, arms) tensors: the CPU is right
+def compute(config: BanditConfig, out: Path) -> Record:
+    """Train every variant for every seed, write the per-step tables and the figures under
+    ``out``; returns the record (see the module docstring)."""
     steps = min(config.steps, config.max_steps or config.steps)
-    rewards = torch.tensor(config.rewards, dtype=torch.float64)
-    best = int(torch.argmax(rewards))
+    best = int(torch.argmax(torch.tensor(config.rewards)))
     checkpoints = sorted({t for t in (0, 10, 100, 1000, steps) if t <= steps})
     results, per_variant, rows = {}, {}, []
     for variant in config.variants:
-        r = train(variant, config, steps)
-        results[variant] = r
-        final_pi_best = r["p_best"][-1]
-        p = r["p_best"]
+        r = results[variant] = train(variant, config, steps)
+        p = r["p_best"]  # (T+1, S)
         for t in range(steps + 1):
             rows.append({"variant": variant, "step": t, "p_best_mean": p[t].mean().item(),
                          "p_best_std": p[t].std().item() if config.seeds > 1 else 0.0,
                          "p_best_q10": p[t].quantile(0.1).item(), "p_best_q90": p[t].quantile(0.9).item(),
                          "expected_reward_mean": r["expected_reward"][t].mean().item()})
-        # a seed is locked on a worse arm when one worse arm holds more than 0.9 of the policy
-        worse = torch.cat([r["final_pi"][:, :best], r["final_pi"][:, best + 1:]], dim=1)  # (S, k-1)
-        locked = int((worse.max(1).values > 0.9).sum())
         per_variant[variant] = {
-            "final_p_best_mean": final_pi_best.mean().item(),
-            "final_p_best_std": final_pi_best.std().item() if config.seeds > 1 else 0.0,
-            "seeds_converged_to_best": int((final_pi_best > 0.9).sum()),
-            "seeds_locked_on_worse_arm": locked,
+            "final_p_best_mean": p[-1].mean().item(),
+            "final_p_best_std": p[-1].std().item() if config.seeds > 1 else 0.0,
+            "seeds_converged_to_best": int((p[-1] > 0.9).sum()),
+            "seeds_locked_on_worse_arm": int((worse_arm_mass(r["final_pi"], best) > 0.9).sum()),
             "final_expected_reward_mean": r["expected_reward"][-1].mean().item(),
             "mean_expected_reward": r["expected_reward"].mean().item(),
             "best_arm_pulls": float((r["arms"] == best).double().mean()),
             "p_best_at": [p[t].mean().item() for t in checkpoints],
             "theta_first_seed_final": r["theta"][-1].tolist(),
         }
-    write_csv(run_dir.path / "metrics" / "p_best.csv", rows)
-    theta_variant = "constant" if "constant" in results else next(iter(results))
-    theta = results[theta_variant]["theta"]
-    write_csv(run_dir.path / "metrics" / "theta_first_seed.csv",
-              [{"variant": theta_variant, "step": t, **{f"theta_{i + 1}": theta[t, i].item() for i in range(len(rewards))}}
+    write_csv(out / "metrics" / "p_best.csv", rows)
+    shown = "constant" if "constant" in results else next(iter(results))  # the variant whose theta is drawn
+    theta = results[shown]["theta"]
+    write_csv(out / "metrics" / "theta_first_seed.csv",
+              [{"variant": shown, "step": t, **{f"theta_{i + 1}": v for i, v in enumerate(theta[t].tolist())}}
                for t in range(steps + 1)])
-    figures = run_dir.path / "figures"
-    plot_p_best(results, config, figures / "p_best.png")
+    plot_p_best(results, config, out / "figures" / "p_best.png")
     eta = {"constant": f"eta = {config.lr:g}", "decaying": f"eta_t = {config.lr:g} / (1 + t / {config.decay_steps:g})",
-           "baseline": f"eta = {config.lr:g} with baseline", "adam": f"Adam lr {config.adam_lr:g}"}[theta_variant]
-    plot_theta(theta, config, theta_variant, eta, figures / "theta.png")
-    metrics = {"steps": steps, "best_arm": best + 1, "checkpoints": checkpoints, "variants": per_variant,
-               "maths": check_maths(config)}
-    run_dir.write_record(make_record(config, metrics, time.time() - start_time, run_dir.figures(FIGURE_CAPTIONS)))
-    run_dir.close()
-    return run_dir.path
+           "baseline": f"eta = {config.lr:g} with baseline", "adam": f"Adam lr {config.adam_lr:g}"}[shown]
+    plot_theta(theta, config, shown, eta, out / "figures" / "theta.png")
+    return make_record(config, {"steps": steps, "best_arm": best + 1, "checkpoints": checkpoints,
+                                "variants": per_variant, "maths": check_maths(config)})
 
 
-EXPERIMENT = Experiment(
-    name="bandit",
-    summary="SPEC §7: REINFORCE on a softmax bandit: constant, decaying, baseline and Adam steps over seeds",
-    config=BanditConfig,
-    run=run,
-)
+EXPERIMENT = one_shot("bandit", "SPEC §7: REINFORCE on a softmax bandit: constant, decaying, baseline and Adam "
+                      "steps over seeds", BanditConfig, compute,
+                      {"p_best": "probability of the best arm over steps, per variant, several seeds",
+                       "theta": "the logits theta of the first seed over steps"})

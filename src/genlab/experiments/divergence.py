@@ -19,8 +19,8 @@ Part 2, a Gaussian fitted to a bimodal P (a Gaussian mixture) by stochastic grad
   x = mean + std · eps, eps ~ N(0, 1) (Kingma and Welling 2014). It sits on one mode
   ("mode seeking"); its optimum is checked against L-BFGS on the quadrature objective.
 
-The experiment is not epoch-based: ``--epochs`` and ``--data-dir`` are ignored, ``--max-steps``
-caps ``--steps``, ``--resume`` runs again (seconds, deterministic).
+It reads no data and has no epochs (``--epochs`` and ``--data-dir`` are refused as unknown
+options); ``--max-steps`` caps ``--steps``; ``--resume`` runs it again (seconds, deterministic).
 
     genlab run divergence
     genlab run divergence --modes -3 1 4 --mode-stds 0.5 1 0.3 --weights 0.3 0.3 0.4
@@ -29,7 +29,6 @@ caps ``--steps``, ``--resume`` runs again (seconds, deterministic).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +38,10 @@ from scipy import integrate, optimize
 from torch.distributions import Categorical, MixtureSameFamily, Normal, Uniform, kl_divergence
 
 from genlab import plots
-from genlab.engine import RunConfig, RunDir, seed_everything
+from genlab.engine import RunConfig, seed_everything
 from genlab.errors import ConfigError
-from genlab.experiments import Experiment
-from genlab.record import Figure, Metric, Record, Reference, Table
+from genlab.experiments import one_shot
+from genlab.record import Metric, Record, Reference, Table
 from genlab.tables import fmt, write_csv
 
 
@@ -224,86 +223,65 @@ def fit(kind: str, config: DivergenceConfig, p: MixtureSameFamily, data: torch.T
 # ---------------------------------------------------------------------------------------
 
 def plot_uniform(u: dict, path: Path) -> Path:
-    plt = plots.plt
-    fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.8))
+    """Left: the densities of P = U[0, 1] and Q = U[-2, 2]; right: KL(Q‖P) with p floored at
+    eps against log10(1/eps), by quadrature and in closed form."""
+    fig, axes = plots.plt.subplots(1, 2, figsize=(10.0, 3.8))
     x = np.linspace(-2.5, 2.5, 1001)
     axes[0].plot(x, np.where((x >= 0) & (x < 1), 1.0, 0.0), lw=1.6, label="P = U[0, 1]")
     axes[0].plot(x, np.where((x >= -2) & (x < 2), 0.25, 0.0), lw=1.6, label="Q = U[-2, 2]")
-    axes[0].set_title(f"KL(P‖Q) = {u['torch_pq']:.6f} (log 4 = {u['log4']:.6f});  KL(Q‖P) = {fmt(u['torch_qp'])}",
-                      fontsize=9)
-    axes[0].set_xlabel("x")
-    axes[0].set_ylabel("density")
-    axes[0].legend(fontsize=8)
+    plots.decorate(axes[0], "x", "density", f"KL(P‖Q) = {u['torch_pq']:.6f} (log 4 = {u['log4']:.6f});  "
+                   f"KL(Q‖P) = {fmt(u['torch_qp'])}", title_size=9)
     eps = np.array(list(u["quad_qp_floor"]))
     kl = np.array(list(u["quad_qp_floor"].values()))
     axes[1].plot(np.log10(1 / eps), kl, ".-", ms=3, label="∫ q log(q / max(p, eps)) (scipy quad)")
     axes[1].plot(np.log10(1 / eps), -0.25 * math.log(4) + u["q_mass_outside"] * np.log(0.25 / eps), "--", lw=1,
                  label="(3/4) log(1/(4 eps)) - (1/4) log 4 (closed form)")
-    axes[1].axhline(u["log4"], color="gray", ls=":", lw=1)
-    axes[1].text(0, u["log4"], " KL(P‖Q) = log 4", va="bottom", fontsize=8, color="gray")
-    axes[1].set_xlabel("log10(1 / eps)")
-    axes[1].set_ylabel("KL(Q‖P) with p floored at eps (nats)")
-    axes[1].set_title(f"grows without bound: slope {u['floor_slope']:.4f} per nat of log(1/eps)", fontsize=9)
-    axes[1].legend(fontsize=7)
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    plots.hline(axes[1], u["log4"], "KL(P‖Q) = log 4", x=0, ls=":", lw=1)
+    plots.decorate(axes[1], "log10(1 / eps)", "KL(Q‖P) with p floored at eps (nats)",
+                   f"grows without bound: slope {u['floor_slope']:.4f} per nat of log(1/eps)", title_size=9,
+                   fontsize=7)
+    return plots.save(fig, path)
 
 
 def plot_fits(p: MixtureSameFamily, data: torch.Tensor, fits: dict[str, tuple[float, float]], path: Path) -> Path:
-    plt = plots.plt
+    """The density of P, a histogram of its sample and the fitted Gaussians N(mean, std²) of ``fits``."""
     comps = p.component_distribution
     lo = min(comps.mean.min().item() - 4 * comps.stddev.max().item(), *(m - 4 * s for m, s in fits.values()))
     hi = max(comps.mean.max().item() + 4 * comps.stddev.max().item(), *(m + 4 * s for m, s in fits.values()))
     x = torch.linspace(lo, hi, 1000, dtype=torch.float64)
-    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    fig, ax = plots.plt.subplots(figsize=(7.0, 4.2))
     ax.hist(data.numpy(), bins=120, density=True, color="lightgray", label="samples of P")
     ax.plot(x, p.log_prob(x).exp(), "k", lw=2, label="P (mixture)")
     for (name, (m, s)), style in zip(fits.items(), ("-", "--", ":", "-.")):
         ax.plot(x, Normal(m, s).log_prob(x).exp(), style, lw=1.8, label=f"{name}: N({m:.3f}, {s:.3f}²)")
-    ax.set_xlabel("x")
-    ax.set_ylabel("density")
-    ax.set_title("A Gaussian fitted to a bimodal P: forward KL covers, reverse KL picks a mode", fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    plots.decorate(ax, "x", "density", "A Gaussian fitted to a bimodal P: forward KL covers, reverse KL picks a mode",
+                   title_size=9)
+    return plots.save(fig, path)
 
 
 def plot_training(rows: list[dict], targets: dict[str, tuple[float, float]], path: Path) -> Path:
-    plt = plots.plt
-    fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.6))
+    """The mean and std of each fit over its steps (``rows`` of :func:`fit`), the optimum
+    (mean, std) of ``targets`` dashed."""
+    fig, axes = plots.plt.subplots(1, 2, figsize=(10.0, 3.6))
     for kind in ("forward", "reverse"):
         r = [row for row in rows if row["fit"] == kind]
         steps = [row["step"] for row in r]
         (line,) = axes[0].plot(steps, [row["mean"] for row in r], label=f"{kind} KL: mean")
         axes[1].plot(steps, [row["std"] for row in r], color=line.get_color(), label=f"{kind} KL: std")
-        if kind in targets:
-            axes[0].axhline(targets[kind][0], ls="--", lw=0.8, color=line.get_color())
-            axes[1].axhline(targets[kind][1], ls="--", lw=0.8, color=line.get_color())
+        for ax, target in zip(axes, targets.get(kind, ())):
+            ax.axhline(target, ls="--", lw=0.8, color=line.get_color())
     for ax, label in zip(axes, ("mean of Q", "std of Q")):
-        ax.set_xlabel("Adam step")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        plots.decorate(ax, "Adam step", label)
     fig.suptitle("Fits over training; dashed: moment matching (forward) and L-BFGS on quadrature (reverse)",
                  fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return plots.save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------
-# The run
+# The record
 # ---------------------------------------------------------------------------------------
 
-def make_record(m: dict, elapsed: float, figures: list[Figure]) -> Record:
+def make_record(m: dict) -> Record:
     """The run's record: KL(P‖Q) of the uniforms against its closed form log 4 (SPEC §11), and
     the KL the two Gaussian fits reach against their optima computed in this run (moment matching
     for the forward KL, L-BFGS on quadrature for the reverse KL); both as tables."""
@@ -329,40 +307,29 @@ def make_record(m: dict, elapsed: float, figures: list[Figure]) -> Record:
                      ["KL(Q‖P)", "∞", str(u["torch_qp"]),
                       f"≥ {fmt(floor)} at eps = 1e-298, slope {u['floor_slope']:.4f} "
                       f"(closed form {u['q_mass_outside']:.4f})", str(u["mc_qp"])]], "Nats.")
+    columns = ("mean", "std", "kl_pq", "kl_qp")
     fits = Table(f"Gaussian Q fitted to P = {m['p']}", ["fit", "mean", "std", "KL(P‖Q) nats", "KL(Q‖P) nats"],
-                 [["forward KL (Adam on samples)", *(g["forward"][k] for k in ("mean", "std", "kl_pq", "kl_qp"))],
-                  ["moment matching (closed form)", *(g["moment_matching"][k] for k in ("mean", "std", "kl_pq",
-                                                                                        "kl_qp"))],
+                 [["forward KL (Adam on samples)", *(g["forward"][k] for k in columns)],
+                  ["moment matching (closed form)", *(g["moment_matching"][k] for k in columns)],
                   ["sample moments of the data", g["sample_moments"]["mean"], g["sample_moments"]["std"], None, None],
-                  ["reverse KL (Adam, reparameterised)", *(g["reverse"][k] for k in ("mean", "std", "kl_pq", "kl_qp"))],
-                  ["reverse KL (L-BFGS on quadrature)", *(g["reverse_reference"][k] for k in ("mean", "std", "kl_pq",
-                                                                                               "kl_qp"))]])
-    return Record("divergence", "Forward vs reverse KL", "§11", metrics=metrics, tables=[uniform, fits],
-                  figures=figures, train_seconds=elapsed, extra=m)
+                  ["reverse KL (Adam, reparameterised)", *(g["reverse"][k] for k in columns)],
+                  ["reverse KL (L-BFGS on quadrature)", *(g["reverse_reference"][k] for k in columns)]])
+    return Record("divergence", "Forward vs reverse KL", "§11", metrics=metrics, tables=[uniform, fits], extra=m)
 
 
-FIGURE_CAPTIONS = {"uniform_kl": "KL between the uniforms: closed form, quadrature with a floor, Monte Carlo",
-                   "fits": "the forward- and reverse-KL Gaussian fits against the bimodal P",
-                   "training": "the fits' mean, std and KL during training, with their optima"}
-
-
-def run(config: DivergenceConfig) -> Path:
-    """Both parts; returns the run directory (see the module docstring)."""
-    start_time = time.time()
-    run_dir = RunDir("divergence", config, torch.device("cpu"))  # two scalars to fit: the CPU is right
+def compute(config: DivergenceConfig, out: Path) -> Record:
+    """Both parts, their table (the fits per step) and figures under ``out``; returns the record
+    (see the module docstring)."""
     seed_everything(config.seed)
     steps = min(config.steps, config.max_steps or config.steps)
-    figures = run_dir.path / "figures"
-
     uniform = uniform_kl(seed=config.seed)
-    plot_uniform(uniform, figures / "uniform_kl.png")
 
     p = mixture(config)
     generator = torch.Generator().manual_seed(config.seed)
     data = p.sample((config.p_samples,))  # (N,) float64, via the global seeded RNG
     rows = fit("forward", config, p, data, steps, generator) + fit("reverse", config, p, data, steps, generator)
-    write_csv(run_dir.path / "metrics" / "fits.csv", rows)
-    final = {kind: next(r for r in reversed(rows) if r["fit"] == kind) for kind in ("forward", "reverse")}
+    write_csv(out / "metrics" / "fits.csv", rows)
+    final = {row["fit"]: (row["mean"], row["std"]) for row in rows}  # the last row of each fit
     moments = moment_matching(config)
     reference = reverse_kl_reference(p, config.init_mean, config.init_std)
 
@@ -370,32 +337,29 @@ def run(config: DivergenceConfig) -> Path:
         kl_pq, kl_qp = kl_quadrature(p, mean, std)
         return {"mean": mean, "std": std, "kl_pq": kl_pq, "kl_qp": kl_qp}
 
-    nearest = int(np.argmin(np.abs(np.array(config.modes) - final["reverse"]["mean"])))
+    nearest = int(np.argmin(np.abs(np.array(config.modes) - final["reverse"][0])))
     gaussian = {
-        "forward": entry(final["forward"]["mean"], final["forward"]["std"]),
+        "forward": entry(*final["forward"]),
         "moment_matching": entry(*moments),
         "sample_moments": {"mean": data.mean().item(), "std": data.std(correction=0).item()},
-        "reverse": {**entry(final["reverse"]["mean"], final["reverse"]["std"]),
-                    "nearest_mode": config.modes[nearest], "nearest_mode_std": config.mode_stds[nearest]},
+        "reverse": {**entry(*final["reverse"]), "nearest_mode": config.modes[nearest],
+                    "nearest_mode_std": config.mode_stds[nearest]},
         "reverse_reference": entry(*reference),
     }
-    plot_fits(p, data, {"forward KL fit": (final["forward"]["mean"], final["forward"]["std"]),
-                        "reverse KL fit": (final["reverse"]["mean"], final["reverse"]["std"])}, figures / "fits.png")
+    figures = out / "figures"
+    plot_uniform(uniform, figures / "uniform_kl.png")
+    plot_fits(p, data, {"forward KL fit": final["forward"], "reverse KL fit": final["reverse"]}, figures / "fits.png")
     plot_training(rows, {"forward": moments, "reverse": reference}, figures / "training.png")
     w = np.array(config.weights) / sum(config.weights)
     description = " + ".join(f"{wi:g} N({m:g}, {s:g}²)" for wi, m, s in zip(w, config.modes, config.mode_stds))
     # JSON has no infinity: an infinite KL is written as the string "inf" (float("inf") reads it back)
     uniform_json = {k: "inf" if isinstance(v, float) and math.isinf(v) else v for k, v in uniform.items()}
     uniform_json["quad_qp_floor"] = {f"{k:.0e}": v for k, v in uniform["quad_qp_floor"].items()}
-    metrics = {"uniform": uniform_json, "p": description, "gaussian_fit": gaussian, "steps": steps}
-    run_dir.write_record(make_record(metrics, time.time() - start_time, run_dir.figures(FIGURE_CAPTIONS)))
-    run_dir.close()
-    return run_dir.path
+    return make_record({"uniform": uniform_json, "p": description, "gaussian_fit": gaussian, "steps": steps})
 
 
-EXPERIMENT = Experiment(
-    name="divergence",
-    summary="SPEC §11: KL(U[0,1]‖U[-2,2]) = log 4 and the reverse = ∞; forward vs reverse KL Gaussian fits",
-    config=DivergenceConfig,
-    run=run,
-)
+EXPERIMENT = one_shot("divergence", "SPEC §11: KL(U[0,1]‖U[-2,2]) = log 4 and the reverse = ∞; forward vs reverse "
+                      "KL Gaussian fits", DivergenceConfig, compute,
+                      {"uniform_kl": "KL between the uniforms: closed form, quadrature with a floor, Monte Carlo",
+                       "fits": "the forward- and reverse-KL Gaussian fits against the bimodal P",
+                       "training": "the fits' mean, std and KL during training, with their optima"})

@@ -23,9 +23,9 @@ assignment the rates are known in closed form (:func:`closed_form_rate`):
 
 Any other smooth f can be given as a Python expression in x and y (``--functions
 "x**3 - 3*x + y**2"``); it is parsed and evaluated with torch functions only, see
-:func:`parse_function`. The experiment is not epoch-based: ``--epochs`` and ``--data-dir``
-are ignored, ``--max-steps`` caps ``--iterations``, and ``--resume`` simply runs again (a run
-takes seconds and is deterministic).
+:func:`parse_function`. The experiment reads no data and has no epochs (``--epochs`` and
+``--data-dir`` are refused as unknown options); ``--max-steps`` caps ``--iterations`` and
+``--sweep-iterations``; ``--resume`` runs it again (a run takes seconds and is deterministic).
 
     genlab run minimax                                   # f1 and f2, all five methods
     genlab run minimax --functions f1 --eta-x 0.1 --eta-y 0.2
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import ast
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +45,10 @@ import torch
 from torch.func import grad, hessian, jacrev, vmap
 
 from genlab import plots
-from genlab.engine import RunConfig, RunDir
+from genlab.engine import RunConfig
 from genlab.errors import ConfigError
-from genlab.experiments import Experiment
-from genlab.record import Figure, Metric, Record, Reference, Table
+from genlab.experiments import one_shot
+from genlab.record import Metric, Record, Reference, Table
 from genlab.tables import fmt, write_csv
 
 FUNCTIONS = {"f1": "4*x**2 - 4*y**2", "f2": "(x - 1)*(y - 1)"}
@@ -427,7 +426,8 @@ def sweep(f: Callable, method: str, point: torch.Tensor, start: torch.Tensor, et
 # ---------------------------------------------------------------------------------------
 
 def plot_trajectories(f: Callable, title: str, paths: dict[str, np.ndarray], point: dict, path: Path) -> Path:
-    plt = plots.plt
+    """The iterates of every method (``paths``: method -> (K+1, 2)) over the contours of f,
+    around the target ``point`` (a :func:`stationary_points` entry)."""
     start = next(iter(paths.values()))[0]
     half = 1.6 * max(abs(start[0] - point["x"]), abs(start[1] - point["y"]), 0.5)
     xs = np.linspace(point["x"] - half, point["x"] + half, 200)
@@ -435,7 +435,7 @@ def plot_trajectories(f: Callable, title: str, paths: dict[str, np.ndarray], poi
     gx, gy = np.meshgrid(xs, ys)
     with torch.no_grad():
         values = f(torch.from_numpy(gx), torch.from_numpy(gy)).numpy()
-    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    fig, ax = plots.plt.subplots(figsize=(6.4, 5.6))
     contour = ax.contourf(gx, gy, values, levels=30, cmap="coolwarm", alpha=0.75)
     ax.contour(gx, gy, values, levels=15, colors="k", linewidths=0.3, alpha=0.5)
     fig.colorbar(contour, ax=ax, label="f(x, y)")
@@ -445,19 +445,15 @@ def plot_trajectories(f: Callable, title: str, paths: dict[str, np.ndarray], poi
     ax.plot(point["x"], point["y"], "k*", ms=12, label=f"{point['type']} ({point['x']:.3g}, {point['y']:.3g})")
     ax.set_xlim(xs[0], xs[-1])
     ax.set_ylim(ys[0], ys[-1])
-    ax.set_xlabel("x (minimising)")
-    ax.set_ylabel("y (maximising)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    plots.decorate(ax, "x (minimising)", "y (maximising)", title, title_size=10, grid=None, fontsize=7,
+                   loc="upper left")
+    return plots.save(fig, path)
 
 
 def plot_distances(title: str, distances: dict[str, np.ndarray], rates: dict[str, float], path: Path) -> Path:
-    plt = plots.plt
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    """The distance to the target per iteration (log scale) of every method, beside d_0 rate^k
+    dashed (``rates``: method -> the closed-form or linearised rate)."""
+    fig, ax = plots.plt.subplots(figsize=(6.4, 4.2))
     k = np.arange(len(next(iter(distances.values()))))
     lo, hi = np.inf, 0.0
     for name, d in distances.items():
@@ -469,25 +465,21 @@ def plot_distances(title: str, distances: dict[str, np.ndarray], rates: dict[str
         if finite.size:
             lo, hi = min(lo, finite.min()), max(hi, finite.max())
     ax.set_ylim(max(lo / 3, 1e-17), min(hi * 3, 1e17))
-    ax.set_xlabel("iteration k")
-    ax.set_ylabel("distance to the stationary point")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    plots.decorate(ax, "iteration k", "distance to the stationary point", title, title_size=10, grid="both",
+                   fontsize=7, ncol=2)
+    return plots.save(fig, path)
 
 
 def plot_sweep(title: str, result: dict[str, torch.Tensor], name: str, marginal: float, path: Path) -> Path:
+    """The observed rate over the step-size grid of :func:`sweep` (green converges, red diverges),
+    the linearised rate = 1 contour, f1's analytic region, and crosses where the observed and
+    predicted behaviours differ."""
     from matplotlib.colors import TwoSlopeNorm
     from matplotlib.patches import Rectangle
 
-    plt = plots.plt
     ex, ey = result["eta_x"].numpy(), result["eta_y"].numpy()
     observed = np.clip(result["observed"].numpy(), 0, 2)
-    fig, ax = plt.subplots(figsize=(6.0, 5.0))
+    fig, ax = plots.plt.subplots(figsize=(6.0, 5.0))
     mesh = ax.pcolormesh(ex, ey, observed, cmap="RdYlGn_r", norm=TwoSlopeNorm(vmin=0, vcenter=1, vmax=2),
                          shading="nearest")
     fig.colorbar(mesh, ax=ax, label="observed rate per step (< 1 converges)")
@@ -503,106 +495,104 @@ def plot_sweep(title: str, result: dict[str, torch.Tensor], name: str, marginal:
         ax.plot(ex[wrong], ey[wrong], "kx", ms=5, label="observed ≠ predicted behaviour")
     ax.set_xlim(0, ex.max() + ex[0, 0])
     ax.set_ylim(0, ey.max() + ey[0, 0])
-    ax.set_xlabel("eta_x")
-    ax.set_ylabel("eta_y")
-    ax.set_title(title, fontsize=10)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    plots.decorate(ax, "eta_x", "eta_y", title, title_size=10, grid=None,
+                   legend=bool(ax.get_legend_handles_labels()[0]), fontsize=7, loc="upper right")
+    return plots.save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------
-# The run
+# The run: every method on every function, then the step-size sweep
 # ---------------------------------------------------------------------------------------
 
-def run_function(name: str, label: str, config: MinimaxConfig, run_dir: RunDir, trajectory_rows: list,
-                 sweep_rows: list) -> dict:
-    """All methods, the figures and the sweep for one function (``label`` names its files);
-    returns its metrics."""
-    f = parse_function(name)
+def run_methods(f: Callable, name: str, label: str, config: MinimaxConfig, out: Path, trajectory_rows: list
+                ) -> dict:
+    """Every method on one function (``label`` names its files and rows): the rates, the
+    trajectory rows and the trajectory and distance figures; returns its metrics."""
     expression = FUNCTIONS.get(name, name)
     eta_x = config.eta_x if config.eta_x is not None else DEFAULT_ETA.get(name, 0.05)
     eta_y = config.eta_y if config.eta_y is not None else eta_x
     iterations = min(config.iterations, config.max_steps or config.iterations)
-    start = torch.tensor([config.x0, config.y0], dtype=torch.float64)
     points = stationary_points(f, config.box)
     target = target_point(points, (config.x0, config.y0), f"--functions {name!r}")
     point = torch.tensor([target["x"], target["y"]], dtype=torch.float64)
+    start = torch.tensor([[config.x0, config.y0]], dtype=torch.float64)
     eta = torch.tensor([[eta_x, eta_y]], dtype=torch.float64)
-
     methods, paths, distances, rates = {}, {}, {}, {}
     for method in config.methods:
-        path = iterate(f, method, start[None], eta, iterations)[:, 0]  # (K+1, 2)
+        path = iterate(f, method, start, eta, iterations)[:, 0]  # (K+1, 2)
         dist = distance(path, point)  # (K+1,)
         with torch.no_grad():
             values = f(path[:, 0], path[:, 1])
         linear = linearised_rate(f, method, point, eta)[0].item()
         closed = closed_form_rate(name, method, eta_x, eta_y)
+        rates[method] = closed if closed is not None else linear
         observed = observed_rate(dist).item()
         methods[method] = {
             "observed_rate": observed, "linearised_rate": linear, "closed_form_rate": closed,
             "initial_distance": dist[0].item(), "final_distance": dist[-1].item(), "max_distance": dist.max().item(),
             "observed": BEHAVIOURS[behaviour(observed, config.marginal)],
-            "predicted": BEHAVIOURS[behaviour(closed if closed is not None else linear, config.marginal)],
+            "predicted": BEHAVIOURS[behaviour(rates[method], config.marginal)],
         }
         paths[method], distances[method] = path.numpy(), dist.numpy()
-        rates[method] = closed if closed is not None else linear
         for k in range(iterations + 1):
             trajectory_rows.append({"function": label, "method": method, "k": k, "x": path[k, 0].item(),
                                     "y": path[k, 1].item(), "distance": dist[k].item(), "f": values[k].item()})
-
-    figures = run_dir.path / "figures"
     steps = f"eta_x = {eta_x:g}, eta_y = {eta_y:g}"
-    plot_trajectories(f, f"{label}: f = {expression}; {steps}", paths, target, figures / f"{label}_trajectories.png")
+    plot_trajectories(f, f"{label}: f = {expression}; {steps}", paths, target, out / f"{label}_trajectories.png")
     plot_distances(f"{label}: distance to ({target['x']:.3g}, {target['y']:.3g}); dashed: "
                    + ("closed-form" if name in FUNCTIONS else "linearised") + " rate", distances, rates,
-                   figures / f"{label}_distance.png")
-    result = {"expression": expression, "eta_x": eta_x, "eta_y": eta_y, "start": [config.x0, config.y0],
-              "marginal": config.marginal,
-              "iterations": iterations, "stationary_points": points, "target": target, "methods": methods}
-
-    if config.sweep_points > 0:
-        etas = config.sweep_max * torch.arange(1, config.sweep_points + 1, dtype=torch.float64) / config.sweep_points
-        sweep_iterations = min(config.sweep_iterations, config.max_steps or config.sweep_iterations)
-        grid = sweep(f, config.sweep_method, point, start, etas, sweep_iterations)
-        observed_class = behaviour(grid["observed"], config.marginal)
-        predicted_class = behaviour(grid["predicted"], config.marginal)
-        closed_class = None
-        if name in FUNCTIONS:
-            closed_class = behaviour(torch.tensor([[closed_form_rate(name, config.sweep_method, ex, ey)
-                                                    for ex, ey in zip(row_x.tolist(), row_y.tolist())]
-                                                   for row_x, row_y in zip(grid["eta_x"], grid["eta_y"])]),
-                                     config.marginal)
-        for i in range(len(etas)):
-            for j in range(len(etas)):
-                sweep_rows.append({"function": label, "method": config.sweep_method,
-                                   "eta_x": grid["eta_x"][i, j].item(), "eta_y": grid["eta_y"][i, j].item(),
-                                   "observed_rate": grid["observed"][i, j].item(),
-                                   "linearised_rate": grid["predicted"][i, j].item(),
-                                   "observed": BEHAVIOURS[observed_class[i, j]],
-                                   "predicted": BEHAVIOURS[predicted_class[i, j]]})
-        plot_sweep(f"{label}: {config.sweep_method}, {sweep_iterations} iterations from ({config.x0:g}, {config.y0:g})",
-                   grid, name, config.marginal, figures / f"{label}_sweep.png")
-        diagonal = [(etas[i].item(), grid["observed"][i, i].item(), grid["predicted"][i, i].item())
-                    for i in range(len(etas))]
-        result["sweep"] = {
-            "method": config.sweep_method, "grid": [len(etas), len(etas)], "eta_max": config.sweep_max,
-            "iterations": sweep_iterations,
-            "observed": {b: int((observed_class == i).sum()) for i, b in enumerate(BEHAVIOURS)},
-            "predicted": {b: int((predicted_class == i).sum()) for i, b in enumerate(BEHAVIOURS)},
-            "agree": int((observed_class == predicted_class).sum()), "points": len(etas) ** 2,
-            "closed_form_region": ("0 < eta_x, eta_y < 1/4" if name == "f1" and config.sweep_method in
-                                   ("simultaneous", "alternating") else None),
-            "agree_with_closed_form": int((observed_class == closed_class).sum()) if closed_class is not None else None,
-            "diagonal": [{"eta": e, "observed_rate": o, "linearised_rate": p} for e, o, p in diagonal],
-        }
-    return result
+                   out / f"{label}_distance.png")
+    return {"expression": expression, "eta_x": eta_x, "eta_y": eta_y, "start": [config.x0, config.y0],
+            "marginal": config.marginal, "iterations": iterations, "stationary_points": points, "target": target,
+            "methods": methods}
 
 
-def make_record(results: dict, elapsed: float, figures: list[Figure]) -> Record:
+def run_sweep(f: Callable, name: str, label: str, config: MinimaxConfig, target: dict, out: Path, sweep_rows: list
+              ) -> dict:
+    """The step-size sweep of ``config.sweep_method`` on one function towards ``target``: its
+    rows, its figure and its summary (behaviour counts, agreement, the diagonal)."""
+    point = torch.tensor([target["x"], target["y"]], dtype=torch.float64)
+    start = torch.tensor([config.x0, config.y0], dtype=torch.float64)
+    etas = config.sweep_max * torch.arange(1, config.sweep_points + 1, dtype=torch.float64) / config.sweep_points
+    iterations = min(config.sweep_iterations, config.max_steps or config.sweep_iterations)
+    grid = sweep(f, config.sweep_method, point, start, etas, iterations)
+    observed_class = behaviour(grid["observed"], config.marginal)
+    predicted_class = behaviour(grid["predicted"], config.marginal)
+    closed_class = None
+    if name in FUNCTIONS:
+        closed_class = behaviour(torch.tensor([[closed_form_rate(name, config.sweep_method, ex, ey)
+                                                for ex, ey in zip(row_x.tolist(), row_y.tolist())]
+                                               for row_x, row_y in zip(grid["eta_x"], grid["eta_y"])]),
+                                 config.marginal)
+    n = len(etas)
+    for i in range(n):
+        for j in range(n):
+            sweep_rows.append({"function": label, "method": config.sweep_method,
+                               "eta_x": grid["eta_x"][i, j].item(), "eta_y": grid["eta_y"][i, j].item(),
+                               "observed_rate": grid["observed"][i, j].item(),
+                               "linearised_rate": grid["predicted"][i, j].item(),
+                               "observed": BEHAVIOURS[observed_class[i, j]],
+                               "predicted": BEHAVIOURS[predicted_class[i, j]]})
+    plot_sweep(f"{label}: {config.sweep_method}, {iterations} iterations from ({config.x0:g}, {config.y0:g})",
+               grid, name, config.marginal, out / f"{label}_sweep.png")
+    return {
+        "method": config.sweep_method, "grid": [n, n], "eta_max": config.sweep_max, "iterations": iterations,
+        "observed": {b: int((observed_class == i).sum()) for i, b in enumerate(BEHAVIOURS)},
+        "predicted": {b: int((predicted_class == i).sum()) for i, b in enumerate(BEHAVIOURS)},
+        "agree": int((observed_class == predicted_class).sum()), "points": n**2,
+        "closed_form_region": ("0 < eta_x, eta_y < 1/4" if name == "f1" and config.sweep_method in
+                               ("simultaneous", "alternating") else None),
+        "agree_with_closed_form": int((observed_class == closed_class).sum()) if closed_class is not None else None,
+        "diagonal": [{"eta": etas[i].item(), "observed_rate": grid["observed"][i, i].item(),
+                      "linearised_rate": grid["predicted"][i, i].item()} for i in range(n)],
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# The record
+# ---------------------------------------------------------------------------------------
+
+def make_record(results: dict) -> Record:
     """The run's record: per function and method the observed contraction rate of the distance
     to the target point, against the closed-form rate of SPEC §5 where there is one (the rates
     of simultaneous GDA are the headline); the step-size sweep's agreement; per function the
@@ -648,40 +638,39 @@ def make_record(results: dict, elapsed: float, figures: list[Figure]) -> Record:
                                 [[d["eta"], d["observed_rate"], d["linearised_rate"],
                                   BEHAVIOURS[behaviour(d["observed_rate"], r["marginal"])],
                                   BEHAVIOURS[behaviour(d["linearised_rate"], r["marginal"])]] for d in diag]))
-    return Record("minimax", "Gradient descent-ascent dynamics", "§5", metrics=metrics, tables=tables,
-                  figures=figures, train_seconds=elapsed, notes=notes, extra={"functions": results})
+    return Record("minimax", "Gradient descent-ascent dynamics", "§5", metrics=metrics, tables=tables, notes=notes,
+                  extra={"functions": results})
 
 
-FIGURE_CAPTIONS_BY_KIND = {
-    "trajectories": "trajectories of every method over the contours of f",
-    "distance": "distance to the target point per iteration (log scale), with the analytic rate",
-    "sweep": "step-size sweep: observed against predicted convergence",
-}
+def labels(config: MinimaxConfig) -> list[str]:
+    """The label of each function in file names, rows and metrics: f1, f2 by name, customN for an
+    expression in the N-th place of --functions."""
+    return [name if name in FUNCTIONS else f"custom{i + 1}" for i, name in enumerate(config.functions)]
 
 
-def run(config: MinimaxConfig) -> Path:
-    """Run every method on every function; returns the run directory (see the module docstring)."""
-    start_time = time.time()
-    device = torch.device("cpu")  # a handful of scalars per step: the CPU is the right place
-    run_dir = RunDir("minimax", config, device)
+def compute(config: MinimaxConfig, out: Path) -> Record:
+    """Every method, then the sweep, on every function, their tables under ``out / "metrics"``
+    and figures under ``out / "figures"``; returns the record (see the module docstring)."""
     results, trajectory_rows, sweep_rows = {}, [], []
-    for i, name in enumerate(config.functions):
-        label = name if name in FUNCTIONS else f"custom{i + 1}"  # file names: f1, f2, custom3, ...
-        results[label] = run_function(name, label, config, run_dir, trajectory_rows, sweep_rows)
-    write_csv(run_dir.path / "metrics" / "trajectories.csv", trajectory_rows)
+    for name, label in zip(config.functions, labels(config)):
+        f = parse_function(name)
+        results[label] = run_methods(f, name, label, config, out / "figures", trajectory_rows)
+        if config.sweep_points > 0:
+            results[label]["sweep"] = run_sweep(f, name, label, config, results[label]["target"], out / "figures",
+                                                sweep_rows)
+    write_csv(out / "metrics" / "trajectories.csv", trajectory_rows)
     if sweep_rows:
-        write_csv(run_dir.path / "metrics" / "sweep.csv", sweep_rows)
-    elapsed = time.time() - start_time
-    captions = {f"{label}_{kind}": f"{label}: {text}" for label in results
-                for kind, text in FIGURE_CAPTIONS_BY_KIND.items()}
-    run_dir.write_record(make_record(results, elapsed, run_dir.figures(captions)))
-    run_dir.close()
-    return run_dir.path
+        write_csv(out / "metrics" / "sweep.csv", sweep_rows)
+    return make_record(results)
 
 
-EXPERIMENT = Experiment(
-    name="minimax",
-    summary="SPEC §5: simultaneous/alternating GDA, descent, extragradient, optimistic GDA on f1, f2 or any f(x, y)",
-    config=MinimaxConfig,
-    run=run,
-)
+def captions(config: MinimaxConfig) -> dict[str, str]:
+    """The figures' captions, by file-name prefix (``f1_sweep``: f1's step-size sweep)."""
+    return {f"{label}_{kind}": f"{label}: {text}" for label in labels(config) for kind, text in (
+        ("trajectories", "trajectories of every method over the contours of f"),
+        ("distance", "distance to the target point per iteration (log scale), with the analytic rate"),
+        ("sweep", "step-size sweep: observed against predicted convergence"))}
+
+
+EXPERIMENT = one_shot("minimax", "SPEC §5: simultaneous/alternating GDA, descent, extragradient, optimistic GDA on "
+                      "f1, f2 or any f(x, y)", MinimaxConfig, compute, captions)
