@@ -178,9 +178,18 @@ def test_cli_smoke(tmp_path):
     assert metrics["f2"]["methods"]["simultaneous"]["observed_rate"] == pytest.approx(math.sqrt(1.04), rel=1e-6)
     assert metrics["f1"]["sweep"]["agree_with_closed_form"] == 36
     assert metrics["custom3"]["target"]["type"] == "saddle"
+    captions = {f.path: f.caption for f in record.figures}
+    assert captions["figures/custom3_sweep.png"] == "custom3: step-size sweep: observed against predicted convergence"
 
 
 def test_cli_refuses_a_bad_expression(tmp_path):
     proc = genlab("run", "minimax", "--functions", "open(x)", "--out", str(tmp_path / "x"), check=False)
     assert proc.returncode != 0
     assert "unknownname'open'" in re.sub(r"[\s│╭╮╰╯─]", "", proc.stderr)  # tyro boxes and wraps the message
+
+
+def test_cli_refuses_a_function_without_stationary_point(tmp_path):
+    proc = genlab("run", "minimax", "--functions", "x + y", "--sweep-points", "0", "--out", str(tmp_path / "x"),
+                  check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--functions 'x + y': no stationary point found in the search box; widen --box" in proc.stderr

@@ -94,3 +94,13 @@ def test_interrupted_and_resumed_equals_uninterrupted(name, tmp_path):
     assert load_checkpoint(part / "checkpoints" / "last.pt")["step"] == k
     assert "resuming" in genlab("run", name, *args, "--out", str(part), "--resume").stdout
     assert (part / compared).read_bytes() == (straight / compared).read_bytes()
+
+
+@pytest.mark.parametrize("name", ["minimax", "bandit", "divergence"])
+def test_one_shot_experiments_refuse_epochs_and_data_dir(name, tmp_path):
+    """They read no data and have no epochs: the options do not exist, rather than being ignored."""
+    assert not {"epochs", "data_dir"} & set(experiments.get(name).config.__dataclass_fields__)
+    proc = genlab("run", name, "--epochs", "3", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"),
+                  check=False)
+    assert proc.returncode == 2 and "--epochs" in proc.stderr and "--data-dir" in proc.stderr
+    assert not (tmp_path / "run").exists()

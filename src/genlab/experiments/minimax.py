@@ -148,33 +148,34 @@ def parse_function(text: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Te
 
     Returns: f taking two float tensors of the same shape, returning that shape (elementwise).
     Raises:
-        ValueError: naming the expression and what is wrong with it.
+        ConfigError (a GenlabError and a ValueError): naming the expression and what is wrong with it.
     """
     source = FUNCTIONS.get(text, text)
     where = f"--functions {text!r}"
     try:
         tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as err:
-        raise ValueError(f"{where} is not a Python expression: {err.msg}") from None
+        raise ConfigError(f"{where} is not a Python expression: {err.msg}") from None
     allowed_names = {"x", "y", *SAFE_NAMESPACE}
     nodes = list(ast.walk(tree))
     for node in nodes:  # (1) only arithmetic, names and calls
         if not isinstance(node, _ALLOWED_NODES):
-            raise ValueError(f"{where}: {type(node).__name__} is not allowed; use x, y, numbers, + - * / ** and "
-                             f"{', '.join(sorted(SAFE_NAMESPACE))}")
+            raise ConfigError(f"{where}: {type(node).__name__} is not allowed; use x, y, numbers, + - * / ** and "
+                              f"{', '.join(sorted(SAFE_NAMESPACE))}")
     for node in nodes:  # (2) only known names
         if isinstance(node, ast.Name) and node.id not in allowed_names:
-            raise ValueError(f"{where}: unknown name {node.id!r}; allowed: x, y, {', '.join(sorted(SAFE_NAMESPACE))}")
+            raise ConfigError(f"{where}: unknown name {node.id!r}; allowed: x, y, "
+                              f"{', '.join(sorted(SAFE_NAMESPACE))}")
     for node in nodes:  # (3) calls of a safe function by name, one positional argument
         if isinstance(node, ast.Call):
             if (not isinstance(node.func, ast.Name) or not callable(SAFE_NAMESPACE.get(node.func.id))
                     or node.keywords or len(node.args) != 1):
-                raise ValueError(f"{where}: only one-argument calls of "
-                                 f"{', '.join(k for k, v in SAFE_NAMESPACE.items() if callable(v))} are allowed")
+                raise ConfigError(f"{where}: only one-argument calls of "
+                                  f"{', '.join(k for k, v in SAFE_NAMESPACE.items() if callable(v))} are allowed")
     try:
         tree = ast.fix_missing_locations(_FloatConstants().visit(tree))
     except ValueError as err:
-        raise ValueError(f"{where}: {err}") from None
+        raise ConfigError(f"{where}: {err}") from None
     code = compile(tree, "<genlab minimax function>", "eval")
 
     def f(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -184,11 +185,11 @@ def parse_function(text: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Te
     try:
         value = f(probe_x, probe_y)
     except (ArithmeticError, TypeError, RuntimeError) as err:
-        raise ValueError(f"{where} cannot be evaluated: {type(err).__name__}: {err}") from None
+        raise ConfigError(f"{where} cannot be evaluated: {type(err).__name__}: {err}") from None
     if not isinstance(value, torch.Tensor):
-        raise ValueError(f"{where} does not depend on x or y")
+        raise ConfigError(f"{where} does not depend on x or y")
     if value.shape != () or not torch.isfinite(value):
-        raise ValueError(f"{where} is not a finite scalar at (0.3, 0.7): {value}")
+        raise ConfigError(f"{where} is not a finite scalar at (0.3, 0.7): {value}")
     return f
 
 
@@ -250,10 +251,10 @@ def target_point(points: list[dict], start: tuple[float, float], where: str) -> 
     """The saddle nearest to ``start`` (any stationary point if there is no saddle).
 
     Raises:
-        ValueError: no stationary point at all (distances need one).
+        ConfigError: no stationary point at all (distances need one).
     """
     if not points:
-        raise ValueError(f"{where}: no stationary point found in the search box; widen --box")
+        raise ConfigError(f"{where}: no stationary point found in the search box; widen --box")
     saddles = [p for p in points if p["type"] == "saddle"] or points
     return min(saddles, key=lambda p: math.hypot(p["x"] - start[0], p["y"] - start[1]))
 
