@@ -1,5 +1,5 @@
-"""Small tables for the closed-form experiments (minimax, bandit, divergence): CSV files in a
-run's ``metrics/`` folder and Markdown tables for its ``summary.md``."""
+"""Small tables for the one-shot experiments (minimax, bandit, divergence): CSV files in a
+run's ``metrics/`` folder, and numbers formatted for their records' tables and captions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_csv", "markdown_table", "fmt"]
+__all__ = ["write_csv", "fmt"]
 
 
 def write_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
@@ -38,9 +38,3 @@ def fmt(value: Any, digits: int = 4) -> str:
         return "∞" if value > 0 else ("-∞" if value < 0 else "nan")
     return f"{value:.{digits}g}"
 
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 4) -> list[str]:
-    """Lines of a Markdown table; numbers formatted with :func:`fmt`."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(v, digits) for v in row) + " |" for row in rows]
-    return lines

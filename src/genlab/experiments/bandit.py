@@ -56,7 +56,7 @@ class BanditConfig(RunConfig):
     steps: int = 2000
     """REINFORCE steps per seed (capped by --max-steps)."""
     seeds: int = 50
-    """Independent runs per variant (seeds seed, seed+1, ... share one vectorised loop)."""
+    """Independent runs per variant: the rows of one vectorised loop, drawn from one generator seeded by --seed."""
     lr: float = 5.0
     """Step size eta of the constant, decaying and baseline variants (large, on purpose)."""
     decay_steps: float = 10.0
