@@ -39,4 +39,11 @@ RESUME_ARGS: dict[str, tuple[list[str], int, str]] = {
     "vae": (["--iterations", "20", "--batch-size", "50", "--subset", "1000", "--test-subset", "100",
              "--iw-samples", "5", "--eval-every", "10", "--log-every", "5", "--checkpoint-every", "10"], 15,
             "metrics/eval.jsonl"),
+    # step k falls inside the second unit (a Lipschitz method; a (method, seed) training)
+    "wgan": (["--lipschitz", "gradient-penalty", "spectral-regularization", "--iterations", "60", "--w1-every", "30",
+              "--log-every", "10", "--eval-samples", "300", "--curve-samples", "100", "--target-samples", "1000"], 75,
+             "metrics/steps.jsonl"),
+    "reinforce": (["--task", "threshold", "--estimator", "plain", "baseline", "--no-supervised", "--steps", "20",
+                   "--seeds", "1", "--subset", "512", "--eval-every", "5", "--variance-every", "10",
+                   "--variance-estimates", "4"], 27, "metrics/curves.csv"),
 }

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from genlab.errors import GenlabError
-from genlab.engine import (CHECKPOINT_SCHEMA, EpochsConfig, Run, RunConfig, RunDir, check_checkpoint, load_checkpoint,
-                           rng_state, save_checkpoint, seed_everything, set_rng_state)
+from genlab.engine import (CHECKPOINT_SCHEMA, CurrentUnit, EpochsConfig, Run, RunConfig, RunDir, check_checkpoint,
+                           load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state)
 
 
 def test_rng_state_roundtrip_through_weights_only_checkpoint(tmp_path):
@@ -131,3 +131,35 @@ def test_the_precision_probe_leaves_the_global_random_stream_alone():
     torch.manual_seed(0)
     gemm_flops(torch.float32, torch.device("cpu"), n=64, repeats=1)
     torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)
+
+
+def test_current_unit_resumes_its_own_unit_with_its_states_loop_state_and_rng(tmp_path):
+    """A checkpoint inside unit "b" gives b back its objects, loop state and global RNG states when b
+    starts again (after its objects were built from other draws); any other unit starts fresh, and
+    a checkpoint between units holds no unit."""
+    def session(resume):
+        unit = CurrentUnit()
+        return unit, Run("x", RunConfig(out=tmp_path / "run", resume=resume), torch.device("cpu"), unit=unit)
+
+    unit, run = session(False)
+    with run:
+        unit.start("a", {"k": 0})
+        unit.end()
+        run.checkpoint(3, 1)
+        assert load_checkpoint(run.dir.checkpoint)["states"]["unit"] == {}
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 1)
+        unit.start("b", {"k": 0}, model=model)["k"] = 5
+        run.checkpoint(8, 1)
+        weight, draws = model.weight.detach().clone(), torch.rand(4)  # the draws that follow the checkpoint
+    unit, run = session(True)
+    with run:
+        run.resume()
+        torch.manual_seed(1)
+        model = torch.nn.Linear(3, 1)
+        assert unit.start("b", {"k": 0}, model=model) == {"k": 5}
+        assert torch.equal(model.weight, weight) and torch.equal(torch.rand(4), draws)
+    unit, run = session(True)
+    with run:
+        run.resume()
+        assert unit.start("c", {"k": 0}) == {"k": 0}

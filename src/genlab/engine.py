@@ -812,3 +812,58 @@ def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractCon
     """bf16 autocast on ``device`` where :func:`compute_dtype` says bf16; else a no-op."""
     enabled = compute_dtype(device, precision) == torch.bfloat16
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+class CurrentUnit:
+    """The unit in progress of a run that trains several units in turn (one training per method,
+    per seed, ...), held by a :class:`Run` as one object: the unit's objects with ``state_dict``,
+    its loop state (a dict of counters, tensors and primitives, updated in place) and, in a
+    checkpoint, the global RNG states.
+
+        unit = CurrentUnit()
+        with Run("wgan", config, device, unit=unit) as run:
+            done = (run.resume() or {}).get("done", {})        # the finished units' results
+            for key in keys:
+                if key not in done:                            # done units are skipped
+                    model, opt = build(key)                    # may draw from the global RNG
+                    state = unit.start(key, {"step": 0}, model=model, opt=opt)
+                    ...                                        # run.step_done(...) checkpoints mid-unit
+                    done[key] = ...; unit.end(); run.checkpoint(...)
+
+    On resume the saved unit waits until the unit of the same ``key`` starts; :meth:`start` then
+    loads the saved states into the new objects, sets the global RNG states back to their values
+    at the checkpoint (building the objects drew from them) and returns the saved loop state. One
+    process only: the RNG states saved are the writing process's.
+    """
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self.objects: dict[str, Any] = {}
+        self.progress: dict[str, Any] = {}
+        self._saved: dict[str, Any] | None = None
+
+    def start(self, key: str, progress: dict[str, Any], **objects: Any) -> dict[str, Any]:
+        """Hold ``objects`` and the loop state ``progress`` as unit ``key``'s; returns the loop state
+        to continue from: the saved one (objects and RNG states restored) when the run resumed
+        inside this unit, else ``progress``."""
+        saved, self._saved = self._saved, None
+        if saved and saved["key"] == key:
+            for name, obj in objects.items():
+                obj.load_state_dict(saved["states"][name])
+            set_rng_state(saved["rng"])
+            progress = saved["progress"]
+        self.key, self.objects, self.progress = key, objects, progress
+        return progress
+
+    def end(self) -> None:
+        """The unit is finished: a checkpoint written from now on holds no unit in progress."""
+        self.key, self.objects, self.progress = None, {}, {}
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.key is None:
+            return {}
+        return {"key": self.key, "states": {name: obj.state_dict() for name, obj in self.objects.items()},
+                "progress": self.progress, "rng": rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._saved = state or None

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +42,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from genlab import plots
 from genlab.data import load_split
-from genlab.engine import (DataConfig, RunDir, config_to_dict, load_checkpoint, resolve_device, save_checkpoint,
+from genlab.engine import (CurrentUnit, DataConfig, GeneratorStates, Run, RunDir, resolve_device,
                            seed_everything)
 from genlab.errors import ConfigError
 from genlab.experiments import Experiment
@@ -281,6 +281,12 @@ class RunningMean:
         self.mean = self.decay * self.mean + (1 - self.decay) * x
         self.count += 1
 
+    def state_dict(self) -> dict:
+        return {"mean": self.mean, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean, self.count = state["mean"], state["count"]
+
 
 def expected_zero_one(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """J = mean_i (1 − p_w(t_i | x_i)): the expected 0-1 loss of the policy, the objective
@@ -356,26 +362,28 @@ def accuracy(model: Classifier, x: torch.Tensor, t: torch.Tensor, batch_size: in
 
 def train(method: str, seed: int, task: Task, config: ReinforceConfig, device: torch.device,
           x_train: torch.Tensor, t_train: torch.Tensor, x_test: torch.Tensor, t_test: torch.Tensor,
-          bar: tqdm | None = None) -> dict:
+          unit: CurrentUnit | None = None, step_done: Callable[[int], None] = lambda step: None) -> dict:
     """Train one method with one seed; returns its curve (a list of rows) and final weights.
 
     The seed fixes the initialisation, the minibatch order and the variance probes, so all
-    methods of one seed start from the same weights and see the same minibatches.
+    methods of one seed start from the same weights and see the same minibatches. ``unit`` holds
+    the training's state (model, optimiser, generators, baseline, loop counters) and resumes it
+    where a checkpoint inside it left off; ``step_done(step)`` is called after every optimiser step.
     """
     seed_everything(seed)
     model = Classifier(x_train.shape[1], config.hidden).to(device)
-    if config.optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=config.lr)
+    opt = (torch.optim.Adam if config.optimizer == "adam" else torch.optim.SGD)(model.parameters(), lr=config.lr)
     order_gen = torch.Generator().manual_seed(seed)  # minibatch order
     label_gen = torch.Generator().manual_seed(seed + 1_000_003)  # labels sampled in training
     probe_gen = torch.Generator().manual_seed(seed + 2_000_003)  # variance probes only
     baseline = RunningMean(config.baseline_decay)
+    state = (unit or CurrentUnit()).start(f"{method}/{seed}", {"step": 0, "curve": [], "window": [], "order": None},
+                                          model=model, opt=opt, baseline=baseline,
+                                          generators=GeneratorStates([order_gen, label_gen, probe_gen]))
     grad = Gradient(method, model, task, config.samples_per_input, baseline)
     total = config.steps if config.max_steps is None else min(config.steps, config.max_steps)
     n, per_epoch = len(x_train), len(x_train) // config.batch_size
-    curve, window, order = [], [], None
+    curve, window = state["curve"], state["window"]
 
     def record(step: int) -> None:
         model.eval()
@@ -391,12 +399,13 @@ def train(method: str, seed: int, task: Task, config: ReinforceConfig, device: t
         window.clear()
         curve.append(row)
 
-    record(0)
-    for step in range(1, total + 1):
+    if state["step"] == 0:
+        record(0)
+    for step in range(state["step"] + 1, total + 1):
         if (step - 1) % per_epoch == 0:
-            order = torch.randperm(n, generator=order_gen).to(device)
+            state["order"] = torch.randperm(n, generator=order_gen).to(device)
         i = (step - 1) % per_epoch
-        idx = order[i * config.batch_size:(i + 1) * config.batch_size]
+        idx = state["order"][i * config.batch_size:(i + 1) * config.batch_size]
         # Supervised: ∇ CE(p_w(.|x), t). REINFORCE: sample y ~ p_w(.|x), ask the black box for
         # L(x, y), step along 1/(NK) Σ (L − b) ∇ log p_w(y | x); then b ← running mean.
         surrogate, black_box_loss = grad.loss(x_train[idx], t_train[idx], label_gen)
@@ -408,43 +417,53 @@ def train(method: str, seed: int, task: Task, config: ReinforceConfig, device: t
         window.append(black_box_loss if black_box_loss is not None else surrogate.item())
         if step % config.eval_every == 0 or step == total:
             record(step)
-        if bar is not None:
-            bar.update(1)
+        state["step"] = step
+        step_done(step)
     return {"method": method, "seed": seed, "curve": curve,
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
 
 
 def run(config: ReinforceConfig) -> Path:
-    """Train every method for every seed; returns the run directory. See the module docstring."""
+    """Train every method for every seed; returns the run directory. See the module docstring.
+
+    The run's step counts optimiser steps over the (method, seed) trainings in order (training
+    i's step s is step i * steps + s), its epoch the trainings finished. The checkpoint holds the
+    finished trainings and the whole state of the one in progress (a :class:`CurrentUnit`), so
+    ``--resume`` continues inside a training exactly; on a finished run it rewrites the outputs.
+    """
     device = resolve_device(config.device)
-    run_dir = RunDir("reinforce", config, device)
-    task = load_task(config.task, config.data_dir, config.subset)
-    tensors = [t.to(device) for t in (task.x_train, task.t_train, task.x_test, task.t_test)]
-    seeds = [config.seed + s for s in range(config.seeds)]
-    units = [(m, s) for s in seeds for m in config.methods]
-    done: dict[str, dict] = {}
-    if config.resume:  # a run is a list of (method, seed) trainings; finished ones are kept
-        done = load_checkpoint(run_dir.checkpoint)["units"]
-        print(f"resuming {run_dir.path}: {len(done)} of {len(units)} trainings already done")
-    start = time.time()
-    total = config.steps if config.max_steps is None else min(config.steps, config.max_steps)
-    bar = tqdm(total=total * len(units), initial=total * len(done), unit="step", desc="reinforce",
-               dynamic_ncols=True, disable=None)
-    for method, seed in units:
-        key = f"{method}/{seed}"
-        if key in done:
-            continue
-        bar.set_postfix(method=method, seed=seed)
-        t0 = time.time()
-        done[key] = train(method, seed, task, config, device, *tensors, bar=bar)
-        done[key]["seconds"] = time.time() - t0
-        save_checkpoint(run_dir.checkpoint, {"config": config_to_dict(config), "units": done})
-        tqdm.write(f"{key}: test accuracy {done[key]['curve'][-1]['test_accuracy']:.4f} "
-                   f"({done[key]['seconds']:.1f} s)")
-    bar.close()
-    finish(run_dir, config, task, [done[f"{m}/{s}"] for m, s in units], time.time() - start)
-    run_dir.close()
-    return run_dir.path
+    unit = CurrentUnit()
+    with Run("reinforce", config, device, unit=unit) as run:
+        task = load_task(config.task, config.data_dir, config.subset)
+        tensors = [t.to(device) for t in (task.x_train, task.t_train, task.x_test, task.t_test)]
+        units = [(m, config.seed + s) for s in range(config.seeds) for m in config.methods]
+        total = config.steps if config.max_steps is None else min(config.steps, config.max_steps)
+        progress = run.resume() or {"step": 0, "done": {}, "started_s": None}
+        done, started = progress["done"], progress["started_s"]  # started: elapsed_s when the training began
+        if config.resume:
+            print(f"{len(done)} of {len(units)} trainings already done")
+        bar = tqdm(total=total * len(units), initial=progress["step"], unit="step", desc="reinforce",
+                   dynamic_ncols=True, disable=None)
+        for index, (method, seed) in enumerate(units):
+            key = f"{method}/{seed}"
+            if key in done:
+                continue
+            bar.set_postfix(method=method, seed=seed)
+            started = run.elapsed_s if started is None else started
+
+            def step_done(step: int) -> None:
+                bar.update(1)
+                run.step_done(index * total + step, index, lambda: {"done": done, "started_s": started})
+
+            done[key] = train(method, seed, task, config, device, *tensors, unit=unit, step_done=step_done)
+            done[key]["seconds"], started = run.elapsed_s - started, None
+            unit.end()
+            run.checkpoint((index + 1) * total, index + 1, {"done": done, "started_s": None})
+            tqdm.write(f"{key}: test accuracy {done[key]['curve'][-1]['test_accuracy']:.4f} "
+                       f"({done[key]['seconds']:.1f} s)")
+        bar.close()
+        finish(run.dir, config, task, [done[f"{m}/{s}"] for m, s in units], run.elapsed_s)
+    return run.path
 
 
 # ---------------------------------------------------------------------------------------
@@ -478,21 +497,22 @@ def summarise(results: list[dict], target: float) -> dict[str, dict]:
         runs = [r for r in results if r["method"] == method]
         final = [r["curve"][-1]["test_accuracy"] for r in runs]
         reach = [steps_to_reach(r["curve"], target) for r in runs]
-        var = [[row["grad_var"] for row in r["curve"] if "grad_var" in row] for r in runs]
-        var_labels = [[row["grad_var_labels"] for row in r["curve"] if "grad_var_labels" in row] for r in runs]
-        sq = [[row["grad_sq_norm"] for row in r["curve"] if "grad_sq_norm" in row] for r in runs]
         reached = [s for s in reach if s is not None]
+
+        def over_seeds(key: str, pick: Callable = np.mean) -> float | None:
+            """Mean over seeds of ``pick`` (default: the mean) of the measurements of ``key``."""
+            values = [[row[key] for row in r["curve"] if key in row] for r in runs]
+            return float(np.mean([pick(v) for v in values])) if all(values) else None
+
         out[method] = {
             "seeds": [r["seed"] for r in runs],
             "final_accuracy": final, "final_accuracy_mean": float(np.mean(final)),
             "final_accuracy_std": float(np.std(final, ddof=1)) if len(final) > 1 else 0.0,
             "steps_to_target": reach, "steps_to_target_mean": float(np.mean(reached)) if reached else None,
-            "grad_var_mean": float(np.mean([np.mean(v) for v in var])) if all(var) else None,
-            "grad_var_start": float(np.mean([v[0] for v in var])) if all(var) else None,
-            "grad_var_end": float(np.mean([v[-1] for v in var])) if all(var) else None,
-            "grad_var_labels_mean": float(np.mean([np.mean(v) for v in var_labels])) if all(var_labels) else None,
-            "grad_sq_norm_mean": float(np.mean([np.mean(v) for v in sq])) if all(sq) else None,
-            "seconds_mean": float(np.mean([r.get("seconds", math.nan) for r in runs])),
+            "grad_var_mean": over_seeds("grad_var"), "grad_var_start": over_seeds("grad_var", lambda v: v[0]),
+            "grad_var_end": over_seeds("grad_var", lambda v: v[-1]),
+            "grad_var_labels_mean": over_seeds("grad_var_labels"), "grad_sq_norm_mean": over_seeds("grad_sq_norm"),
+            "seconds_mean": float(np.mean([r["seconds"] for r in runs])),
         }
     return out
 
@@ -505,12 +525,10 @@ def plot_bands(results: list[dict], key: str, path: Path, ylabel: str, title: st
                dashed_key: str | None = None) -> Path:
     """Mean over seeds (line), min-max over seeds (band) and each seed (thin lines) of ``key``
     against the step, one colour per method; ``reference``: method -> value at the last step."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    fig, ax = plots.plt.subplots(figsize=(7.0, 4.2))
     for method in dict.fromkeys(r["method"] for r in results):
         runs = [r for r in results if r["method"] == method]
-        rows = [[row for row in r["curve"] if row.get(key) is not None and not _isnan(row.get(key))] for r in runs]
+        rows = [[row for row in r["curve"] if not math.isnan(row.get(key, math.nan))] for r in runs]
         if not rows[0]:
             continue
         steps = np.array([row["step"] for row in rows[0]])
@@ -530,21 +548,11 @@ def plot_bands(results: list[dict], key: str, path: Path, ylabel: str, title: st
     for label, y in (hlines or {}).items():
         ax.axhline(y, ls=":", lw=0.9, color="gray")
         ax.text(ax.get_xlim()[0], y, f" {label}", va="bottom", fontsize=8, color="gray")
-    if logy:
-        ax.set_yscale("log")
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel(ylabel)
+    ax.set(xlabel="optimiser step", ylabel=ylabel, yscale="log" if logy else "linear")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def _isnan(v) -> bool:
-    return isinstance(v, float) and math.isnan(v)
+    return plots.save(fig, path)
 
 
 def methods_table(summary: dict[str, dict], target: float) -> Table:

@@ -20,20 +20,19 @@ standard deviations of a mode.
 
 from __future__ import annotations
 
+import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from genlab.engine import (RunConfig, RunDir, TrainingDiverged, config_to_dict, load_checkpoint, resolve_device,
-                           rng_state, save_checkpoint, seed_everything, set_rng_state)
+from genlab import plots
+from genlab.engine import CurrentUnit, Run, RunConfig, RunDir, TrainingDiverged, resolve_device, seed_everything
 from genlab.errors import ConfigError
 from genlab.experiments import Experiment
 from genlab.record import Figure, Metric, Record, Table
@@ -243,21 +242,26 @@ def critic_on_grid(critic: nn.Module, lim: float, n: int = 120) -> np.ndarray:
     return critic(torch.stack([xx.flatten(), yy.flatten()], dim=1)).reshape(n, n).cpu().numpy()
 
 
-def train_method(config: WGANConfig, method: str, data: torch.Tensor, holdout: torch.Tensor, lim: float,
-                 device: torch.device, run_dir: RunDir) -> dict:
-    """Train one generator/critic pair with the Lipschitz control ``method``. Returns its
-    state and results (tensors and primitives, checkpointable with weights_only)."""
+def train_method(config: WGANConfig, method: str, index: int, data: torch.Tensor, holdout: torch.Tensor,
+                 lim: float, run: Run, unit: CurrentUnit, done: dict) -> dict:
+    """Train one generator/critic pair with the Lipschitz control ``method``, the ``index``-th of
+    ``--lipschitz``, held by ``unit`` (resumed where a checkpoint inside it left off; ``done``, the
+    finished methods' results, is checkpointed with it). Returns the critic estimates
+    (iterations,), snapshots, exact-W1 curve [(iteration, W1)] and the final evaluation."""
+    device = run.device
     seed_everything(config.seed)  # the same initial weights, noise and minibatches for every method
     generator, critic, opt_g, opt_c, normalizer = build(config, method, device)
+    state = unit.start(method, {"k": 0, "estimates": torch.zeros(config.iterations), "snapshots": {}, "w1_curve": [],
+                                "rows": [], "started_s": run.elapsed_s},
+                       generator=generator, critic=critic, opt_g=opt_g, opt_c=opt_c,
+                       **({"normalizer": normalizer} if normalizer else {}))
     latent = torch.distributions.Normal(torch.zeros(config.latent_dim, device=device),
                                         torch.ones(config.latent_dim, device=device))
     latent = torch.distributions.Independent(latent, 1)  # samples (N, latent_dim)
     snap_at = sorted({round(i * config.iterations / (config.snapshots - 1)) for i in range(config.snapshots)})
     eval_z = torch.randn(config.eval_samples, config.latent_dim, generator=torch.Generator().manual_seed(config.seed + 3))
-    estimates = torch.zeros(config.iterations)
-    snapshots, w1_curve, rows = {}, [], []
+    estimates, snapshots, w1_curve, rows = state["estimates"], state["snapshots"], state["w1_curve"], state["rows"]
     held = holdout[:config.curve_samples].numpy()
-    start = time.time()
 
     def snapshot(k: int) -> None:
         with torch.no_grad():
@@ -269,7 +273,8 @@ def train_method(config: WGANConfig, method: str, data: torch.Tensor, holdout: t
             fake = generator(eval_z[:config.curve_samples].to(device)).cpu().numpy()
         w1_curve.append((k, wasserstein1(fake, held)))
 
-    bar = tqdm(range(config.iterations), desc=f"wgan {method}", dynamic_ncols=True, disable=None, mininterval=2)
+    bar = tqdm(range(state["k"], config.iterations), initial=state["k"], total=config.iterations,
+               desc=f"wgan {method}", dynamic_ncols=True, disable=None, mininterval=2)
     for k in bar:
         if k in snap_at:
             snapshot(k)
@@ -284,61 +289,63 @@ def train_method(config: WGANConfig, method: str, data: torch.Tensor, holdout: t
             if not torch.isfinite(window).all():
                 raise TrainingDiverged(f"{method}: non-finite Wasserstein estimate at iteration {k}; lower the learning rates")
             rows.append({"step": k + 1, f"{method}/wasserstein_estimate": float(window.mean())})
+        state["k"] = k + 1
+        run.step_done(index * config.iterations + k + 1, index, lambda: {"done": done})
     snapshot(config.iterations)
     exact_w1(config.iterations)
-    run_dir.log_steps(rows + [{"step": k, f"{method}/w1_exact_{config.curve_samples}": w} for k, w in w1_curve])
-    elapsed = time.time() - start
+    run.log_steps(rows + [{"step": k, f"{method}/w1_exact_{config.curve_samples}": w} for k, w in w1_curve])
+    elapsed = run.elapsed_s - state["started_s"]
 
     with torch.no_grad():
         fake = generator(eval_z.to(device)).cpu()  # (eval_samples, 2)
-    centres = mode_centres(config)
-    result = {
-        "method": method,
-        "w1": wasserstein1(fake.numpy(), holdout.numpy()),
-        **mode_statistics(fake, centres, config.std, config.min_mode_samples),
-        "final_estimate": float(estimates[-config.log_every:].mean()),
-        "seconds": elapsed,
-        "iterations_per_s": config.iterations / elapsed,
-    }
+    result = {"method": method, "w1": wasserstein1(fake.numpy(), holdout.numpy()),
+              **mode_statistics(fake, mode_centres(config), config.std, config.min_mode_samples),
+              "final_estimate": float(estimates[-config.log_every:].mean()), "seconds": elapsed,
+              "iterations_per_s": config.iterations / elapsed}
     if normalizer is not None:
         with torch.no_grad():
             result["critic_spectral_norms"] = [float(torch.linalg.matrix_norm(m.weight, 2)) for m in normalizer.modules]
     tqdm.write(f"{method}: W1 {result['w1']:.4f}, modes {result['modes_covered']}/{result['modes']}, "
                f"high quality {result['high_quality_share']:.3f}, {result['iterations_per_s']:.0f} it/s")
-    return {
-        "generator": generator.state_dict(), "critic": critic.state_dict(), "opt_g": opt_g.state_dict(),
-        "opt_c": opt_c.state_dict(), "normalizer": normalizer.state_dict() if normalizer else None,
-        "estimates": estimates, "snapshots": snapshots,
-        "w1_curve": torch.tensor(w1_curve, dtype=torch.float64), "result": result,
-    }
+    return {"estimates": estimates, "snapshots": snapshots, "w1_curve": w1_curve, "result": result}
 
 
 def run(config: WGANConfig) -> Path:
-    """Train every method of ``--lipschitz`` in turn; returns the run directory. The
-    checkpoint is written after each method; ``--resume`` skips the methods it holds."""
+    """Train every method of ``--lipschitz`` in turn; returns the run directory.
+
+    The run's step counts critic iterations over the methods in order (method i's iteration k is
+    step i * iterations + k + 1), its epoch the methods finished. The checkpoint holds the finished
+    methods' results and the whole state of the one in training (a :class:`CurrentUnit`), so
+    ``--resume`` continues inside a method exactly; on a finished run it rewrites the outputs.
+    """
     device = resolve_device(config.device)
-    run_dir = RunDir("wgan", config, device)
-    seed_everything(config.seed)
-    target = target_distribution(config)
-    data = target.sample((config.target_samples,)).to(device)  # (target_samples, 2), the fixed empirical target
-    holdout = target.sample((config.eval_samples,))  # (eval_samples, 2), fresh target samples for evaluation
-    lim = (2.0 if config.target == "grid" else config.radius) + 1.0
-    done: dict = {}
-    if config.resume:
-        ckpt = load_checkpoint(run_dir.checkpoint)
-        done, data, holdout = ckpt["methods"], ckpt["data"].to(device), ckpt["holdout"]
-        set_rng_state(ckpt["rng"])
-        print(f"resuming {run_dir.path}: {', '.join(done) or 'no method'} done")
-    start = time.time()
-    for method in config.lipschitz:
-        if method in done:
-            continue
-        done[method] = train_method(config, method, data, holdout, lim, device, run_dir)
-        save_checkpoint(run_dir.checkpoint, {"config": config_to_dict(config), "data": data.cpu(),
-                                             "holdout": holdout, "methods": done, "rng": rng_state()})
-    finish(run_dir, config, done, data.cpu(), holdout, lim, time.time() - start)
-    run_dir.close()
-    return run_dir.path
+    unit = CurrentUnit()
+    with Run("wgan", config, device, unit=unit) as run:
+        seed_everything(config.seed)
+        target = target_distribution(config)
+        data = target.sample((config.target_samples,)).to(device)  # (target_samples, 2), the fixed empirical target
+        holdout = target.sample((config.eval_samples,))  # (eval_samples, 2), fresh target samples for evaluation
+        lim = (2.0 if config.target == "grid" else config.radius) + 1.0
+        done = (run.resume() or {"done": {}})["done"]
+        if config.resume:
+            keep_rows_of(run.path, done)
+        for index, method in enumerate(config.lipschitz):
+            if method not in done:
+                done[method] = train_method(config, method, index, data, holdout, lim, run, unit, done)
+                unit.end()
+                run.checkpoint((index + 1) * config.iterations, index + 1, {"done": done})
+        finish(run.dir, config, done, data.cpu(), holdout, lim, run.elapsed_s)
+    return run.path
+
+
+def keep_rows_of(run_path: Path, methods: dict) -> None:
+    """On resume: keep the rows of metrics/steps.jsonl of the finished ``methods`` only (a method
+    writes its rows when it ends, named ``{method}/...``)."""
+    path = run_path / "metrics" / "steps.jsonl"
+    if path.exists():
+        rows = [line for line in path.read_text().splitlines()
+                if line and min(json.loads(line).keys() - {"step"}).split("/")[0] in methods]
+        path.write_text("".join(row + "\n" for row in rows))
 
 
 # ---------------------------------------------------------------------------------------
@@ -350,61 +357,48 @@ def plot_snapshots(done: dict, data: torch.Tensor, lim: float, path: Path) -> Pa
     generated (red) samples."""
     methods = list(done)
     iters = sorted(done[methods[0]]["snapshots"])
-    fig, axes = plt.subplots(len(methods), len(iters), figsize=(2.3 * len(iters), 2.3 * len(methods)),
+    fig, axes = plots.plt.subplots(len(methods), len(iters), figsize=(2.3 * len(iters), 2.3 * len(methods)),
                              squeeze=False)
     g = np.linspace(-lim, lim, 120)
     shown = data[:2000].numpy()
     for i, method in enumerate(methods):
         for j, k in enumerate(iters):
             ax, snap = axes[i, j], done[method]["snapshots"][k]
-            ax.contourf(g, g, snap["critic"].numpy(), levels=20, cmap="coolwarm", alpha=0.8)
+            ax.contourf(g, g, snap["critic"].cpu().numpy(), levels=20, cmap="coolwarm", alpha=0.8)
             ax.scatter(shown[:, 0], shown[:, 1], s=1, c="0.2", alpha=0.5, linewidths=0)
-            fake = snap["fake"].numpy()
+            fake = snap["fake"].cpu().numpy()
             ax.scatter(fake[:, 0], fake[:, 1], s=1.5, c="gold", alpha=0.8, linewidths=0)
-            ax.set_xlim(-lim, lim)
-            ax.set_ylim(-lim, lim)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_aspect("equal")
+            ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xticks=[], yticks=[], aspect="equal")
             if i == 0:
                 ax.set_title(f"iteration {k}", fontsize=9)
             if j == 0:
                 ax.set_ylabel(method, fontsize=9)
     fig.suptitle("Critic d (colour: blue low, red high), target (dark) and generated (yellow) samples", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return plots.save(fig, path)
 
 
 def plot_wasserstein(done: dict, config: WGANConfig, floor: float, path: Path) -> Path:
     """Left: the critic's estimate E[d(a)] - E[d(h(w))] per iteration (moving average);
     right: the exact W1 to the target (ot.emd2) during training, log scale."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = plots.plt.subplots(1, 2, figsize=(11, 4))
     window = max(1, min(500, config.iterations // 20))
     kernel = np.ones(window) / window
     for method, state in done.items():
-        est = state["estimates"].numpy()
+        est = state["estimates"].cpu().numpy()
         smooth = np.convolve(est, kernel, mode="valid")
         (line,) = left.plot(np.arange(window, len(est) + 1), smooth, lw=1, label=method)
-        curve = state["w1_curve"].numpy()
+        curve = np.array(state["w1_curve"])
         right.plot(curve[:, 0], curve[:, 1], marker="o", ms=3, lw=1, color=line.get_color(), label=method)
     right.axhline(floor, ls="--", lw=0.8, color="gray")
     right.text(0, floor, " target vs target (sampling floor)", va="bottom", fontsize=8, color="gray")
-    left.set_title(f"Critic's Wasserstein estimate (moving average over {window})")
-    left.set_xlabel("critic iteration")
-    left.set_ylabel("E[d(a)] - E[d(h(w))]")
-    right.set_title(f"Exact W1 to the target, {config.curve_samples} vs {config.curve_samples} samples")
-    right.set_xlabel("critic iteration")
-    right.set_ylabel("W1 (ot.emd2)")
-    right.set_yscale("log")
+    left.set(title=f"Critic's Wasserstein estimate (moving average over {window})", xlabel="critic iteration",
+             ylabel="E[d(a)] - E[d(h(w))]")
+    right.set(title=f"Exact W1 to the target, {config.curve_samples} vs {config.curve_samples} samples",
+              xlabel="critic iteration", ylabel="W1 (ot.emd2)", yscale="log")
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return plots.save(fig, path)
 
 
 def finish(run_dir: RunDir, config: WGANConfig, done: dict, data: torch.Tensor, holdout: torch.Tensor,
