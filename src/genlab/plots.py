@@ -135,10 +135,3 @@ def moving_average(values: Sequence[float], window: int) -> list[float]:
         out.append(total / min(i + 1, window))
     return out
 
-
-def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 120) -> Path:
-    """Lay ``fig`` out (``tight_layout``), write it to ``path`` as a PNG at ``dpi`` and close it."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return Path(path)
