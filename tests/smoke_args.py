@@ -39,4 +39,10 @@ RESUME_ARGS: dict[str, tuple[list[str], int, str]] = {
     "vae": (["--iterations", "20", "--batch-size", "50", "--subset", "1000", "--test-subset", "100",
              "--iw-samples", "5", "--eval-every", "10", "--log-every", "5", "--checkpoint-every", "10"], 15,
             "metrics/eval.jsonl"),
+    # continual: step 44 is in the third job (rehearsal), inside its second task; optimizers: step 6 is
+    # inside epoch 2 and inside a logging block; classifier: step 12 is inside its epoch
+    "continual": (SMOKE_ARGS["continual"], 44, "metrics/steps.jsonl"),
+    "optimizers": (["--epochs", "2", "--subset", "256", "--test-subset", "200", "--batch-size", "64", "--repeats", "2",
+                    "--lrs", "0.01", "--log-every", "3"], 6, "metrics/steps.csv"),
+    "classifier": (SMOKE_ARGS["classifier"], 12, "metrics/steps.jsonl"),
 }

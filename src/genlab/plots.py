@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["tile_images", "save_image_grid", "plot_curves"]
+__all__ = ["tile_images", "save_image_grid", "plot_curves", "save_axes"]
 
 
 def tile_images(images: np.ndarray, nrow: int, ncol: int, pad: int = 1) -> np.ndarray:
@@ -73,9 +73,15 @@ def plot_curves(x: Sequence[float], series: dict[str, Sequence[float]], path: st
         ax.text(x[0], y, f" {label}", va="bottom", fontsize=8, color="gray")
     if logy:
         ax.set_yscale("log")
+    return save_axes(fig, ax, path, xlabel, ylabel, title)
+
+
+def save_axes(fig: plt.Figure, ax: plt.Axes, path: str | Path, xlabel: str, ylabel: str, title: str,
+              title_size: float | None = None) -> Path:
+    """Label ``ax``, grid it, add a legend, save ``fig`` as a 120 dpi PNG at ``path`` and close it."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(title, **({"fontsize": title_size} if title_size else {}))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
