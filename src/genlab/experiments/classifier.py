@@ -90,15 +90,13 @@ def run(config: ClassifierConfig) -> Path:
             pending.clear()
             return {"batch": batch, "order": order, "loss_sum": total}
 
-        def stopped() -> bool:
-            return config.max_steps is not None and step >= config.max_steps
-
-        while epoch < config.epochs and (batch or not stopped()):
+        total_steps = min(config.epochs * steps_per_epoch, config.max_steps or math.inf)
+        while epoch < config.epochs and (batch or step < total_steps):
             model.train()
             if batch == 0:
                 order = torch.randperm(len(x_train), device=device)
             bar = tqdm(total=steps_per_epoch, initial=batch, desc=f"epoch {epoch + 1}", leave=False, disable=None)
-            while batch < steps_per_epoch and not stopped():
+            while batch < steps_per_epoch and step < total_steps:
                 idx = order[batch * config.batch_size:(batch + 1) * config.batch_size]
                 loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
                 opt.zero_grad(set_to_none=True)

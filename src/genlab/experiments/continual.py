@@ -497,13 +497,9 @@ class Job:
 
 
 def jobs_of(config: ContinualConfig) -> list[Job]:
-    out = []
-    for model in config.model:
-        for seed in range(config.seed, config.seed + config.seeds):
-            for method in config.methods:
-                for lam in (config.lambdas if method == "ewc" else (None,)):
-                    out.append(Job(model, method, lam, seed))
-    return out
+    """The run's jobs in training order: per model, per seed, per method (per λ for EWC)."""
+    return [Job(model, method, lam, seed) for model in config.model for seed in range(config.seed, config.seed + config.seeds)
+            for method in config.methods for lam in (config.lambdas if method == "ewc" else (None,))]
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ with its last finite loss; its slice turns to NaN without touching the other run
 
     genlab run optimizers                                   # the full grid: 54 runs, 15 epochs
     genlab run optimizers --epochs 1 --subset 2000 --out /tmp/smoke
-    genlab run optimizers --out runs/optimizers --resume    # continue from the last epoch
+    genlab run optimizers --out runs/optimizers --resume    # continue from the last checkpoint
     genlab bench optimizers                                 # grid vs the runs one after another
 """
 
@@ -29,12 +29,14 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from genlab import plots
 from genlab.data import load_split
 from genlab.engine import EpochsConfig, Run, append_csv, read_csv, resolve_device
 from genlab.errors import ConfigError
@@ -412,8 +414,6 @@ def accuracy_metrics(table: dict) -> list[Metric]:
 def plot_losses(steps: list[dict], runs: list[dict], figures: Path) -> list[Path]:
     """figures/loss_lr{lr}.png: training loss against epoch, one line per optimiser (mean over
     seeds, min-max band), a cross where a run diverged."""
-    import matplotlib.pyplot as plt
-
     out = []
     for lr in dict.fromkeys(f"{float(r['lr']):g}" for r in steps):
         fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -435,26 +435,15 @@ def plot_losses(steps: list[dict], runs: list[dict], figures: Path) -> list[Path
                     last = np.flatnonzero(~bad)[-1]
                     ax.scatter(x[last], series[last], marker="x", color=line.get_color(), zorder=3)
         ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("training loss (cross-entropy, nats)")
-        ax.set_title(f"MNIST MLP, learning rate {lr}: mean over seeds, min-max band, x = diverged")
-        ax.title.set_fontsize(9)
         ax.axhline(math.log(N_CLASSES), ls="--", lw=0.8, color="gray")
         ax.text(x[0], math.log(N_CLASSES), " chance: ln 10", va="bottom", fontsize=8, color="gray")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = figures / f"loss_lr{lr}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        out.append(path)
+        out.append(plots.save_axes(fig, ax, figures / f"loss_lr{lr}.png", "epoch", "training loss (cross-entropy, nats)",
+                                   f"MNIST MLP, learning rate {lr}: mean over seeds, min-max band, x = diverged", 9))
     return out
 
 
 def plot_accuracy(runs: list[dict], figures: Path) -> Path:
     """figures/test_accuracy.png: test accuracy against epoch, one panel per learning rate."""
-    import matplotlib.pyplot as plt
-
     lrs = list(dict.fromkeys(f"{float(r['lr']):g}" for r in runs))
     fig, axes = plt.subplots(1, len(lrs), figsize=(4.2 * len(lrs), 3.6), squeeze=False, sharey=True)
     for ax, lr in zip(axes[0], lrs):
