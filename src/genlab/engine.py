@@ -699,7 +699,8 @@ class Run:
         for row in rows:
             if not all(math.isfinite(row[k]) for k in check if k in row):
                 raise TrainingDiverged(f"non-finite loss at step {row['step']}; the last good checkpoint "
-                                       f"{self.dir.checkpoint} is kept. Lower --lr or use --precision fp32.")
+                                       f"{self.dir.checkpoint} is kept. Lower --lr"
+                                       + (" or use --precision fp32." if hasattr(self.config, "precision") else "."))
         self.dir.log_steps(rows)
 
 

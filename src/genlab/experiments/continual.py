@@ -498,7 +498,8 @@ class Job:
 
 def jobs_of(config: ContinualConfig) -> list[Job]:
     """The run's jobs in training order: per model, per seed, per method (per λ for EWC)."""
-    return [Job(model, method, lam, seed) for model in config.model for seed in range(config.seed, config.seed + config.seeds)
+    return [Job(model, method, lam, seed) for model in config.model
+            for seed in range(config.seed, config.seed + config.seeds)
             for method in config.methods for lam in (config.lambdas if method == "ewc" else (None,))]
 
 
@@ -589,7 +590,8 @@ def run_job(job: Job, config: ContinualConfig, data: dict, run: Run, state: JobS
                       "r": torch.full((tasks, tasks), math.nan, dtype=torch.float64), "probes": [],
                       "job_start": run.elapsed_s}
     step, task, pass_, batch, order = pos["step"] - base, pos["task"], pos["pass"], pos["batch"], pos["order"]
-    losses, r, probes, job_start = list(pos["losses"]), pos["r"].cpu().numpy().copy(), list(pos["probes"]), pos["job_start"]
+    losses, probes, job_start = list(pos["losses"]), list(pos["probes"]), pos["job_start"]
+    r = pos["r"].cpu().numpy().copy()  # (T, T) accuracy matrix, NaN for tasks not yet seen
     logged = len(losses)  # this task's losses already in steps.jsonl
 
     def flush() -> None:
@@ -807,7 +809,8 @@ def plot_lambda_sweep(sweep: list[dict], rows: list[dict], model: str, path: Pat
             ax.text(lams[0], row["average_accuracy"], f" {row['label']}: average accuracy", fontsize=8,
                     va="bottom", color="gray")
     ax.set_xscale("log")
-    plots.save_axes(fig, ax, path, "EWC λ", "accuracy", f"{model.upper()}: the EWC λ sweep, stability against plasticity")
+    plots.save_axes(fig, ax, path, "EWC λ", "accuracy",
+                    f"{model.upper()}: the EWC λ sweep, stability against plasticity")
 
 
 FIGURE_CAPTIONS = {

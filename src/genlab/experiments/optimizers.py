@@ -276,7 +276,7 @@ def run(config: OptimizersConfig) -> Path:
                            device)
         run.hold(grid=grid)
         labels, n_runs = grid.run_labels(), grid.n_runs
-        sums = torch.zeros(2, n_runs, dtype=torch.float64, device=device)  # the epoch's and the logging block's loss sums
+        sums = torch.zeros(2, n_runs, dtype=torch.float64, device=device)  # loss sums of the epoch, of the block
         pos = run.resume() or {
             "step": 0, "epoch": 0, "batch": 0, "block": 0, "step_rows": 0, "sums": sums,
             "last_finite": torch.full((n_runs,), math.nan, device=device),  # last finite minibatch loss of each run
@@ -437,7 +437,8 @@ def plot_losses(steps: list[dict], runs: list[dict], figures: Path) -> list[Path
         ax.set_yscale("log")
         ax.axhline(math.log(N_CLASSES), ls="--", lw=0.8, color="gray")
         ax.text(x[0], math.log(N_CLASSES), " chance: ln 10", va="bottom", fontsize=8, color="gray")
-        out.append(plots.save_axes(fig, ax, figures / f"loss_lr{lr}.png", "epoch", "training loss (cross-entropy, nats)",
+        out.append(plots.save_axes(fig, ax, figures / f"loss_lr{lr}.png", "epoch",
+                                   "training loss (cross-entropy, nats)",
                                    f"MNIST MLP, learning rate {lr}: mean over seeds, min-max band, x = diverged", 9))
     return out
 
