@@ -46,4 +46,10 @@ RESUME_ARGS: dict[str, tuple[list[str], int, str]] = {
     "reinforce": (["--task", "threshold", "--estimator", "plain", "baseline", "--no-supervised", "--steps", "20",
                    "--seeds", "1", "--subset", "512", "--eval-every", "5", "--variance-every", "10",
                    "--variance-estimates", "4"], 27, "metrics/curves.csv"),
+    # continual: step 44 is in the third job (rehearsal), inside its second task; optimizers: step 6 is
+    # inside epoch 2 and inside a logging block; classifier: step 12 is inside its epoch
+    "continual": (SMOKE_ARGS["continual"], 44, "metrics/steps.jsonl"),
+    "optimizers": (["--epochs", "2", "--subset", "256", "--test-subset", "200", "--batch-size", "64", "--repeats", "2",
+                    "--lrs", "0.01", "--log-every", "3"], 6, "metrics/steps.csv"),
+    "classifier": (SMOKE_ARGS["classifier"], 12, "metrics/steps.jsonl"),
 }

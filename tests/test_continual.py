@@ -1,7 +1,6 @@
 """SPEC §9: EWC's Fisher diagonal and penalty, the replay memory, the forgetting measures, and
 the experiment through the real CLI on MNIST."""
 
-import copy
 import json
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import genlab
+from genlab.engine import STOP_AFTER_STEPS_ENV
 from genlab.experiments import continual as cl
 from genlab.record import Record
 
@@ -195,35 +195,14 @@ def test_permutations_are_permutations_fixed_by_the_seed():
     assert not torch.equal(perms[0], perms[1]) and not torch.equal(perms, cl.permutations(4, seed=4))
 
 
-def _small_data():
-    train_x, train_y = cl.load_mnist("train", None, torch.device("cpu"))
-    test_x, test_y = cl.load_mnist("test", None, torch.device("cpu"))
-    return {"train_x": train_x[:1024], "train_y": train_y[:1024], "test_x": test_x[:1000], "test_y": test_y[:1000]}
-
-
-@pytest.mark.parity
-@pytest.mark.parametrize("method", ["ewc", "rehearsal"])
-def test_a_job_resumed_from_a_task_checkpoint_ends_where_the_whole_job_does(method):
-    config = cl.ContinualConfig(tasks=3, batch_size=64, replay_batch=32, memory_per_task=64, fisher_samples=64,
-                                eval_samples=200, probe_every=5, ewc_lambda=50.0, lr=0.05)
-    data = _small_data()
-    job = cl.Job("mlp", method, 50.0 if method == "ewc" else None, 42)
-    states = []
-    whole = cl.run_job(job, config, data, torch.device("cpu"), None, lambda s: states.append(copy.deepcopy(s)),
-                       lambda row: None)
-    assert whole["steps"] == 3 * (1024 // 64) and [s["task"] for s in states] == [1, 2, 3]
-    resumed = cl.run_job(job, config, data, torch.device("cpu"), states[0], lambda s: None, lambda row: None)
-    np.testing.assert_array_equal(np.array(resumed["r"], dtype=float), np.array(whole["r"], dtype=float))
-    assert resumed["probes"] == whole["probes"]
-
-
 @pytest.mark.slow
 def test_cli_smoke_run_writes_every_output_and_resumes(tmp_path):
     out = tmp_path / "run"
     common = ["--tasks", "2", "--max-steps", "16", "--batch-size", "32", "--replay-batch", "16",
               "--memory-per-task", "32", "--fisher-samples", "32", "--eval-samples", "200", "--probe-every", "4",
-              "--model", "mlp", "cnn", "--hidden", "32", "--out", str(out)]
-    genlab("run", "continual", *common, "--methods", "naive", "ewc", "rehearsal", "--ewc-lambdas", "1", "100")
+              "--model", "mlp", "cnn", "--hidden", "32", "--methods", "naive", "ewc", "rehearsal", "--ewc-lambdas", "1",
+              "100", "--out", str(out)]
+    genlab("run", "continual", *common)
     for name in ("config.json", "env.json", "metrics.json", "summary.md", "checkpoints/last.pt",
                  "metrics/results.jsonl", "metrics/tasks.csv", "metrics/summary.csv"):
         assert (out / name).is_file(), name
@@ -240,14 +219,23 @@ def test_cli_smoke_run_writes_every_output_and_resumes(tmp_path):
     assert r.shape == (2, 2) and np.isnan(r[0, 1]) and 0.1 < r[1, 1] <= 1.0
     summary = (out / "summary.md").read_text()
     assert "MLP vs CNN" in summary and "| mlp | rehearsal |" in summary
-    # A finished run resumed does no work again and rebuilds the same table.
     record = Record.read(out)
     table = record.extra["table"]
     for model in ("mlp", "cnn"):  # the headline: the best EWC λ of each model
         (headline,) = [m for m in record.headline() if m.name.startswith(f"average_accuracy_{model}_")]
         assert headline.value == max(row["average_accuracy"] for row in table
                                      if row["model"] == model and row["method"] == "ewc")
-    proc = genlab("run", "continual", *common, "--methods", "naive", "ewc", "rehearsal", "--ewc-lambdas", "1", "100",
-                  "--resume")
-    assert "8 jobs done" in proc.stdout
-    assert Record.read(out).extra["table"] == table
+    # A finished run resumed does no work again and rebuilds the same table.
+    steps = (out / "metrics" / "steps.jsonl").read_bytes()
+    genlab("run", "continual", *common, "--resume")
+    assert Record.read(out).extra["table"] == table and (out / "metrics" / "steps.jsonl").read_bytes() == steps
+    # Stopped inside the CNN's first EWC job, in its second task (after a consolidation by the
+    # vmap Fisher), the run resumes exactly: the same losses, accuracy matrices and probes.
+    part = tmp_path / "part"
+    args = [*common[:-1], str(part)]
+    proc = genlab("run", "continual", *args, check=False, env_extra={STOP_AFTER_STEPS_ENV: "92"})
+    assert proc.returncode == 130, proc.stderr
+    assert "resuming" in genlab("run", "continual", *args, "--resume").stdout
+    assert (part / "metrics" / "steps.jsonl").read_bytes() == (out / "metrics" / "steps.jsonl").read_bytes()
+    resumed = [json.loads(line) for line in (part / "metrics" / "results.jsonl").read_text().splitlines()]
+    assert [{**r, "seconds": 0} for r in resumed] == [{**r, "seconds": 0} for r in results]

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from genlab.errors import GenlabError
-from genlab.engine import (CHECKPOINT_SCHEMA, CurrentUnit, EpochsConfig, Run, RunConfig, RunDir, check_checkpoint,
-                           load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state)
+from genlab.engine import (CHECKPOINT_SCHEMA, CurrentUnit, EpochsConfig, Run, RunConfig, RunDir, append_csv,
+                           check_checkpoint, load_checkpoint, read_csv, rng_state, save_checkpoint, seed_everything,
+                           set_rng_state)
 
 
 def test_rng_state_roundtrip_through_weights_only_checkpoint(tmp_path):
@@ -62,6 +63,20 @@ def test_config_validation_and_run_dir_guard(tmp_path):
         RunDir("x", RunConfig(out=tmp_path / "run"), torch.device("cpu"))
     with pytest.raises(GenlabError, match="drop --resume"):
         load_checkpoint(tmp_path / "none.pt")
+
+
+def test_truncate_rows_keeps_the_first_rows_of_csv_and_jsonl_files_byte_for_byte(tmp_path):
+    run = RunDir("x", RunConfig(out=tmp_path / "run"), torch.device("cpu"))
+    tasks, results = run.path / "metrics" / "tasks.csv", run.path / "metrics" / "results.jsonl"
+    append_csv(tasks, [{"job": "a", "loss": 0.5}, {"job": "a", "loss": 0.25}])
+    kept = tasks.read_bytes()  # header and two rows, each ending in \r\n
+    append_csv(tasks, [{"job": "b", "loss": 0.125}])
+    results.write_text('{"job": "a"}\n{"job": "b"}\n')
+    run.truncate_rows({"tasks.csv": 2, "results.jsonl": 1, "absent.csv": 3})
+    assert tasks.read_bytes() == kept and read_csv(tasks) == [{"job": "a", "loss": "0.5"}, {"job": "a", "loss": "0.25"}]
+    assert results.read_text() == '{"job": "a"}\n'
+    run.truncate_rows({"tasks.csv": 0})
+    assert tasks.read_bytes() == b"job,loss\r\n" and read_csv(tasks) == []
 
 
 def _linear_run(tmp_path, **config):

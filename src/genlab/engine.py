@@ -292,6 +292,24 @@ def _number(text: str) -> int | float:
         return float(text)
 
 
+def append_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append ``rows`` to the CSV file ``path``; a new file gets the first row's keys as its header."""
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """The rows of the CSV file ``path``, each cell a string; [] when there is no such file."""
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
 def check_resume(experiment: str, config: RunConfig, path: Path) -> bool:
     """Validate ``--resume`` into ``path`` before anything there changes; True if there is a run to continue.
 
@@ -390,11 +408,21 @@ class RunDir:
             steps.write_text("".join(r + "\n" for r in rows))
         epochs = self.path / "metrics" / "epochs.csv"
         if epochs.exists():
-            with epochs.open() as f:
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= epoch]
+            rows = [r for r in read_csv(epochs) if int(r["epoch"]) <= epoch]
             epochs.unlink()
             for r in rows:
                 self.log_epoch({k: _number(v) for k, v in r.items()}, tensorboard=False)
+
+    def truncate_rows(self, counts: dict[str, int]) -> None:
+        """On resume: cut each metrics file ``name`` of ``counts`` (JSONL, or CSV below its header) to
+        its first ``counts[name]`` rows, those written before the checkpoint. For files whose rows
+        are not numbered by the run's step or epoch (:meth:`truncate_metrics`)."""
+        if not self.writes:
+            return
+        for name, n in counts.items():
+            path = self.path / "metrics" / name
+            if path.exists():
+                path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:n + name.endswith(".csv")]))
 
     def log_steps(self, rows: list[dict[str, float]]) -> None:
         """Append per-step scalars (each row has ``step``) to steps.jsonl and TensorBoard."""
@@ -412,13 +440,7 @@ class RunDir:
         """Append one per-epoch row (with ``epoch``) to epochs.csv and TensorBoard."""
         if not self.writes:
             return
-        path = self.path / "metrics" / "epochs.csv"
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        append_csv(self.path / "metrics" / "epochs.csv", [row])
         if tensorboard:
             for key, value in row.items():
                 if key != "epoch":
@@ -426,11 +448,7 @@ class RunDir:
             self.tensorboard.flush()
 
     def read_epochs(self) -> list[dict[str, float]]:
-        path = self.path / "metrics" / "epochs.csv"
-        if not path.exists():
-            return []
-        with path.open() as f:
-            return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        return [{k: float(v) for k, v in r.items()} for r in read_csv(self.path / "metrics" / "epochs.csv")]
 
     def write_json(self, name: str, data: dict[str, Any]) -> Path:
         path = self.path / name
@@ -681,7 +699,8 @@ class Run:
         for row in rows:
             if not all(math.isfinite(row[k]) for k in check if k in row):
                 raise TrainingDiverged(f"non-finite loss at step {row['step']}; the last good checkpoint "
-                                       f"{self.dir.checkpoint} is kept. Lower --lr or use --precision fp32.")
+                                       f"{self.dir.checkpoint} is kept. Lower --lr"
+                                       + (" or use --precision fp32." if hasattr(self.config, "precision") else "."))
         self.dir.log_steps(rows)
 
 

@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["tile_images", "save_image_grid", "plot_curves", "moving_average", "save", "decorate", "hline", "band"]
+__all__ = ["tile_images", "save_image_grid", "plot_curves", "moving_average", "save", "decorate", "hline", "band", "save_axes"]
 
 
 def tile_images(images: np.ndarray, nrow: int, ncol: int, pad: int = 1) -> np.ndarray:
@@ -135,3 +135,9 @@ def moving_average(values: Sequence[float], window: int) -> list[float]:
         out.append(total / min(i + 1, window))
     return out
 
+
+def save_axes(fig: plt.Figure, ax: plt.Axes, path: str | Path, xlabel: str, ylabel: str, title: str,
+              title_size: float | None = None) -> Path:
+    """A one-axes figure's usual ending: :func:`decorate` ``ax`` (grid, legend) and :func:`save` ``fig``."""
+    decorate(ax, xlabel, ylabel, title, title_size=title_size)
+    return save(fig, path)

@@ -9,7 +9,6 @@ test accuracy and, with ``--export``, writes the weights genlab ships.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from genlab.data import load_split
-from genlab.engine import EpochsConfig, RunDir, resolve_device, save_checkpoint, seed_everything
+from genlab.engine import EpochsConfig, Run, resolve_device, save_checkpoint, seed_everything
 from genlab.errors import ConfigError, GenlabError
 from genlab.experiments import Experiment
 from genlab.quality import DomainClassifier
@@ -60,58 +59,77 @@ def accuracy(model: DomainClassifier, x: torch.Tensor, y: torch.Tensor, batch_si
 
 
 def run(config: ClassifierConfig) -> Path:
+    """Train the classifier, write its record and, with ``--export``, its weights; returns the run directory.
+
+    The checkpoint (:class:`genlab.engine.Run`) is written at every epoch end, every few minutes
+    and on Ctrl-C or SIGTERM; it holds the model, Adam and the one-cycle schedule and, as
+    progress, the epoch's batch order, position and loss sum, so that a resumed run continues exactly.
+
+    Raises:
+        GenlabError: ``--export`` of a classifier below the accuracy SPEC asks of it.
+    """
     device = resolve_device(config.device)
-    run_dir = RunDir("classifier", config, device)
-    seed_everything(config.seed)
-    images, labels = load_split(config.dataset, "train", config.data_dir)
-    x_train, y_train = _tensor(images).to(device), torch.from_numpy(labels).to(device)
-    images, labels = load_split(config.dataset, "test", config.data_dir)
-    x_test, y_test = _tensor(images).to(device), torch.from_numpy(labels).to(device)
-    model = DomainClassifier().to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=config.epochs * steps_per_epoch)
-    step, start = 0, time.time()
-    for epoch in range(config.epochs):
-        model.train()
-        order = torch.randperm(len(x_train), device=device)
-        total = 0.0
-        for i in tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False, disable=None):
-            idx = order[i * config.batch_size:(i + 1) * config.batch_size]
-            loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item()
-            step += 1
-            if config.max_steps and step >= config.max_steps:
-                break
+    with Run("classifier", config, device) as run:
+        seed_everything(config.seed)
+        images, labels = load_split(config.dataset, "train", config.data_dir)
+        x_train, y_train = _tensor(images).to(device), torch.from_numpy(labels).to(device)
+        images, labels = load_split(config.dataset, "test", config.data_dir)
+        x_test, y_test = _tensor(images).to(device), torch.from_numpy(labels).to(device)
+        model = DomainClassifier().to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+        steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=config.epochs * steps_per_epoch)
+        run.hold(model=model, opt=opt, sched=sched)
+        pos = run.resume() or {"step": 0, "epoch": 0, "batch": 0, "order": None, "loss_sum": 0.0}
+        step, epoch, batch, order, total = pos["step"], pos["epoch"], pos["batch"], pos["order"], pos["loss_sum"]
+        run.dir.truncate_metrics(step, epoch)
+        pending: list[dict] = []  # per-step rows not yet written
+
+        def progress() -> dict:
+            run.log_steps(pending, check=("loss",))  # the steps file never lags behind a checkpoint
+            pending.clear()
+            return {"batch": batch, "order": order, "loss_sum": total}
+
+        total_steps = min(config.epochs * steps_per_epoch, config.max_steps or math.inf)
+        while epoch < config.epochs and (batch or step < total_steps):
+            model.train()
+            if batch == 0:
+                order = torch.randperm(len(x_train), device=device)
+            bar = tqdm(total=steps_per_epoch, initial=batch, desc=f"epoch {epoch + 1}", leave=False, disable=None)
+            while batch < steps_per_epoch and step < total_steps:
+                idx = order[batch * config.batch_size:(batch + 1) * config.batch_size]
+                loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step, batch = step + 1, batch + 1
+                pending.append({"step": step, "loss": loss.item()})
+                total += pending[-1]["loss"]
+                bar.update()
+                run.step_done(step, epoch, progress)
+            bar.close()
+            acc = accuracy(model, x_test, y_test)
+            run.dir.log_epoch({"epoch": epoch + 1, "train_loss": total / batch, "test_accuracy": acc})
+            print(f"epoch {epoch + 1}: train loss {total / batch:.4f}, test accuracy {acc:.4f}")
+            epoch, batch, total = epoch + 1, 0, 0.0
+            run.checkpoint(step, epoch, progress())
         acc = accuracy(model, x_test, y_test)
-        run_dir.log_epoch({"epoch": epoch + 1, "train_loss": total / (i + 1), "test_accuracy": acc})
-        print(f"epoch {epoch + 1}: train loss {total / (i + 1):.4f}, test accuracy {acc:.4f}")
-        if config.max_steps and step >= config.max_steps:
-            break
-    acc = accuracy(model, x_test, y_test)
-    meta = {"dataset": config.dataset, "test_accuracy": acc, "epochs": epoch + 1, "seed": config.seed}
-    blob = {"model": {k: v.cpu() for k, v in model.state_dict().items()}, "meta": meta}
-    save_checkpoint(run_dir.checkpoint, blob)
-    train_seconds = time.time() - start
-    minimum = Reference(100 * MIN_ACCURACY[config.dataset], section="Quality metrics for images",
-                        note="the least test accuracy SPEC asks of the feature extractor")
-    run_dir.write_record(Record(
-        "classifier", f"Domain classifier, {config.dataset}", "",
-        metrics=[Metric("test_accuracy", 100 * acc, "%", lower_is_better=False, reference=minimum, tolerance=0.0,
-                        headline=True, description=f"{config.dataset} test set, after {epoch + 1} epoch(s)")],
-        figures=[], train_seconds=train_seconds, extra=meta))
-    if config.export:
-        if acc < MIN_ACCURACY[config.dataset]:
-            raise GenlabError(f"test accuracy {acc:.4f} is below the required {MIN_ACCURACY[config.dataset]}; "
-                             f"not exporting to {config.export}")
-        save_checkpoint(config.export, blob)
-        print(f"exported to {config.export}")
-    run_dir.close()
-    return run_dir.path
+        meta = {"dataset": config.dataset, "test_accuracy": acc, "epochs": epoch, "seed": config.seed}
+        minimum = Reference(100 * MIN_ACCURACY[config.dataset], section="Quality metrics for images",
+                            note="the least test accuracy SPEC asks of the feature extractor")
+        run.dir.write_record(Record(
+            "classifier", f"Domain classifier, {config.dataset}", "",
+            metrics=[Metric("test_accuracy", 100 * acc, "%", lower_is_better=False, reference=minimum, tolerance=0.0,
+                            headline=True, description=f"{config.dataset} test set, after {epoch} epoch(s)")],
+            figures=[], train_seconds=run.elapsed_s, extra=meta))
+        if config.export:
+            if acc < MIN_ACCURACY[config.dataset]:
+                raise GenlabError(f"test accuracy {acc:.4f} is below the required {MIN_ACCURACY[config.dataset]}; "
+                                  f"not exporting to {config.export}")
+            save_checkpoint(config.export, {"model": {k: v.cpu() for k, v in model.state_dict().items()}, "meta": meta})
+            print(f"exported to {config.export}")
+    return run.path
 
 
 EXPERIMENT = Experiment(

@@ -27,30 +27,26 @@ over the sequence, the λ sweep, and an MLP vs CNN table when both models run.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from genlab.data import load_split  # noqa: E402
-from genlab.engine import (EpochsConfig, RunDir, TrainingDiverged, config_to_dict, load_checkpoint,  # noqa: E402
-                           resolve_device, save_checkpoint)
-from genlab.errors import ConfigError  # noqa: E402
-from genlab.experiments import Experiment  # noqa: E402
-from genlab.record import Figure, Metric, Record, Reference, Table  # noqa: E402
+from genlab import plots
+from genlab.data import load_split
+from genlab.engine import (EpochsConfig, GeneratorStates, Run, RunDir, append_csv, config_from_dict,
+                           resolve_device)
+from genlab.errors import ConfigError
+from genlab.experiments import Experiment
+from genlab.record import Figure, Metric, Record, Reference, Table
 
 Method = Literal["naive", "ewc", "rehearsal"]
 ModelName = Literal["mlp", "cnn"]
@@ -385,7 +381,7 @@ class EWC:
         for k in self.params:
             self.a[k].copy_(state["a"][k])
             self.b[k].copy_(state["b"][k])
-        self.c, self.tasks = state["c"].clone(), state["tasks"]
+        self.c, self.tasks = state["c"].cpu().clone(), state["tasks"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -501,13 +497,10 @@ class Job:
 
 
 def jobs_of(config: ContinualConfig) -> list[Job]:
-    out = []
-    for model in config.model:
-        for seed in range(config.seed, config.seed + config.seeds):
-            for method in config.methods:
-                for lam in (config.lambdas if method == "ewc" else (None,)):
-                    out.append(Job(model, method, lam, seed))
-    return out
+    """The run's jobs in training order: per model, per seed, per method (per λ for EWC)."""
+    return [Job(model, method, lam, seed) for model in config.model
+            for seed in range(config.seed, config.seed + config.seeds)
+            for method in config.methods for lam in (config.lambdas if method == "ewc" else (None,))]
 
 
 @torch.no_grad()
@@ -544,14 +537,44 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
     return loss.detach()
 
 
-def run_job(job: Job, config: ContinualConfig, data: dict, device: torch.device, state: dict | None,
-            on_task_end, log) -> dict:
-    """Train ``job`` over all tasks (from ``state`` if resuming); returns its results dict."""
-    train_x, train_y, test_x, test_y = data["train_x"], data["train_y"], data["test_x"], data["test_y"]
-    n_train = len(train_x)
-    test_x, test_y = test_x[:config.eval_samples], test_y[:config.eval_samples]
+class JobState:
+    """The stateful objects of the job in training (model, optimiser, data generator, EWC state,
+    replay memory) as one object for :class:`genlab.engine.Run`, which holds it for the whole run
+    while every job builds its own. A state loaded on resume is restored by the :meth:`attach`
+    of the job it was saved from, and dropped by any other."""
+
+    def __init__(self) -> None:
+        self.job: str | None = None
+        self.objects: dict = {}
+        self.saved: dict | None = None
+
+    def attach(self, job: str, **objects) -> None:
+        """Hold ``objects`` (each with ``state_dict``/``load_state_dict``) as ``job``'s."""
+        if self.saved is not None and self.saved["job"] == job:
+            for name, obj in objects.items():
+                obj.load_state_dict(self.saved["states"][name])
+        self.job, self.objects, self.saved = job, objects, None
+
+    def state_dict(self) -> dict:
+        return {"job": self.job, "states": {name: obj.state_dict() for name, obj in self.objects.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.saved = state
+
+
+def run_job(job: Job, config: ContinualConfig, data: dict, run: Run, state: JobState, done: list[dict],
+            resumed: dict | None) -> dict:
+    """Train ``job`` over all tasks; returns its results dict.
+
+    The run's step counts optimiser steps over every job, its epoch the tasks finished over every
+    job (the rows of tasks.csv); ``done`` holds the results of the jobs before this one. ``resumed``
+    is what :meth:`genlab.engine.Run.resume` returned when the run stopped inside this job, else None.
+    """
+    train_x, train_y = data["train_x"], data["train_y"]
+    device, n_train, tasks = train_x.device, len(train_x), config.tasks
+    test_x, test_y = data["test_x"][:config.eval_samples], data["test_y"][:config.eval_samples]
     probe_x, probe_y = data["test_x"][:1000], data["test_y"][:1000]
-    perms = permutations(config.tasks, job.seed).to(device)  # (T, 784)
+    perms = permutations(tasks, job.seed).to(device)  # (T, 784)
     torch.manual_seed(job.seed)
     model = build_model(job.model, config.hidden).to(device)
     opt = (torch.optim.Adam(model.parameters(), lr=config.lr) if config.optimizer == "adam"
@@ -559,32 +582,41 @@ def run_job(job: Job, config: ContinualConfig, data: dict, device: torch.device,
     gen = torch.Generator().manual_seed(job.seed + 7919)  # data order, memory, replay and Fisher samples
     ewc = EWC(model) if job.method == "ewc" else None
     memory = ReplayMemory(config.memory_per_task, device) if job.method == "rehearsal" else None
+    objects = {"model": model, "opt": opt, "gen": GeneratorStates([gen]), "ewc": ewc, "memory": memory}
+    state.attach(job.name, **{name: obj for name, obj in objects.items() if obj is not None})
     lam = job.lam or 0.0
-    r = np.full((config.tasks, config.tasks), np.nan)
-    probes: list[dict] = []
-    task, step, seconds = 0, 0, 0.0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"].cpu())  # a CPU generator; the checkpoint may have been mapped to CUDA
-        if ewc is not None:
-            ewc.load_state_dict(state["ewc"])
-        if memory is not None:
-            memory.load_state_dict(state["memory"])
-        r = state["r"].numpy().copy()
-        task, step, seconds, probes = state["task"], state["step"], state["seconds"], list(state["probes"])
+    base, first_task = sum(d["steps"] for d in done), len(done) * tasks  # the run's step and epoch before this job
+    pos = resumed or {"step": base, "task": 0, "pass": 0, "batch": 0, "order": None, "losses": torch.zeros(0),
+                      "r": torch.full((tasks, tasks), math.nan, dtype=torch.float64), "probes": [],
+                      "job_start": run.elapsed_s}
+    step, task, pass_, batch, order = pos["step"] - base, pos["task"], pos["pass"], pos["batch"], pos["order"]
+    losses, probes, job_start = list(pos["losses"]), list(pos["probes"]), pos["job_start"]
+    r = pos["r"].cpu().numpy().copy()  # (T, T) accuracy matrix, NaN for tasks not yet seen
+    logged = len(losses)  # this task's losses already in steps.jsonl
+
+    def flush() -> None:
+        nonlocal logged
+        if logged < len(losses):
+            values = torch.stack(losses[logged:]).tolist()
+            run.log_steps([{"step": base + step - len(values) + 1 + i, "loss": v} for i, v in enumerate(values)],
+                          check=("loss",))
+            logged = len(losses)
+
+    def progress() -> dict:
+        flush()  # the steps file never lags behind a checkpoint
+        return {"done": done, "job": job.name, "task": task, "pass": pass_, "batch": batch, "order": order,
+                "losses": torch.stack(losses) if losses else torch.zeros(0), "r": torch.from_numpy(r),
+                "probes": probes, "job_start": job_start}
+
     steps_per_epoch = n_train // config.batch_size
-    per_task = math.ceil(config.max_steps / config.tasks) if config.max_steps is not None else math.inf
-    start = time.perf_counter() - seconds
-    while task < config.tasks:
+    per_task = math.ceil(config.max_steps / tasks) if config.max_steps is not None else math.inf
+    while task < tasks:
         perm = perms[task]
-        losses = []
-        for _ in range(config.epochs):
-            order = torch.randperm(n_train, generator=gen).to(device)
-            for b in range(steps_per_epoch):
-                if step >= per_task * (task + 1):  # --max-steps spread over the tasks
-                    break
-                idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+        while pass_ < config.epochs:
+            if batch == 0:
+                order = torch.randperm(n_train, generator=gen).to(device)
+            while batch < steps_per_epoch and step < per_task * (task + 1):  # --max-steps spread over the tasks
+                idx = order[batch * config.batch_size:(batch + 1) * config.batch_size]
                 x, y = train_x[idx][:, perm], train_y[idx]  # (B, 784), (B,)
                 if memory is not None and memory.tasks and config.replay_batch:
                     # Replay: past examples under their own task's permutation.
@@ -592,105 +624,64 @@ def run_job(job: Job, config: ContinualConfig, data: dict, device: torch.device,
                     x_r = torch.gather(train_x[i_r], 1, perms[t_r])  # (R, 784)
                     x, y = torch.cat([x, x_r]), torch.cat([y, train_y[i_r]])
                 losses.append(train_step(model, opt, x, y, ewc, lam, config.ewc_update))
-                step += 1
+                step, batch = step + 1, batch + 1
                 if step % config.probe_every == 0:
                     probes.append({"step": step, "task": task + 1,
                                    "task1_accuracy": float(evaluate_tasks(model, probe_x, probe_y, perms[:1])[0])})
+                    flush()
+                run.step_done(base + step, first_task + task, progress)
+            pass_, batch = pass_ + 1, 0
         # End of task: accuracy row, then consolidate (EWC) or remember (rehearsal).
         r[task, :task + 1] = evaluate_tasks(model, test_x, test_y, perms[:task + 1])  # unseen tasks stay NaN
         probes.append({"step": step, "task": task + 1, "task1_accuracy": float(r[task, 0])})
-        loss = float(torch.stack(losses).mean()) if losses else float("nan")
-        if not math.isfinite(loss):
-            raise TrainingDiverged(f"{job.name}: non-finite loss on task {task + 1}; lower --lr or λ")
+        flush()
+        loss = float(torch.stack(losses).mean())
         penalty = ewc.penalty(lam) if ewc is not None else 0.0
         if ewc is not None:
             pick = torch.randperm(n_train, generator=gen)[:config.fisher_samples].to(device)
             ewc.consolidate(fisher_diagonal(model, train_x[pick][:, perm], train_y[pick], kind=config.fisher))
         if memory is not None:
             memory.add_task(n_train, gen)
-        task += 1
-        seconds = time.perf_counter() - start
-        log({"job": job.name, "model": job.model, "method": job.method, "lambda": job.lam, "seed": job.seed,
-             "task": task, "step": step, "loss": loss, "penalty": penalty,
-             "accuracy_current": r[task - 1, task - 1], "average_accuracy_seen": float(r[task - 1, :task].mean()),
-             "seconds": seconds})
-        on_task_end({"job": job.name, "task": task, "step": step, "seconds": seconds, "r": torch.from_numpy(r),
-                     "probes": probes, "model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-                     "ewc": ewc.state_dict() if ewc else None, "memory": memory.state_dict() if memory else None})
+        task, pass_, losses, logged = task + 1, 0, [], 0
+        row = {"job": job.name, "model": job.model, "method": job.method, "lambda": job.lam, "seed": job.seed,
+               "task": task, "step": step, "loss": loss, "penalty": penalty, "accuracy_current": r[task - 1, task - 1],
+               "average_accuracy_seen": float(r[task - 1, :task].mean()), "seconds": run.elapsed_s - job_start}
+        append_csv(run.path / "metrics" / "tasks.csv", [row])
+        tqdm.write(f"{row['job']} task {row['task']}: acc on it {row['accuracy_current']:.4f}, "
+                   f"mean over seen {row['average_accuracy_seen']:.4f} ({row['seconds']:.0f} s)")
+        run.checkpoint(base + step, first_task + task, progress())
     return {"job": job.name, "model": job.model, "method": job.method, "label": job.label, "lambda": job.lam,
             "seed": job.seed, "r": [[None if np.isnan(v) else float(v) for v in row] for row in r],  # NaN: unseen
-            "probes": probes, "steps": step, "seconds": seconds,
+            "probes": probes, "steps": step, "seconds": run.elapsed_s - job_start,
             "average_accuracy": average_accuracy(r), "backward_transfer": backward_transfer(r),
             "forgetting": forgetting(r), "plasticity": plasticity(r)}
 
 
 def run(config: ContinualConfig) -> Path:
-    """Run every (model, seed, method, λ) job; returns the run directory."""
+    """Run every (model, seed, method, λ) job in turn; returns the run directory.
+
+    The checkpoint (:class:`genlab.engine.Run`) is written at every task end, every few minutes
+    and on Ctrl-C or SIGTERM. It holds the current job's objects (:class:`JobState`) and, as
+    progress, the finished jobs' results and the position inside the current job, so that a
+    resumed run continues exactly.
+    """
     device = resolve_device(config.device)
-    run_dir = RunDir("continual", config, device)
-    train_x, train_y = load_mnist("train", config.data_dir, device)
-    test_x, test_y = load_mnist("test", config.data_dir, device)
-    data = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
-    results_path = run_dir.path / "metrics" / "results.jsonl"
-    tasks_path = run_dir.path / "metrics" / "tasks.csv"
-    done: list[dict] = []
-    current: dict | None = None
-    if config.resume:
-        ckpt = load_checkpoint(run_dir.checkpoint, device)
-        done, current = list(ckpt["done"]), ckpt["current"]
-        _truncate(results_path, tasks_path, done, current)
-        print(f"resuming {run_dir.path}: {len(done)} jobs done"
-              + (f", {current['job']} at task {current['task']}" if current else ""))
-    else:
-        for p in (results_path, tasks_path):
-            p.unlink(missing_ok=True)
-    finished = {d["job"] for d in done}
-
-    def log(row: dict) -> None:
-        new = not tasks_path.exists()
-        with tasks_path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-        tqdm.write(f"{row['job']} task {row['task']}: acc on it {row['accuracy_current']:.4f}, "
-                   f"mean over seen {row['average_accuracy_seen']:.4f} ({row['seconds']:.0f} s)")
-
-    def checkpoint(current_state: dict | None) -> None:
-        save_checkpoint(run_dir.checkpoint, {"config": config_to_dict(config), "done": done, "current": current_state})
-
-    start = time.time()
-    for job in jobs_of(config):
-        if job.name in finished:
-            continue
-        state = current if current and current["job"] == job.name else None
-        result = run_job(job, config, data, device, state, checkpoint, log)
-        done.append(result)
-        with results_path.open("a") as f:
-            f.write(json.dumps(result) + "\n")
-        checkpoint(None)
-        current = None
-    finish(run_dir, config, done, time.time() - start)
-    run_dir.close()
-    return run_dir.path
-
-
-def _truncate(results_path: Path, tasks_path: Path, done: list[dict], current: dict | None) -> None:
-    """On resume: keep only metric rows of finished jobs and of the current job's finished tasks."""
-    names = {d["job"] for d in done}
-    if results_path.exists():
-        rows = [line for line in results_path.read_text().splitlines() if line and json.loads(line)["job"] in names]
-        results_path.write_text("".join(r + "\n" for r in rows))
-    if tasks_path.exists():
-        with tasks_path.open() as f:
-            reader = csv.DictReader(f)
-            fields, rows = reader.fieldnames, list(reader)
-        keep = [r for r in rows if r["job"] in names or (current and r["job"] == current["job"]
-                                                         and int(r["task"]) <= current["task"])]
-        with tasks_path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(keep)
+    state = JobState()
+    with Run("continual", config, device, job=state) as run:
+        train_x, train_y = load_mnist("train", config.data_dir, device)
+        test_x, test_y = load_mnist("test", config.data_dir, device)
+        data = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
+        resumed = run.resume() or {"step": 0, "epoch": 0, "done": [], "job": None}
+        done = list(resumed["done"])
+        run.dir.truncate_metrics(resumed["step"], resumed["epoch"])
+        run.dir.truncate_rows({"tasks.csv": resumed["epoch"], "results.jsonl": len(done)})
+        for job in jobs_of(config)[len(done):]:
+            done.append(run_job(job, config, data, run, state, done, resumed if resumed["job"] == job.name else None))
+            with (run.path / "metrics" / "results.jsonl").open("a") as f:
+                f.write(json.dumps(done[-1]) + "\n")
+        run.checkpoint(sum(d["steps"] for d in done), len(done) * config.tasks, {"done": done, "job": None})
+        finish(run.dir, config, done, run.elapsed_s)
+    return run.path
 
 
 # ---------------------------------------------------------------------------------------
@@ -754,10 +745,8 @@ def write_outputs(run_dir: RunDir, results: list[dict], tasks: int) -> list[dict
             row[key], row[key + "_std"] = _mean_std([g[key] for g in group])
         row["task1_final"] = float(r[-1, 0])
         rows.append(row)
-    with (metrics / "summary.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    (metrics / "summary.csv").unlink(missing_ok=True)
+    append_csv(metrics / "summary.csv", rows)
     for model in sorted({row["model"] for row in rows}):
         _plot_task1(results, model, figs / f"task1_accuracy_{model}.png")
         _plot_average(results, model, tasks, figs / f"average_accuracy_{model}.png")
@@ -780,14 +769,8 @@ def _plot_task1(results: list[dict], model: str, path: Path) -> None:
     steps_per_task = results[0]["steps"] / max(1, len(results[0]["r"]))
     for t in range(1, len(results[0]["r"])):
         ax.axvline(t * steps_per_task, color="gray", lw=0.5, ls=":")
-    ax.set_xlabel("optimiser step (dotted: task boundaries)")
-    ax.set_ylabel("test accuracy on task 1")
-    ax.set_title(f"{model.upper()}: task-1 accuracy while tasks 2.. are learnt")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plots.save_axes(fig, ax, path, "optimiser step (dotted: task boundaries)", "test accuracy on task 1",
+                    f"{model.upper()}: task-1 accuracy while tasks 2.. are learnt")
 
 
 def _plot_average(results: list[dict], model: str, tasks: int, path: Path) -> None:
@@ -800,14 +783,8 @@ def _plot_average(results: list[dict], model: str, tasks: int, path: Path) -> No
     ax.axhline(REFERENCE["ewc_average_accuracy_public_baseline"], ls="--", lw=0.8, color="gray")
     ax.text(1, REFERENCE["ewc_average_accuracy_public_baseline"], " EWC public baseline (10 tasks)", fontsize=8,
             va="bottom", color="gray")
-    ax.set_xlabel("tasks learnt")
-    ax.set_ylabel("mean test accuracy over the tasks seen")
-    ax.set_title(f"{model.upper()}: average accuracy along the sequence")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plots.save_axes(fig, ax, path, "tasks learnt", "mean test accuracy over the tasks seen",
+                    f"{model.upper()}: average accuracy along the sequence")
 
 
 def plot_lambda_sweep(sweep: list[dict], rows: list[dict], model: str, path: Path) -> None:
@@ -832,14 +809,8 @@ def plot_lambda_sweep(sweep: list[dict], rows: list[dict], model: str, path: Pat
             ax.text(lams[0], row["average_accuracy"], f" {row['label']}: average accuracy", fontsize=8,
                     va="bottom", color="gray")
     ax.set_xscale("log")
-    ax.set_xlabel("EWC λ")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"{model.upper()}: the EWC λ sweep, stability against plasticity")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plots.save_axes(fig, ax, path, "EWC λ", "accuracy",
+                    f"{model.upper()}: the EWC λ sweep, stability against plasticity")
 
 
 FIGURE_CAPTIONS = {
@@ -907,16 +878,10 @@ def finish(run_dir: RunDir, config: ContinualConfig, results: list[dict], elapse
 def evaluate(run_path: Path) -> dict:
     """``genlab eval RUN_DIR``: rebuild figures, table and summary from metrics/results.jsonl."""
     run_path = Path(run_path)
-    ckpt = load_checkpoint(run_path / "checkpoints" / "last.pt")
-    fields = {k: v for k, v in ckpt["config"].items() if k in ContinualConfig.__dataclass_fields__}
-    for key in ("methods", "model", "ewc_lambdas"):
-        fields[key] = tuple(fields[key])
-    fields.update(out=run_path, resume=True, data_dir=Path(fields["data_dir"]) if fields.get("data_dir") else None)
-    config = ContinualConfig(**fields)
-    run_dir = RunDir("continual", config, torch.device("cpu"))
+    config = config_from_dict(ContinualConfig, json.loads((run_path / "config.json").read_text()),
+                              tuple_keys=("methods", "model", "ewc_lambdas"), out=run_path, resume=True)
     results = [json.loads(line) for line in (run_path / "metrics" / "results.jsonl").read_text().splitlines() if line]
-    rows = finish(run_dir, config, results, None)
-    return {"table": rows}
+    return {"table": finish(RunDir("continual", config, torch.device("cpu")), config, results, None)}
 
 
 EXPERIMENT = Experiment(

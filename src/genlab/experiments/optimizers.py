@@ -16,29 +16,29 @@ with its last finite loss; its slice turns to NaN without touching the other run
 
     genlab run optimizers                                   # the full grid: 54 runs, 15 epochs
     genlab run optimizers --epochs 1 --subset 2000 --out /tmp/smoke
-    genlab run optimizers --out runs/optimizers --resume    # continue from the last epoch
+    genlab run optimizers --out runs/optimizers --resume    # continue from the last checkpoint
     genlab bench optimizers                                 # grid vs the runs one after another
 """
 
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import math
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from genlab import plots
 from genlab.data import load_split
-from genlab.engine import (EpochsConfig, RunDir, config_to_dict, load_checkpoint, resolve_device, save_checkpoint)
+from genlab.engine import EpochsConfig, Run, append_csv, read_csv, resolve_device
 from genlab.errors import ConfigError
 from genlab.experiments import Experiment
 from genlab.optim import OPTIMIZERS
@@ -256,115 +256,88 @@ def load_mnist(split: str, data_dir: Path | None, limit: int | None, device: tor
 # Training
 # ---------------------------------------------------------------------------------------
 
-RUN_FIELDS = ["epoch", "optimizer", "lr", "seed", "train_loss", "test_accuracy", "diverged", "last_finite_loss",
-              "diverged_at_step"]
-STEP_FIELDS = ["step", "epoch", "optimizer", "lr", "seed", "train_loss"]
-
-
-def _append_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-
-
-def _read_csv(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with path.open() as f:
-        return list(csv.DictReader(f))
-
-
-def _truncate_csv(path: Path, fields: list[str], keep) -> None:
-    rows = [r for r in _read_csv(path) if keep(r)]
-    if path.exists():
-        path.unlink()
-    _append_csv(path, fields, rows)
-
-
 def run(config: OptimizersConfig) -> Path:
-    """Train the whole grid; returns the run directory. See the module docstring."""
+    """Train the whole grid; returns the run directory. See the module docstring.
+
+    The checkpoint (:class:`genlab.engine.Run`) is written at every epoch end, every few minutes
+    and on Ctrl-C or SIGTERM; it holds the grid (weights and optimiser states) and, as progress,
+    each run's divergence record and the epoch's running loss sums, so that a resumed run
+    continues exactly.
+    """
     device = resolve_device(config.device)
-    run_dir = RunDir("optimizers", config, device)
-    metrics_dir = run_dir.path / "metrics"
-    x_train, y_train = load_mnist("train", config.data_dir, config.subset, device)  # (60000, 784), (60000,)
-    x_test, y_test = load_mnist("test", config.data_dir, config.test_subset, device)  # (10000, 784), (10000,)
-    n_train, seeds = len(x_train), config.seeds
-    steps_per_epoch = math.ceil(n_train / config.batch_size)
+    with Run("optimizers", config, device) as run:
+        metrics_dir = run.path / "metrics"
+        x_train, y_train = load_mnist("train", config.data_dir, config.subset, device)  # (60000, 784), (60000,)
+        x_test, y_test = load_mnist("test", config.data_dir, config.test_subset, device)  # (10000, 784), (10000,)
+        n_train, seeds = len(x_train), config.seeds
+        steps_per_epoch = math.ceil(n_train / config.batch_size)
+        cells = [Cell(name, lr) for name in config.optimizers for lr in config.lrs]
+        grid = StackedGrid(cells, seeds, config.hidden, {n: config.hyperparameters(n) for n in config.optimizers},
+                           device)
+        run.hold(grid=grid)
+        labels, n_runs = grid.run_labels(), grid.n_runs
+        sums = torch.zeros(2, n_runs, dtype=torch.float64, device=device)  # loss sums of the epoch, of the block
+        pos = run.resume() or {
+            "step": 0, "epoch": 0, "batch": 0, "block": 0, "step_rows": 0, "sums": sums,
+            "last_finite": torch.full((n_runs,), math.nan, device=device),  # last finite minibatch loss of each run
+            "diverged_at": torch.full((n_runs,), -1, dtype=torch.int64, device=device)}  # first non-finite step, or -1
+        step, epoch, batch, block, step_rows = pos["step"], pos["epoch"], pos["batch"], pos["block"], pos["step_rows"]
+        sums, last_finite, diverged_at = pos["sums"], pos["last_finite"], pos["diverged_at"]
+        run.dir.truncate_metrics(step, epoch)
+        run.dir.truncate_rows({"runs.csv": epoch * n_runs, "steps.csv": step_rows})
 
-    cells = [Cell(name, lr) for name in config.optimizers for lr in config.lrs]
-    grid = StackedGrid(cells, seeds, config.hidden, {n: config.hyperparameters(n) for n in config.optimizers}, device)
-    labels = grid.run_labels()
-    n_runs = grid.n_runs
-    last_finite = torch.full((n_runs,), math.nan, device=device)  # last finite minibatch loss of each run
-    diverged_at = torch.full((n_runs,), -1, dtype=torch.int64, device=device)  # first non-finite step, or -1
-    epoch, step, elapsed = 0, 0, 0.0
-    if config.resume:
-        ckpt = load_checkpoint(run_dir.checkpoint, device)  # RunDir has refused a changed grid
-        grid.load_state_dict(ckpt["grid"])
-        last_finite, diverged_at = ckpt["last_finite"].to(device), ckpt["diverged_at"].to(device)
-        epoch, step, elapsed = ckpt["epoch"], ckpt["step"], ckpt["seconds"]
-        run_dir.truncate_metrics(step, epoch)
-        _truncate_csv(metrics_dir / "runs.csv", RUN_FIELDS, lambda r: int(r["epoch"]) <= epoch)
-        _truncate_csv(metrics_dir / "steps.csv", STEP_FIELDS, lambda r: int(r["step"]) <= step)
-        print(f"resuming {run_dir.path} after epoch {epoch} (step {step})")
+        def progress() -> dict:
+            return {"batch": batch, "block": block, "step_rows": step_rows, "sums": sums, "last_finite": last_finite,
+                    "diverged_at": diverged_at}
 
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    print(f"optimizers: {n_runs} runs ({len(config.optimizers)} optimisers x {len(config.lrs)} learning rates x "
-          f"{len(seeds)} seeds), {config.epochs} epochs of {steps_per_epoch} steps, trained as one stacked model")
-    start = time.time() - elapsed
-    while epoch < config.epochs and step < total_steps:
-        order = epoch_order(seeds, n_train, epoch, device)  # (S, n_train)
-        epoch_sum = torch.zeros(n_runs, dtype=torch.float64, device=device)
-        block_sum = torch.zeros(n_runs, dtype=torch.float64, device=device)
-        block_len, batches = 0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False, disable=None)
-        for batch in bar:
-            if step >= total_steps:
-                break
-            idx = order[:, batch * config.batch_size:(batch + 1) * config.batch_size]  # (S, B)
-            losses = grid.train_step(x_train[idx], y_train[idx])  # (R,)
-            # A run diverges at its first non-finite loss; its last finite loss is kept.
-            finite = torch.isfinite(losses)
-            last_finite = torch.where(finite, losses, last_finite)
-            diverged_at = torch.where(~finite & (diverged_at < 0), step + 1, diverged_at)
-            epoch_sum += losses
-            block_sum += losses
-            step, batches, block_len = step + 1, batches + 1, block_len + 1
-            if block_len == config.log_every or batch == steps_per_epoch - 1 or step == total_steps:
-                mean = (block_sum / block_len).tolist()
-                _append_csv(metrics_dir / "steps.csv", STEP_FIELDS, [
-                    {"step": step, "epoch": round(epoch + (batch + 1) / steps_per_epoch, 4), "optimizer": o,
-                     "lr": lr, "seed": s, "train_loss": mean[r]} for r, (o, lr, s) in enumerate(labels)])
-                block_sum.zero_()
-                block_len = 0
-        bar.close()
-        # End of epoch: test accuracy of every run; a diverged run has none.
-        epoch += 1
-        accuracy = grid.accuracy(x_test, y_test)
-        diverged = (diverged_at >= 0).tolist()
-        train_loss, acc = (epoch_sum / batches).tolist(), accuracy.tolist()
-        last, at = last_finite.tolist(), diverged_at.tolist()
-        _append_csv(metrics_dir / "runs.csv", RUN_FIELDS, [
-            {"epoch": epoch, "optimizer": o, "lr": lr, "seed": s, "train_loss": train_loss[r],
-             "test_accuracy": math.nan if diverged[r] else acc[r], "diverged": int(diverged[r]),
-             "last_finite_loss": last[r], "diverged_at_step": at[r]} for r, (o, lr, s) in enumerate(labels)])
-        elapsed = time.time() - start
-        run_dir.log_epoch({"epoch": epoch, "steps": step, "seconds": elapsed, "diverged_runs": sum(diverged),
-                           "best_test_accuracy": max((a for a, d in zip(acc, diverged) if not d), default=math.nan)},
-                          tensorboard=False)
-        save_checkpoint(run_dir.checkpoint, {
-            "config": config_to_dict(config), "grid": grid.state_dict(), "epoch": epoch, "step": step,
-            "seconds": elapsed, "last_finite": last_finite.cpu(), "diverged_at": diverged_at.cpu()})
-        tqdm.write(f"epoch {epoch}: {elapsed:7.1f} s, {sum(diverged)} of {n_runs} runs diverged, best test accuracy "
-                   f"{max((a for a, d in zip(acc, diverged) if not d), default=math.nan):.4f}")
-    summarise(run_dir.path)
-    run_dir.close()
-    return run_dir.path
+        total_steps = config.epochs * steps_per_epoch
+        if config.max_steps is not None:
+            total_steps = min(total_steps, config.max_steps)
+        print(f"optimizers: {n_runs} runs ({len(config.optimizers)} optimisers x {len(config.lrs)} learning rates x "
+              f"{len(seeds)} seeds), {config.epochs} epochs of {steps_per_epoch} steps, trained as one stacked model")
+        while epoch < config.epochs and step < total_steps:
+            order = epoch_order(seeds, n_train, epoch, device)  # (S, n_train)
+            bar = tqdm(total=steps_per_epoch, initial=batch, desc=f"epoch {epoch + 1}", leave=False, disable=None)
+            while batch < steps_per_epoch and step < total_steps:
+                idx = order[:, batch * config.batch_size:(batch + 1) * config.batch_size]  # (S, B)
+                losses = grid.train_step(x_train[idx], y_train[idx])  # (R,)
+                # A run diverges at its first non-finite loss; its last finite loss is kept.
+                finite = torch.isfinite(losses)
+                last_finite = torch.where(finite, losses, last_finite)
+                diverged_at = torch.where(~finite & (diverged_at < 0), step + 1, diverged_at)
+                sums += losses
+                step, batch, block = step + 1, batch + 1, block + 1
+                if block == config.log_every or batch == steps_per_epoch or step == total_steps:
+                    mean = (sums[1] / block).tolist()
+                    append_csv(metrics_dir / "steps.csv", [
+                        {"step": step, "epoch": round(epoch + batch / steps_per_epoch, 4), "optimizer": o,
+                         "lr": lr, "seed": s, "train_loss": mean[r]} for r, (o, lr, s) in enumerate(labels)])
+                    step_rows += n_runs
+                    sums[1].zero_()
+                    block = 0
+                bar.update()
+                run.step_done(step, epoch, progress)
+            bar.close()
+            # End of epoch: test accuracy of every run; a diverged run has none.
+            epoch += 1
+            accuracy = grid.accuracy(x_test, y_test)
+            diverged = (diverged_at >= 0).tolist()
+            train_loss, acc = (sums[0] / batch).tolist(), accuracy.tolist()
+            last, at = last_finite.tolist(), diverged_at.tolist()
+            append_csv(metrics_dir / "runs.csv", [
+                {"epoch": epoch, "optimizer": o, "lr": lr, "seed": s, "train_loss": train_loss[r],
+                 "test_accuracy": math.nan if diverged[r] else acc[r], "diverged": int(diverged[r]),
+                 "last_finite_loss": last[r], "diverged_at_step": at[r]} for r, (o, lr, s) in enumerate(labels)])
+            best = max((a for a, d in zip(acc, diverged) if not d), default=math.nan)
+            run.dir.log_epoch({"epoch": epoch, "steps": step, "seconds": run.elapsed_s, "diverged_runs": sum(diverged),
+                               "best_test_accuracy": best}, tensorboard=False)
+            batch = 0
+            sums.zero_()
+            run.checkpoint(step, epoch, progress())
+            tqdm.write(f"epoch {epoch}: {run.elapsed_s:7.1f} s, {sum(diverged)} of {n_runs} runs diverged, best test "
+                       f"accuracy {best:.4f}")
+        summarise(run.path)
+    return run.path
 
 
 # ---------------------------------------------------------------------------------------
@@ -441,8 +414,6 @@ def accuracy_metrics(table: dict) -> list[Metric]:
 def plot_losses(steps: list[dict], runs: list[dict], figures: Path) -> list[Path]:
     """figures/loss_lr{lr}.png: training loss against epoch, one line per optimiser (mean over
     seeds, min-max band), a cross where a run diverged."""
-    import matplotlib.pyplot as plt
-
     out = []
     for lr in dict.fromkeys(f"{float(r['lr']):g}" for r in steps):
         fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -464,26 +435,16 @@ def plot_losses(steps: list[dict], runs: list[dict], figures: Path) -> list[Path
                     last = np.flatnonzero(~bad)[-1]
                     ax.scatter(x[last], series[last], marker="x", color=line.get_color(), zorder=3)
         ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("training loss (cross-entropy, nats)")
-        ax.set_title(f"MNIST MLP, learning rate {lr}: mean over seeds, min-max band, x = diverged")
-        ax.title.set_fontsize(9)
         ax.axhline(math.log(N_CLASSES), ls="--", lw=0.8, color="gray")
         ax.text(x[0], math.log(N_CLASSES), " chance: ln 10", va="bottom", fontsize=8, color="gray")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = figures / f"loss_lr{lr}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        out.append(path)
+        out.append(plots.save_axes(fig, ax, figures / f"loss_lr{lr}.png", "epoch",
+                                   "training loss (cross-entropy, nats)",
+                                   f"MNIST MLP, learning rate {lr}: mean over seeds, min-max band, x = diverged", 9))
     return out
 
 
 def plot_accuracy(runs: list[dict], figures: Path) -> Path:
     """figures/test_accuracy.png: test accuracy against epoch, one panel per learning rate."""
-    import matplotlib.pyplot as plt
-
     lrs = list(dict.fromkeys(f"{float(r['lr']):g}" for r in runs))
     fig, axes = plt.subplots(1, len(lrs), figsize=(4.2 * len(lrs), 3.6), squeeze=False, sharey=True)
     for ax, lr in zip(axes[0], lrs):
@@ -511,8 +472,7 @@ def summarise(path: Path) -> dict:
     metrics CSVs (also ``genlab eval RUN_DIR``, for a run stopped part-way). Returns metrics."""
     path = Path(path)
     config = json.loads((path / "config.json").read_text())
-    runs, steps = _read_csv(path / "metrics" / "runs.csv"), _read_csv(path / "metrics" / "steps.csv")
-    epochs = _read_csv(path / "metrics" / "epochs.csv")
+    runs, steps, epochs = (read_csv(path / "metrics" / f"{name}.csv") for name in ("runs", "steps", "epochs"))
     table = final_table(runs)
     lrs = [f"{float(lr):g}" for lr in config["lrs"]]
     n_params = sum(p.numel() for p in make_classifier(tuple(config["hidden"])).parameters())
