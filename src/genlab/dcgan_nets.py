@@ -408,27 +408,20 @@ def plot_losses(run_dir: RunDir, title: str, generator_label: str, g_equilibrium
                       hlines={"1/2": 0.5})
 
 
-def evaluate_generator(generator: Generator, device: torch.device, seed: int, n: int, dataset: str,
-                       data_dir: Path | None = None) -> dict:
-    """FID/KID/IS of ``n`` generated images (latents seeded by ``seed + 2``) against the 10,000
-    test images of ``dataset`` (the dataset's domain classifier as extractor, see
-    :mod:`genlab.quality`)."""
-    from genlab.quality import image_quality
-
-    real = torch.from_numpy(load_split(dataset, "test", data_dir)[0].copy()).unsqueeze(1)  # (10000, 1, 28, 28) uint8
-    z = torch.randn(n, generator.latent_dim, generator=torch.Generator().manual_seed(seed + 2)).to(device)
-    fake = generate(generator, z).unsqueeze(1)
-    return image_quality(fake, real, dataset, device=device)
-
-
 def evaluate_quality(generator: Generator, config: DCGANTrainingConfig, device: torch.device, dataset: str
                      ) -> tuple[dict | None, float | None]:
-    """:func:`evaluate_generator` on ``config.fid_samples`` images, with the counts added, and its
-    seconds; (None, None) when ``fid_samples`` is 0."""
+    """FID/KID/IS of ``config.fid_samples`` generated images (latents seeded by seed + 2) against the
+    10,000 test images of ``dataset``, with the dataset's domain classifier as extractor
+    (:func:`genlab.quality.image_quality`; the counts added), and the seconds it took; (None,
+    None) when ``fid_samples`` is 0."""
+    from genlab.quality import image_quality
+
     if config.fid_samples == 0:
         return None, None
     start = time.time()
-    quality = evaluate_generator(generator, device, config.seed, config.fid_samples, dataset, config.data_dir)
+    real = torch.from_numpy(load_split(dataset, "test", config.data_dir)[0].copy()).unsqueeze(1)  # (10000, 1, 28, 28)
+    z = torch.randn(config.fid_samples, generator.latent_dim, generator=torch.Generator().manual_seed(config.seed + 2))
+    quality = image_quality(generate(generator, z.to(device)).unsqueeze(1), real, dataset, device=device)
     quality.update(n_generated=config.fid_samples, n_real=10000)
     return quality, time.time() - start
 

@@ -548,25 +548,21 @@ def run(config: VAEConfig) -> Path:
             _truncate_jsonl(run.path / "metrics" / "eval.jsonl", step)
 
         total = config.iterations if config.max_steps is None else min(config.iterations, config.max_steps)
-        names = [f"seed{s}" for s in config.seed_list]
         pending: list[torch.Tensor] = []
 
+        def row(prefix: str, terms: torch.Tensor) -> dict:  # terms (3, S) -> {"step", f"{prefix}{term}_seed{s}"}
+            return {"step": step, **{f"{prefix}{term}_seed{s}": v for t, term in enumerate(TERMS)
+                                     for s, v in zip(config.seed_list, terms[t].tolist())}}
+
         def flush() -> None:
-            if not pending:
-                return
-            values = torch.stack(pending).mean(0)  # (3, S): means over the logged iterations
-            pending.clear()
-            row = {"step": step}
-            for t, term in enumerate(TERMS):
-                row.update({f"{term}_{n}": v for n, v in zip(names, values[t].tolist())})
-            run.log_steps([row], check=tuple(row))
+            if pending:
+                logged = row("", torch.stack(pending).mean(0))  # means over the logged iterations
+                pending.clear()
+                run.log_steps([logged], check=tuple(logged))
 
         def log_eval() -> None:
-            terms = evaluate_terms(model, test, config.seed_list)
-            row = {"step": step, **{f"test_{term}_{n}": v for t, term in enumerate(TERMS)
-                                    for n, v in zip(names, terms[t].tolist())}}
             with (run.path / "metrics" / "eval.jsonl").open("a") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(json.dumps(row("test_", evaluate_terms(model, test, config.seed_list))) + "\n")
 
         dtype = compute_dtype(device, config.precision)
         bar = tqdm(total=total, initial=step, unit="it", desc=f"vae x{config.seeds}", dynamic_ncols=True,
@@ -636,21 +632,17 @@ def plot_run(run_dir: RunDir, config: VAEConfig, model: VAE, test: torch.Tensor,
     rows = [block for r in range(5) for block in (originals[r * 10:(r + 1) * 10], recon[r * 10:(r + 1) * 10])]
     out.append(plots.save_image_grid(np.concatenate(rows), figs / "reconstructions.png", 10, 10,
                                      title=f"test digits (odd rows) and reconstructions (even rows), seed {config.seed}"))
-    names = [f"seed{s}" for s in config.seed_list]
-    steps = _read_jsonl(run_dir.path / "metrics" / "steps.jsonl")
     ref = {TERM_NAMES[t]: {config.iterations: REFERENCE[t][0]} for t in TERMS}
-    if steps:
-        series = {TERM_NAMES[t]: [float(np.mean([r[f"{t}_{n}"] for n in names])) for r in steps] for t in TERMS}
-        out.append(plots.plot_curves([r["step"] for r in steps], series, figs / "training_curves.png", "iteration",
-                                     "nats per image",
-                                     f"VAE training terms (mean of {len(names)} seed(s), "
-                                     f"{config.log_every}-iteration averages)", reference=ref))
-    evals = _read_jsonl(run_dir.path / "metrics" / "eval.jsonl")
-    if evals:
-        series = {TERM_NAMES[t]: [float(np.mean([r[f"test_{t}_{n}"] for n in names])) for r in evals] for t in TERMS}
-        out.append(plots.plot_curves([r["step"] for r in evals], series, figs / "test_curves.png", "iteration",
-                                     "nats per image", f"VAE test terms (mean of {len(names)} seed(s))",
-                                     reference=ref))
+    seeds = f"mean of {config.seeds} seed(s)"
+    for name, prefix, png, what in (("steps", "", "training_curves", f"training terms ({seeds}, {config.log_every}-"
+                                                                     f"iteration averages)"),
+                                    ("eval", "test_", "test_curves", f"test terms ({seeds})")):
+        rows = _read_jsonl(run_dir.path / "metrics" / f"{name}.jsonl")
+        if rows:
+            series = {TERM_NAMES[t]: [float(np.mean([r[f"{prefix}{t}_seed{s}"] for s in config.seed_list]))
+                                      for r in rows] for t in TERMS}
+            out.append(plots.plot_curves([r["step"] for r in rows], series, figs / f"{png}.png", "iteration",
+                                         "nats per image", f"VAE {what}", reference=ref))
     return out
 
 
