@@ -35,7 +35,8 @@ from genlab import distributed
 from genlab.data import load_images
 from genlab.dcgan_nets import (DCGANTrainingConfig, Discriminator, EpochLoop, Generator, build, discriminator_step,
                                evaluate_quality, evaluate_run, generator_loss, plot_losses, sample, save_grid)
-from genlab.engine import RunDir, Run, autocast_for, compute_dtype, resolve_device, rng_state, seed_everything, set_rng_state
+from genlab.engine import (Run, RunDir, autocast_for, compute_dtype, resolve_device, rng_state, seed_everything,
+                           set_rng_state)
 from genlab.errors import ConfigError
 from genlab.experiments import Experiment
 from genlab.layers import SampleNoise
@@ -107,6 +108,7 @@ def train_step(generator: Generator, discriminator: Discriminator, opt_g: torch.
         fake_rows = tuple(noise.span // 2 + r for r in noise.rows)
         d_noise = noise.with_stream(NOISE_D_STEP).with_rows(noise.rows + fake_rows)
         g_noise = noise.with_stream(NOISE_G_STEP).with_rows(fake_rows)
+    # (1) Update D: maximise log D(x) + log(1 - D(G(z))), real and fake in one forward.
     fake, loss_d, d_real, d_fake = discriminator_step(generator, discriminator, opt_d, real, z, autocast, d_noise)
     # (2) Update G: maximise log D(G(z)) (non-saturating), D's parameters frozen.
     d_module.requires_grad_(False)

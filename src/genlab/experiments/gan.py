@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 from genlab.data import load_images
 from genlab.dcgan_nets import (DCGANTrainingConfig, Discriminator, EpochLoop, Generator, build, discriminator_step,
-                               evaluate_quality, evaluate_run, generator_loss, plot_losses, read_steps, sample,
-                               save_grid)
+                               evaluate_quality, evaluate_run, plot_losses, read_steps, sample, save_grid)
+from genlab.dcgan_nets import generator_loss as non_saturating_generator_loss
 from genlab.engine import Run, RunDir, autocast_for, resolve_device, seed_everything
 from genlab.errors import ConfigError
 from genlab.experiments import Experiment
@@ -77,7 +77,7 @@ def minimax_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return -F.softplus(fake_logits.float()).mean()
 
 
-GENERATOR_LOSSES = {"non-saturating": generator_loss, "minimax": minimax_generator_loss}
+GENERATOR_LOSSES = {"non-saturating": non_saturating_generator_loss, "minimax": minimax_generator_loss}
 PROBE_KEYS = {"non-saturating": "grad_norm_non_saturating", "minimax": "grad_norm_minimax"}
 
 
@@ -104,6 +104,7 @@ def train_step(generator: Generator, discriminator: Discriminator, opt_g: torch.
     trained loss's norm is always measured, the other one when ``probe``).
     """
     z = torch.randn(real.shape[0], generator.latent_dim, device=real.device)
+    # (1) Update D: maximise log D(x) + log(1 - D(G(z))), real and fake in one forward.
     fake, loss_d, d_real, d_fake = discriminator_step(generator, discriminator, opt_d, real, z, autocast)
     # (2) Update G with the chosen loss, D's parameters frozen.
     discriminator.requires_grad_(False)
