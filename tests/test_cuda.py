@@ -13,7 +13,7 @@ import torch
 
 from conftest import genlab, read_steps
 from genlab.engine import BF16_MIN_SPEEDUP, bf16_speedup, bf16_supported, load_checkpoint
-from genlab.experiments import dcgan
+from genlab import dcgan_nets
 from genlab.summaries import default_data_file
 
 pytestmark = pytest.mark.cuda
@@ -114,5 +114,5 @@ def test_sample_draws_the_same_images_on_cuda(tmp_path):
     genlab("sample", str(out), "--n", "16", "--out", str(tmp_path / "a.npy"))
     genlab("sample", str(out), "--n", "16", "--out", str(tmp_path / "b.npy"))
     assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
-    _, generator = dcgan.restore_generator(out, torch.device("cuda"))
+    _, generator = dcgan_nets.restore_generator(out, torch.device("cuda"))
     assert next(generator.parameters()).is_cuda

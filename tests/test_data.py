@@ -7,6 +7,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+import torch
 
 from genlab import data
 from genlab.data import DATASETS, DataError, IdxFile, load_split, read_idx
@@ -137,3 +138,29 @@ def test_unknown_dataset_and_split():
         load_split("cifar10")
     with pytest.raises(DataError, match="unknown split"):
         load_split("mnist", "validation")
+
+
+def test_tensor_loaders_scale_flatten_and_take_prefixes():
+    """The experiments' loaders against the stored bytes: the first MNIST training digits, scaled."""
+    images, _ = load_split("mnist", "train")
+    stored = torch.from_numpy(images[:5].reshape(5, 784).copy())  # uint8
+    x, y = data.load_flat("mnist", "train", limit=5)
+    assert x.shape == (5, 784) and x.dtype == torch.float32 and y.tolist() == [5, 0, 4, 1, 9]
+    assert torch.equal(torch.round(x * 255).to(torch.uint8), stored) and x.max() == 1.0
+    standardised, _ = data.load_flat("mnist", "train", limit=5, mean=0.5, std=0.25)
+    torch.testing.assert_close(standardised, (x - 0.5) / 0.25)
+    assert torch.equal(data.load_pixels("mnist", "train", limit=5), stored)
+    signed = data.load_images("mnist", "train")  # (60000, 1, 28, 28)
+    assert signed.shape == (60000, 1, 28, 28) and signed.min() == -1.0 and signed.max() == 1.0
+    torch.testing.assert_close(signed[:5].flatten(1), stored.float() / 127.5 - 1)
+
+
+def test_binarised_split_is_one_fixed_draw_whose_prefix_is_the_limit():
+    full = data.load_binarised("mnist", "test", seed=0)  # (10000, 784)
+    probs = torch.from_numpy(load_split("mnist", "test")[0].reshape(-1, 784).copy()).float() / 255
+    assert full.shape == (10000, 784) and set(full.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(data.load_binarised("mnist", "test", seed=0, limit=7), full[:7])
+    assert not torch.equal(data.load_binarised("mnist", "test", seed=1), full)
+    assert full[probs == 0].max() == 0 and full[probs == 1].min() == 1  # Bernoulli(0) and Bernoulli(1)
+    grey = (probs > 0.2) & (probs < 0.4)  # 152,672 pixels: a draw, not a threshold, turns ~30 % of them on
+    assert abs(full[grey].mean().item() - probs[grey].mean().item()) < 0.01

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from genlab.experiments.dcgan import Discriminator, Generator, discriminator_loss, generator_loss
+from genlab.dcgan_nets import Discriminator, Generator, discriminator_loss, generator_loss
 from genlab.layers import FastDropout, fast_dropout
 
 

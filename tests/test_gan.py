@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import genlab
-from genlab.experiments.dcgan import Discriminator, Generator
+from genlab.dcgan_nets import Discriminator, Generator
 from genlab.experiments.gan import STEP_KEYS, GANConfig, gradient_norm, train_step
 from genlab.record import Record
 

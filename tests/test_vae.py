@@ -11,6 +11,7 @@ from torch import nn
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
 from conftest import genlab
+from genlab.data import load_binarised, load_pixels
 from genlab.experiments import vae
 from genlab.experiments.vae import VAE, StackedLinear, kl_normal, log_normal, sample_gaussian
 from genlab.record import Record
@@ -231,7 +232,7 @@ def _trained_tiny_model():
     """A VAE fitted for 100 steps to 1,000 MNIST digits: far enough from its prior that the bounds differ."""
     config = vae.VAEConfig(seed=0, batch_size=100)
     model, optimizer, gens = vae.build(config, torch.device("cpu"))
-    stream = vae.BatchStream(vae.load_train(None, torch.device("cpu"), 1000), 100, gens)
+    stream = vae.BatchStream(load_pixels("mnist", "train", limit=1000), 100, gens)
     for _ in range(100):
         vae.train_step(model, optimizer, stream.next(), vae.draw_noise(gens, 100, 10, torch.device("cpu")))
     return model
@@ -240,7 +241,7 @@ def _trained_tiny_model():
 @pytest.fixture(scope="module")
 def tiny_model_and_test():
     torch.manual_seed(0)
-    return _trained_tiny_model(), vae.load_test_binarised(None, torch.device("cpu"), 8)
+    return _trained_tiny_model(), load_binarised("mnist", "test", vae.TEST_BINARIZATION_SEED, limit=8)
 
 
 def test_iwae_with_one_sample_is_the_elbo_in_expectation(tiny_model_and_test):

@@ -14,6 +14,11 @@ Where the files come from, first match wins:
 
 Every file is checked (magic number, sizes, count, SHA-256 of the decompressed bytes)
 before it is used; a bad file raises :class:`DataError` naming the file and the fix.
+
+On top of :func:`load_split` (NumPy, as stored), the tensors the experiments train on:
+:func:`load_images` (float32 in [-1, 1], the GANs'), :func:`load_flat` (float32 in [0, 1] or
+standardised, flattened, with labels), :func:`load_pixels` (uint8, flattened) and
+:func:`load_binarised` (a fixed Bernoulli draw, the VAE's test set).
 """
 
 from __future__ import annotations
@@ -28,10 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from genlab.errors import GenlabError
 
-__all__ = ["DataError", "DATASETS", "read_idx", "load_split", "find_file", "cache_dir"]
+__all__ = ["DataError", "DATASETS", "read_idx", "load_split", "find_file", "cache_dir", "load_images", "load_flat",
+           "load_pixels", "load_binarised"]
+
+PIXELS = 28 * 28
 
 
 class DataError(GenlabError, RuntimeError):
@@ -245,3 +254,47 @@ def load_split(dataset: str, split: str = "train", data_dir: str | Path | None =
     images = read_idx(find_file(dataset, f"{split}-images", data_dir), spec.files[f"{split}-images"])
     labels = read_idx(find_file(dataset, f"{split}-labels", data_dir), spec.files[f"{split}-labels"])
     return images, labels.astype(np.int64)
+
+
+def load_images(dataset: str, split: str, data_dir: str | Path | None = None,
+                device: torch.device | str = "cpu") -> torch.Tensor:
+    """The images of one split as float32 (N, 1, 28, 28) in [-1, 1] (pixel / 127.5 - 1, the range
+    of a tanh generator) on ``device``. Raises DataError (see :func:`load_split`)."""
+    images, _ = load_split(dataset, split, data_dir)
+    return torch.from_numpy(images.copy()).to(device).unsqueeze(1).float().div_(127.5).sub_(1.0)
+
+
+def load_flat(dataset: str, split: str, data_dir: str | Path | None = None, limit: int | None = None,
+              device: torch.device | str = "cpu", mean: float | None = None, std: float | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``limit`` (default all) images of one split, flattened, and their labels.
+
+    Returns float32 (N, 784) pixel / 255 in [0, 1], standardised to (x - mean) / std when
+    ``mean`` is given, and int64 labels (N,), both on ``device``. Raises DataError (see
+    :func:`load_split`).
+    """
+    images, labels = load_split(dataset, split, data_dir)
+    x = torch.from_numpy(images[:limit].reshape(-1, PIXELS).astype(np.float32) / 255.0)  # (N, 784)
+    if mean is not None:
+        x = (x - mean) / std
+    return x.to(device), torch.from_numpy(labels[:limit].copy()).to(device)
+
+
+def load_pixels(dataset: str, split: str, data_dir: str | Path | None = None, limit: int | None = None,
+                device: torch.device | str = "cpu") -> torch.Tensor:
+    """The first ``limit`` (default all) images of one split as uint8 (N, 784) intensities on
+    ``device``. Raises DataError (see :func:`load_split`)."""
+    images, _ = load_split(dataset, split, data_dir)
+    return torch.from_numpy(images[:limit].reshape(-1, PIXELS).copy()).to(device)
+
+
+def load_binarised(dataset: str, split: str, seed: int, data_dir: str | Path | None = None, limit: int | None = None,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """One split binarised once: x ~ Bernoulli(pixel / 255) drawn with a CPU generator seeded
+    ``seed``, float32 (N, 784) in {0, 1} on ``device``.
+
+    The draw covers the whole split, so ``limit`` takes a prefix of the same binarised set.
+    Raises DataError (see :func:`load_split`).
+    """
+    probs, _ = load_flat(dataset, split, data_dir)
+    return torch.bernoulli(probs, generator=torch.Generator().manual_seed(seed))[:limit].to(device)

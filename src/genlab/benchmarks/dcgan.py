@@ -27,6 +27,8 @@ from genlab.benchmarks.common import (add_device_argument, add_json_argument, de
                                      parser_for, report, sync, time_steps)
 from genlab.engine import autocast_for, bf16_supported, resolve_device
 from genlab.record import Record
+from genlab import dcgan_nets
+from genlab.data import load_split
 from genlab.experiments import dcgan
 
 
@@ -125,7 +127,7 @@ def time_train_step(config, images, steps: int, warmup: int, device: torch.devic
 def make_step(config, images, device: torch.device, train_step=dcgan.train_step, cuda_graph: bool = False,
               compile: bool = False):
     """``step(i)``: the i-th training step of genlab's trainer on batch i of a fixed permutation."""
-    generator, discriminator, opt_g, opt_d = dcgan.build(config, device, capturable=cuda_graph)
+    generator, discriminator, opt_g, opt_d = dcgan_nets.build(config, device, capturable=cuda_graph)
     if compile:
         generator, discriminator = torch.compile(generator), torch.compile(discriminator)
     data = torch.from_numpy(images.copy()).to(device).unsqueeze(1).float().div_(127.5).sub_(1.0)
@@ -151,7 +153,7 @@ def step_flops(config, device: torch.device) -> float:
     backward), counted by ``torch.utils.flop_counter.FlopCounterMode``."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    generator, discriminator, opt_g, opt_d = dcgan.build(config, device)
+    generator, discriminator, opt_g, opt_d = dcgan_nets.build(config, device)
     real = torch.rand(config.batch_size, 1, 28, 28, device=device) * 2 - 1
     with FlopCounterMode(display=False) as counter:
         dcgan.train_step(generator, discriminator, opt_g, opt_d, real, autocast_for(device, config.precision))
@@ -161,7 +163,7 @@ def step_flops(config, device: torch.device) -> float:
 def time_layers(device: torch.device, precision: str, batch_size: int, repeats: int = 10) -> list[dict]:
     """Forward + backward milliseconds (median of ``repeats``) of each DCGAN convolution at its
     training shape, on contiguous and on channels-last inputs, alternated: what the per-ISA
-    layout table (:data:`genlab.experiments.dcgan.CHANNELS_LAST_BY_ISA`) is read from."""
+    layout table (:data:`genlab.dcgan_nets.CHANNELS_LAST_BY_ISA`) is read from."""
     import statistics
     import time
 
@@ -209,7 +211,7 @@ def quality_at_equal_epochs(images, epochs: int, seed: int, device: torch.device
     for i in range(epochs * (len(images) // 64)):
         step(i)
     ref_seconds = time.perf_counter() - t0
-    real = torch.from_numpy(dcgan.load_split(dcgan.DATASET, "test")[0].copy()).unsqueeze(1)
+    real = torch.from_numpy(load_split(dcgan.DATASET, "test")[0].copy()).unsqueeze(1)
     z = torch.randn(n, 100, generator=torch.Generator().manual_seed(seed + 2)).to(device)
     generator.eval()
     with torch.no_grad():
@@ -252,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     if args.quality_epochs > 0:
-        images, _ = dcgan.load_split(dcgan.DATASET, "train")
+        images, _ = load_split(dcgan.DATASET, "train")
         result = quality_at_equal_epochs(images, args.quality_epochs, 42, device)
         return report(result, args.json, json.dumps(result, indent=2))
     if args.cuda_graph and device.type != "cuda":
@@ -260,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.cuda_graph and args.compile:
         parser.error("choose one of --cuda-graph and --compile")
     torch.manual_seed(0)
-    images, _ = dcgan.load_split(dcgan.DATASET, "train")
+    images, _ = load_split(dcgan.DATASET, "train")
     config = dcgan.DCGANConfig(batch_size=args.batch_size, precision=args.precision, layout=args.layout,
                                cuda_graph=args.cuda_graph)
     reference = make_reference_step(images, args.batch_size, device)
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
         "isa": cpu_isa() if device.type == "cpu" else "cuda",
         "precision": args.precision,
         "bf16": bf16_supported(device) if args.precision == "auto" else args.precision == "bf16",
-        "layout_channels_last": list(dcgan.layout_for(device, args.layout)),
+        "layout_channels_last": list(dcgan_nets.layout_for(device, args.layout)),
         "cuda_graph": args.cuda_graph,
         "compile": args.compile,
         "gemm_bf16_gflops": round(bf16_peak / 1e9, 1),

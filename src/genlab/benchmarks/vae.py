@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from genlab.benchmarks.common import (add_device_argument, add_json_argument, device_name, machine_info,
                                      parser_for, report, time_steps)
+from genlab.data import load_split
 from genlab.engine import autocast_for, bf16_supported, compute_dtype, resolve_device
 from genlab.experiments import vae
 
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    images, _ = vae.load_split(vae.DATASET, "train")
+    images, _ = load_split(vae.DATASET, "train")
     ref, one, many, plain = [], [], [], []
     for _ in range(args.rounds):
         ref.append(time_reference(images, args.steps, args.warmup, args.batch_size, device))

@@ -41,7 +41,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from genlab import plots
-from genlab.data import load_split
+from genlab.data import load_flat
 from genlab.engine import (EpochsConfig, GeneratorStates, Run, RunDir, append_csv, config_from_dict,
                            resolve_device)
 from genlab.errors import ConfigError
@@ -138,9 +138,7 @@ def permutations(tasks: int, seed: int, pixels: int = 784) -> torch.Tensor:
 
 def load_mnist(split: str, data_dir: Path | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST ``split`` as float32 (N, 784) standardised pixels and int64 (N,) labels on ``device``."""
-    images, labels = load_split("mnist", split, data_dir)
-    x = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255.0)
-    return ((x - MNIST_MEAN) / MNIST_STD).to(device), torch.from_numpy(labels.astype(np.int64)).to(device)
+    return load_flat("mnist", split, data_dir, device=device, mean=MNIST_MEAN, std=MNIST_STD)
 
 
 class MLP(nn.Module):

@@ -37,7 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from genlab import plots
-from genlab.data import load_split
+from genlab.data import load_flat
 from genlab.engine import EpochsConfig, Run, append_csv, read_csv, resolve_device
 from genlab.errors import ConfigError
 from genlab.experiments import Experiment
@@ -247,9 +247,7 @@ def epoch_order(seeds: list[int], n: int, epoch: int, device: torch.device) -> t
 
 def load_mnist(split: str, data_dir: Path | None, limit: int | None, device: torch.device):
     """MNIST ``split`` as images float32 (N, 784) in [0, 1] and labels int64 (N,) on ``device``."""
-    images, labels = load_split(DATASET, split, data_dir)
-    x = torch.from_numpy(images[:limit].reshape(-1, IMAGE_DIM).astype(np.float32) / 255.0)
-    return x.to(device), torch.from_numpy(labels[:limit].copy()).to(device)
+    return load_flat(DATASET, split, data_dir, limit, device)
 
 
 # ---------------------------------------------------------------------------------------

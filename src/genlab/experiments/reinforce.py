@@ -43,7 +43,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from genlab import plots
-from genlab.data import load_split
+from genlab.data import load_flat
 from genlab.engine import (CurrentUnit, DataConfig, GeneratorStates, Run, RunDir, resolve_device,
                            seed_everything)
 from genlab.errors import ConfigError
@@ -199,9 +199,8 @@ def load_task(name: str, data_dir: Path | None = None, subset: int | None = None
     if name == "mnist-gt5":
         split = {}
         for s in ("train", "test"):
-            images, digits = load_split("mnist", s, data_dir)
-            x = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255.0)  # (N, 784)
-            split[s] = (x, torch.from_numpy(digits > 5).long())
+            x, digits = load_flat("mnist", s, data_dir)  # (N, 784) in [0, 1], (N,)
+            split[s] = (x, (digits > 5).long())
         x_train, t_train = split["train"][0][:subset], split["train"][1][:subset]
         loss = ZeroOneLoss(LabelLookup(x_train.numpy(), t_train.numpy()))
         return Task(name, x_train, t_train, *split["test"], loss)

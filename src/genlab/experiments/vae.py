@@ -38,7 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from genlab import plots
-from genlab.data import load_split
+from genlab.data import load_binarised, load_pixels
 from genlab.engine import (DataConfig, GeneratorStates, Run, RunDir, check_checkpoint, compute_dtype,
                            config_from_dict, load_checkpoint, resolve_device, seed_everything)
 from genlab.errors import ConfigError
@@ -55,10 +55,8 @@ VARIANCE_FLOOR = 1e-8
 REFERENCE = {"nelbo": (98.12, 0.77), "kl": (20.38, 0.38), "rec": (77.93, 0.65)}
 TERMS = ("nelbo", "kl", "rec")
 IWAE_ROWS = 5000
-"""Decoder rows (models x samples x images) per chunk of the IWAE bound: its (rows, 784) float32
-activations then stay cache-sized (~16 MB); 1.4-1.8x faster on the 2-core CPU than 10,000 rows
-and more (k = 1,000: 10 images per chunk at one seed took 10.2-11.2 ms per image, 5 images 6.2-8.0;
-3 seeds: 39 ms against 22 ms at 1 image)."""
+"""Decoder rows (models x samples x images) per chunk of the IWAE bound, so that its (rows, 784)
+float32 activations stay cache-sized (~16 MB; chunk sizes timed in docs/benchmarks.md, vae)."""
 TERM_NAMES = {"nelbo": "negative ELBO", "kl": "KL", "rec": "reconstruction"}
 
 
@@ -325,7 +323,7 @@ def _mlp_forward(x: torch.Tensor, params: list[torch.Tensor], dtype: torch.dtype
     h = x
     for layer in range(3):
         w, b = params[2 * layer], params[2 * layer + 1]
-        # A product with a dimension under 64 (the latent layers) is faster unconverted.
+        # A product with a dimension under 64 (the latent layers) stays in x's dtype (docs/benchmarks.md, vae).
         layer_dtype = dtype if min(w.shape[1:]) >= 64 else x.dtype
         h, w, b = h.to(layer_dtype), w.to(layer_dtype), b.to(layer_dtype)
         saved.append((h, w))
@@ -371,9 +369,9 @@ def negative_elbo_and_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, 
     two latent-width ones (300 -> 20 and 10 -> 300, faster unconverted) and everything else run
     in x's dtype. Autocast plus autograd spend ~60 casts and ~250 small ops on the same step;
     here each weight is cast once and the cast reused in the backward pass, and the autograd
-    engine is skipped: 1.1-1.3x the autocast + autograd step on a 2-core CPU (``genlab bench
-    vae`` times both). Tests check the gradients against autograd's of ``negative_elbo_bound``
-    (float64: to 1e-10; float32: 1e-5; bf16: 3e-2).
+    engine is skipped (``genlab bench vae`` times both; docs/benchmarks.md). The plain version is
+    autograd through :meth:`VAE.negative_elbo_bound`; tests check that the two agree (float64:
+    to 1e-10; float32: 1e-5; bf16: 3e-2).
 
     Args:
         model: the S stacked VAEs (their parameters are read, not changed).
@@ -406,25 +404,13 @@ def negative_elbo_and_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, 
 
 
 # ---------------------------------------------------------------------------------------
-# Data
+# Data (MNIST from genlab.data: the training intensities, binarised per batch by BatchStream;
+# the test set binarised once, with TEST_BINARIZATION_SEED)
 # ---------------------------------------------------------------------------------------
 
-def load_train(data_dir: Path | None, device: torch.device, subset: int | None = None) -> torch.Tensor:
-    """MNIST train intensities as uint8 (N, 784) on ``device`` (binarised per batch in training)."""
-    images, _ = load_split(DATASET, "train", data_dir)
-    return torch.from_numpy(images[:subset].reshape(-1, PIXELS).copy()).to(device)
-
-
-def load_test_binarised(data_dir: Path | None, device: torch.device, subset: int | None = None) -> torch.Tensor:
-    """The MNIST test set binarised once: x ~ Bernoulli(intensity / 255) drawn with
-    :data:`TEST_BINARIZATION_SEED`, float32 (N, 784) in {0, 1} on ``device``.
-
-    The draw covers all 10,000 images, so a ``subset`` is a prefix of the full binarised set.
-    """
-    images, _ = load_split(DATASET, "test", data_dir)
-    probs = torch.from_numpy(images.reshape(-1, PIXELS).astype(np.float32) / 255.0)
-    binary = torch.bernoulli(probs, generator=torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
-    return binary[:subset].to(device)
+def load_test(config: VAEConfig, device: torch.device) -> torch.Tensor:
+    """The binarised MNIST test set (its first ``config.test_subset`` images), float32 (N, 784) in {0, 1}."""
+    return load_binarised(DATASET, "test", TEST_BINARIZATION_SEED, config.data_dir, config.test_subset, device)
 
 
 def model_seeds(seed: int) -> tuple[int, int, int]:
@@ -472,8 +458,7 @@ class BatchStream:
         idx = self.orders[:, self.position * self.batch_size:(self.position + 1) * self.batch_size]  # (S, B)
         self.position += 1
         intensities = self.images.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)  # (S, B, 784) uint8
-        # u uniform on {0, ..., 254}: P(u < i) = i / 255 exactly, one uint8 comparison per pixel
-        # (torch.bernoulli on the float probabilities is ~10x slower on CPU).
+        # u uniform on {0, ..., 254}: P(u < i) = i / 255 exactly, one uint8 comparison per pixel.
         u = torch.stack([torch.randint(0, 255, intensities.shape[1:], generator=g, device=device, dtype=torch.uint8)
                          for g in self.generators])
         return (u < intensities).float()
@@ -550,8 +535,8 @@ def run(config: VAEConfig) -> Path:
     device = resolve_device(config.device)
     with Run("vae", config, device) as run:
         seed_everything(config.seed)
-        train = load_train(config.data_dir, device, config.subset)  # (60000, 784) uint8
-        test = load_test_binarised(config.data_dir, device, config.test_subset)  # (10000, 784) {0, 1}
+        train = load_pixels(DATASET, "train", config.data_dir, config.subset, device)  # (60000, 784) uint8
+        test = load_test(config, device)  # (10000, 784) {0, 1}
         model, optimizer, train_gens = build(config, device)
         stream = BatchStream(train, config.batch_size, train_gens)
         run.hold(model=model, optimizer=optimizer, stream=stream, train_generators=GeneratorStates(train_gens))
@@ -563,25 +548,21 @@ def run(config: VAEConfig) -> Path:
             _truncate_jsonl(run.path / "metrics" / "eval.jsonl", step)
 
         total = config.iterations if config.max_steps is None else min(config.iterations, config.max_steps)
-        names = [f"seed{s}" for s in config.seed_list]
         pending: list[torch.Tensor] = []
 
+        def row(prefix: str, terms: torch.Tensor) -> dict:  # terms (3, S) -> {"step", f"{prefix}{term}_seed{s}"}
+            return {"step": step, **{f"{prefix}{term}_seed{s}": v for t, term in enumerate(TERMS)
+                                     for s, v in zip(config.seed_list, terms[t].tolist())}}
+
         def flush() -> None:
-            if not pending:
-                return
-            values = torch.stack(pending).mean(0)  # (3, S): means over the logged iterations
-            pending.clear()
-            row = {"step": step}
-            for t, term in enumerate(TERMS):
-                row.update({f"{term}_{n}": v for n, v in zip(names, values[t].tolist())})
-            run.log_steps([row], check=tuple(row))
+            if pending:
+                logged = row("", torch.stack(pending).mean(0))  # means over the logged iterations
+                pending.clear()
+                run.log_steps([logged], check=tuple(logged))
 
         def log_eval() -> None:
-            terms = evaluate_terms(model, test, config.seed_list)
-            row = {"step": step, **{f"test_{term}_{n}": v for t, term in enumerate(TERMS)
-                                    for n, v in zip(names, terms[t].tolist())}}
             with (run.path / "metrics" / "eval.jsonl").open("a") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(json.dumps(row("test_", evaluate_terms(model, test, config.seed_list))) + "\n")
 
         dtype = compute_dtype(device, config.precision)
         bar = tqdm(total=total, initial=step, unit="it", desc=f"vae x{config.seeds}", dynamic_ncols=True,
@@ -651,21 +632,17 @@ def plot_run(run_dir: RunDir, config: VAEConfig, model: VAE, test: torch.Tensor,
     rows = [block for r in range(5) for block in (originals[r * 10:(r + 1) * 10], recon[r * 10:(r + 1) * 10])]
     out.append(plots.save_image_grid(np.concatenate(rows), figs / "reconstructions.png", 10, 10,
                                      title=f"test digits (odd rows) and reconstructions (even rows), seed {config.seed}"))
-    names = [f"seed{s}" for s in config.seed_list]
-    steps = _read_jsonl(run_dir.path / "metrics" / "steps.jsonl")
     ref = {TERM_NAMES[t]: {config.iterations: REFERENCE[t][0]} for t in TERMS}
-    if steps:
-        series = {TERM_NAMES[t]: [float(np.mean([r[f"{t}_{n}"] for n in names])) for r in steps] for t in TERMS}
-        out.append(plots.plot_curves([r["step"] for r in steps], series, figs / "training_curves.png", "iteration",
-                                     "nats per image",
-                                     f"VAE training terms (mean of {len(names)} seed(s), "
-                                     f"{config.log_every}-iteration averages)", reference=ref))
-    evals = _read_jsonl(run_dir.path / "metrics" / "eval.jsonl")
-    if evals:
-        series = {TERM_NAMES[t]: [float(np.mean([r[f"test_{t}_{n}"] for n in names])) for r in evals] for t in TERMS}
-        out.append(plots.plot_curves([r["step"] for r in evals], series, figs / "test_curves.png", "iteration",
-                                     "nats per image", f"VAE test terms (mean of {len(names)} seed(s))",
-                                     reference=ref))
+    seeds = f"mean of {config.seeds} seed(s)"
+    for name, prefix, png, what in (("steps", "", "training_curves", f"training terms ({seeds}, {config.log_every}-"
+                                                                     f"iteration averages)"),
+                                    ("eval", "test_", "test_curves", f"test terms ({seeds})")):
+        rows = _read_jsonl(run_dir.path / "metrics" / f"{name}.jsonl")
+        if rows:
+            series = {TERM_NAMES[t]: [float(np.mean([r[f"{prefix}{t}_seed{s}"] for s in config.seed_list]))
+                                      for r in rows] for t in TERMS}
+            out.append(plots.plot_curves([r["step"] for r in rows], series, figs / f"{png}.png", "iteration",
+                                         "nats per image", f"VAE {what}", reference=ref))
     return out
 
 
@@ -754,7 +731,7 @@ def evaluate(run_path: Path) -> dict:
     config, model = _restore(run_path, device)
     train_seconds = Record.read(run_path).train_seconds if (Path(run_path) / "metrics.json").exists() else None
     run_dir = RunDir("vae", config, device)
-    test = load_test_binarised(config.data_dir, device, config.test_subset)
+    test = load_test(config, device)
     metrics = finish(run_dir, config, model, test, device, train_seconds)
     run_dir.close()
     return metrics
