@@ -39,4 +39,10 @@ RESUME_ARGS: dict[str, tuple[list[str], int, str]] = {
     "vae": (["--iterations", "20", "--batch-size", "50", "--subset", "1000", "--test-subset", "100",
              "--iw-samples", "5", "--eval-every", "10", "--log-every", "5", "--checkpoint-every", "10"], 15,
             "metrics/eval.jsonl"),
+    "summarize": (["--data", "{pairs}", "--epochs", "2", "--test-limit", "2", "--d-model", "32", "--d-ff", "64",
+                   "--n-layers", "1", "--batch-size", "32", "--max-source-len", "64", "--max-target-len", "12",
+                   "--precision", "fp32", "--beam-size", "1"], 8, "metrics/steps.jsonl"),
+    "t5-finetune": (["--random-init", "--data", "{pairs}", "--epochs", "2", "--test-limit", "2", "--batch-size", "32",
+                     "--max-source-len", "64", "--max-target-len", "12", "--beam-size", "1"], 8,
+                    "metrics/steps.jsonl"),
 }

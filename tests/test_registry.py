@@ -43,12 +43,15 @@ def pairs(tmp_path_factory):
     return path
 
 
+def _with_pairs(args, request):
+    """``args`` with ``{pairs}`` replaced by the path of the :func:`pairs` file."""
+    return [str(request.getfixturevalue("pairs")) if a == "{pairs}" else a for a in args]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(experiments.REGISTRY))
 def test_smoke_run_through_the_cli_writes_a_valid_record(name, tmp_path, request):
-    args = list(SMOKE_ARGS[name])
-    if "{pairs}" in args:
-        args[args.index("{pairs}")] = str(request.getfixturevalue("pairs"))
+    args = _with_pairs(SMOKE_ARGS[name], request)
     out = tmp_path / "run"
     genlab("run", name, *args, "--device", "cpu", "--out", str(out))
     record = Record.read(out)  # validates metrics.json
@@ -82,11 +85,11 @@ def test_resume_is_validated_before_the_run_directory_changes(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(RESUME_ARGS))
-def test_interrupted_and_resumed_equals_uninterrupted(name, tmp_path):
+def test_interrupted_and_resumed_equals_uninterrupted(name, tmp_path, request):
     """The Run's test hook stops the run at step k as Ctrl-C would; the checkpoint loads, and
     the resumed run writes the same per-step metrics, bit for bit, as the uninterrupted one."""
     args, k, compared = RESUME_ARGS[name]
-    args = [*args, "--device", "cpu"]
+    args = [*_with_pairs(args, request), "--device", "cpu"]
     straight, part = tmp_path / "straight", tmp_path / "part"
     genlab("run", name, *args, "--out", str(straight))
     proc = genlab("run", name, *args, "--out", str(part), check=False, env_extra={STOP_AFTER_STEPS_ENV: str(k)})
