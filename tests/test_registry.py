@@ -6,7 +6,6 @@ from conftest import genlab
 from genlab import experiments
 from genlab.engine import STOP_AFTER_STEPS_ENV, RunConfig, load_checkpoint
 from genlab.record import Record
-from genlab.summaries import shared_data_dir
 from smoke_args import RESUME_ARGS, SMOKE_ARGS
 
 
@@ -32,19 +31,8 @@ def test_every_experiment_has_a_smoke_configuration():
     assert set(SMOKE_ARGS) == set(experiments.REGISTRY)
 
 
-@pytest.fixture(scope="module")
-def pairs(tmp_path_factory):
-    """200 real XSum pairs as a JSONL file (the summarisers' smoke data)."""
-    xsum = shared_data_dir() / "xsum" / "xsum_subset.jsonl"
-    if not xsum.exists():
-        pytest.skip(f"{xsum} is not installed")
-    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
-    path.write_text("".join(xsum.read_text().splitlines(keepends=True)[:200]))
-    return path
-
-
 def _with_pairs(args, request):
-    """``args`` with ``{pairs}`` replaced by the path of the :func:`pairs` file."""
+    """``args`` with ``{pairs}`` replaced by the path of the ``pairs`` file (conftest)."""
     return [str(request.getfixturevalue("pairs")) if a == "{pairs}" else a for a in args]
 
 

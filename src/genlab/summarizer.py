@@ -6,6 +6,21 @@ epoch visits them (:func:`load_data`, :func:`epoch_batches`), the teacher-forced
 :class:`genlab.engine.Run` (:func:`train`: checkpoints mid-epoch, resumes bit for bit) and the
 test outputs: summaries scored with ROUGE beside LEAD-1, figures, metrics.json and summary.md
 (:func:`finish`).
+
+Data-parallel (``torchrun --nproc-per-node W -m genlab run summarize|t5-finetune``,
+:mod:`genlab.distributed`; gloo on the CPU, NCCL on CUDA): the global batch stays ``--batch-size``
+B, which must be a multiple of W. Every rank builds the same epoch batches of the global B
+(:func:`epoch_batches`: pairs of alike source length) and trains on its share of each, pairs
+r, r + W, ... (:func:`genlab.distributed.shard`: B / W pairs of the same spread of lengths). A
+rank's loss, the mean over its summary tokens, is weighted by its share of the batch's tokens
+(:func:`genlab.distributed.token_weighted`), so the gradient DDP averages is the gradient of the
+mean over all the batch's tokens and a step is the one-process step at batch B up to the order of
+floating-point sums (and the padding each shard is cut to). What is drawn at random, the dropout
+masks, comes from each rank's own stream (:func:`genlab.distributed.seed_rank`): with
+``--dropout 0`` W processes train the numbers of one, with dropout they train the same model on
+other masks. An epoch's last batch, when it has fewer than W pairs, is left out (one process
+trains it). The validation NLL is sharded over the ranks (batch i on rank i mod W) and summed;
+rank 0 alone writes the run directory and generates and scores the test summaries.
 """
 
 from __future__ import annotations
@@ -22,14 +37,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from genlab import plots
-from genlab.engine import EpochsConfig, Run, RunDir
+from genlab import distributed, plots
+from genlab.engine import EpochsConfig, Run, RunDir, resolve_device
 from genlab.errors import ConfigError, GenlabError
 from genlab.record import Figure, Metric, Record, Reference, Table
 from genlab.summaries import (ROUGE_KEYS, Pair, default_data_file, lead_1, load_hf_xsum, load_pairs, rouge_scores,
                               split_pairs)
 
-__all__ = ["REFERENCE_ROUGE", "SummaryConfig", "load_data", "epoch_batches", "total_steps", "train", "finish"]
+__all__ = ["REFERENCE_ROUGE", "SummaryConfig", "start", "load_data", "epoch_batches", "total_steps", "train", "finish"]
 
 # SPEC §10, trained on the full XSum (204,045 training pairs): ROUGE-1 / -2 / -L.
 REFERENCE_ROUGE = {"from scratch (full XSum)": (18.82, 3.02, 15.19),
@@ -56,7 +71,7 @@ class SummaryConfig(EpochsConfig):
     max_target_len: int = 64
     """Summary tokens kept in training (EOS included), and tokens generated at most."""
     batch_size: int = 16
-    """Pairs per optimiser step."""
+    """Pairs per optimiser step (under torchrun: in all, each of the W processes taking batch / W)."""
     lr: float = 1e-3
     """AdamW peak learning rate, reached after the linear warm-up (summarize then decays it to 0 on a
     cosine; t5-finetune keeps it)."""
@@ -81,6 +96,19 @@ class SummaryConfig(EpochsConfig):
         super().__post_init__()
         if self.beam_size < 1 or self.batch_size < 1:
             raise ConfigError("--beam-size and --batch-size must be >= 1")
+
+
+def start(config: SummaryConfig) -> torch.device:
+    """The device to train on, after joining the torchrun process group if launched by it
+    (:func:`genlab.distributed.init`: ``cuda:LOCAL_RANK`` on GPUs).
+
+    Raises:
+        ConfigError: ``--batch-size`` not a multiple of the number of processes (before anything
+            is written).
+    """
+    device = distributed.init(resolve_device(config.device))
+    distributed.split_batch(config.batch_size, distributed.World.current(), "pairs")
+    return device
 
 
 # ---------------------------------------------------------------------------------------
@@ -120,10 +148,17 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[i
     return batches
 
 
-def total_steps(config: SummaryConfig, n_train: int) -> int:
-    """Optimiser steps of the run: ``config.epochs`` passes of ceil(n_train / batch) steps, at most
-    ``config.max_steps``."""
-    steps = config.epochs * math.ceil(n_train / config.batch_size)
+def rank_batches(lengths: list[int], batch_size: int, seed: int, world: distributed.World) -> list[list[int]]:
+    """This rank's shares of the :func:`epoch_batches` of the global ``batch_size``, leaving out a
+    batch of fewer pairs than ranks (the batches themselves in a world of one)."""
+    return [distributed.shard(b, world) for b in epoch_batches(lengths, batch_size, seed) if len(b) >= world.size]
+
+
+def total_steps(config: SummaryConfig, n_train: int, world: distributed.World) -> int:
+    """Optimiser steps of the run: ``config.epochs`` passes of the :func:`rank_batches` of
+    ``n_train`` pairs (ceil(n_train / batch) in one process), at most ``config.max_steps``."""
+    per_epoch = n_train // config.batch_size + (n_train % config.batch_size >= world.size)
+    steps = config.epochs * per_epoch
     return steps if config.max_steps is None else min(steps, config.max_steps)
 
 
@@ -137,15 +172,17 @@ the number of those tokens)."""
 
 
 @torch.no_grad()
-def validation_nll(model: nn.Module, batch_nll: BatchNLL, n: int, batch_size: int) -> float:
+def validation_nll(model: nn.Module, batch_nll: BatchNLL, n: int, batch_size: int, world: distributed.World) -> float:
     """Mean cross-entropy per summary token of ``n`` validation pairs (batches [i, i + batch_size)
-    in order, ``model`` in eval mode), nats; nan without pairs."""
+    in order, ``model`` in eval mode), nats; nan without pairs. Under torchrun rank r takes
+    batches r, r + W, ... and the sums are added over the ranks."""
     model.eval()
     total, count = 0.0, 0
-    for i in range(0, n, batch_size):
+    for i in range(world.rank * batch_size, n, world.size * batch_size):
         nll, tokens = batch_nll(model, list(range(i, min(i + batch_size, n))))
         total, count = total + float(nll) * tokens, count + tokens
     model.train()
+    total, count = distributed.all_sum([total, count], world)
     return total / count if count else float("nan")
 
 
@@ -157,7 +194,9 @@ def train(run: Run, config: SummaryConfig, model: nn.Module, opt: torch.optim.Op
 
     An epoch visits :func:`epoch_batches` of the pairs' source ``lengths`` (seeded by
     ``config.seed * 1000 + epoch``); a step minimises ``train_nll`` of the batch (AdamW, gradient
-    norm clipped to ``config.grad_clip``, one ``sched`` step). Logged: per step ``loss`` (nats per
+    norm clipped to ``config.grad_clip``, one ``sched`` step). Under torchrun ``model`` trains
+    wrapped in DistributedDataParallel, on this rank's share of each batch (see the module
+    docstring); the logged losses are those of the global batch. Logged: per step ``loss`` (nats per
     summary token) and ``lr``; per epoch ``train_loss`` (mean of the steps' losses), ``val_nll``
     (:func:`validation_nll` of ``valid_nll`` over the ``n_valid`` validation pairs), ``steps``
     and ``seconds``. ``extra_columns`` adds summarize's ``target_tokens`` per step and
@@ -169,6 +208,9 @@ def train(run: Run, config: SummaryConfig, model: nn.Module, opt: torch.optim.Op
 
     Raises TrainingDiverged (from :meth:`Run.log_steps`) at the first non-finite loss.
     """
+    world = run.world
+    ddp_model = distributed.data_parallel(model, run.device, forward_sync_buffers=False)  # buffers: constants
+    distributed.seed_rank(config.seed, world)
     epoch, batch, step, loss_sum = 0, 0, 0, 0.0
     resumed = run.resume()
     if resumed:
@@ -178,14 +220,15 @@ def train(run: Run, config: SummaryConfig, model: nn.Module, opt: torch.optim.Op
     def progress() -> dict:
         return {"batch": batch, "loss_sum": loss_sum}
 
-    bar = tqdm(total=steps, initial=step, unit="step", desc=run.experiment, dynamic_ncols=True, disable=None)
+    bar = tqdm(total=steps, initial=step, unit="step", desc=run.experiment, dynamic_ncols=True,
+               disable=None if run.is_main else True)
     model.train()
     while epoch < config.epochs and step < steps:
         epoch_start = time.time()
-        batches = epoch_batches(lengths, config.batch_size, config.seed * 1000 + epoch)
+        batches = rank_batches(lengths, config.batch_size, config.seed * 1000 + epoch, world)
         while batch < len(batches) and step < steps:
             # Teacher forcing: predict summary token t from the source and the summary's tokens < t.
-            loss, tokens = train_nll(model, batches[batch])
+            loss, tokens = distributed.token_weighted(*train_nll(ddp_model, batches[batch]), world)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip > 0:
@@ -193,7 +236,7 @@ def train(run: Run, config: SummaryConfig, model: nn.Module, opt: torch.optim.Op
             opt.step()
             sched.step()
             step, batch = step + 1, batch + 1
-            value = loss.item()
+            value = distributed.all_mean(loss.detach(), world).item()
             loss_sum += value
             row = {"step": step, "loss": value, "lr": sched.get_last_lr()[0]}
             run.log_steps([{**row, "target_tokens": tokens} if extra_columns else row], check=("loss",))
@@ -202,7 +245,7 @@ def train(run: Run, config: SummaryConfig, model: nn.Module, opt: torch.optim.Op
             run.step_done(step, epoch, progress)
         if batch < len(batches):  # stopped by --max-steps inside the epoch
             break
-        val = validation_nll(model, valid_nll, n_valid, config.batch_size)
+        val = validation_nll(model, valid_nll, n_valid, config.batch_size, world)
         seconds = time.time() - epoch_start
         row = {"epoch": epoch + 1, "train_loss": loss_sum / batch, "val_nll": val}
         if extra_columns:
@@ -211,8 +254,9 @@ def train(run: Run, config: SummaryConfig, model: nn.Module, opt: torch.optim.Op
         run.dir.log_epoch(row)
         epoch, batch, loss_sum = epoch + 1, 0, 0.0
         run.checkpoint(step, epoch, progress())
-        tqdm.write(f"epoch {epoch}: train loss {row['train_loss']:.3f}, validation NLL {val:.3f} nats/token "
-                   f"({seconds / 60:.1f} min)")
+        if run.is_main:
+            tqdm.write(f"epoch {epoch}: train loss {row['train_loss']:.3f}, validation NLL {val:.3f} nats/token "
+                       f"({seconds / 60:.1f} min)")
     bar.close()
     run.checkpoint(step, epoch, progress())
 
@@ -231,9 +275,9 @@ def finish(run_dir: RunDir, config: SummaryConfig, summarise_fn: Callable[[list[
     and ``lead_1``)."""
     test = parts["test"][:config.test_limit]
     references = [p.summary for p in test]
-    start = time.time()
+    began = time.time()
     generated = summarise_fn([p.document for p in test])
-    generation_s = time.time() - start
+    generation_s = time.time() - began
     lead = [lead_1(p.document) for p in test]
     scores = {"model": rouge_scores(generated, references, seed=config.seed),
               "lead_1": rouge_scores(lead, references, seed=config.seed)}

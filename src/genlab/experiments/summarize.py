@@ -15,6 +15,10 @@ Data: ``../shared/data/xsum/xsum_subset.jsonl`` by default (3,740 real XSum pair
     genlab run summarize --data my_pairs.jsonl             # fields: id, document, summary
     genlab run summarize --dataset xsum-hf --official-split --d-model 512 --n-layers 6   # online, GPU
     genlab run summarize --max-steps 3 --test-limit 4 --out /tmp/smoke
+    torchrun --nproc-per-node 2 -m genlab run summarize   # data-parallel: 2 processes, 8 pairs each
+
+Under torchrun each process trains on its share of every batch (:mod:`genlab.summarizer`); with
+``--dropout 0`` the run is the one-process run up to the order of floating-point sums.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from genlab.engine import (Run, RunDir, autocast_for, check_checkpoint, config_f
 from genlab.errors import ConfigError
 from genlab.experiments import Experiment
 from genlab.summaries import Pair, SentencePieceTokenizer, tokenizer_dir
-from genlab.summarizer import SummaryConfig, finish, load_data, total_steps, train
+from genlab.summarizer import SummaryConfig, finish, load_data, start, total_steps, train
 from genlab.transformer import Transformer, TransformerConfig, beam_search, greedy_decode, label_smoothed_nll
 
 
@@ -169,26 +173,32 @@ def summarise(model: Transformer, tokenizer: SentencePieceTokenizer, documents: 
 
 def run(config: SummarizeConfig) -> Path:
     """Train (:func:`genlab.summarizer.train`), then summarise the test part and score it; returns
-    the run directory."""
-    device = resolve_device(config.device)
+    the run directory. Data-parallel under torchrun (:mod:`genlab.summarizer`).
+
+    Raises:
+        ConfigError: ``--batch-size`` not a multiple of the number of torchrun processes.
+    """
+    device = start(config)
     with Run("summarize", config, device) as run:
         tokenizer = SentencePieceTokenizer(tokenizer_dir(config.tokenizer, config.data_dir))
         parts = load_data(config)
         train_data, valid = encode(tokenizer, parts["train"], config), encode(tokenizer, parts["validation"], config)
-        steps = total_steps(config, len(train_data.src))
+        steps = total_steps(config, len(train_data.src), run.world)
         seed_everything(config.seed)
         model = Transformer(model_config(config, tokenizer)).to(device)
         opt, sched = build_optimizer(model, config, steps)
         autocast = autocast_for(device, config.precision)
         run.hold(model=model, optimizer=opt, scheduler=sched)
         n_params = sum(p.numel() for p in model.parameters())
-        print(f"summarize: {len(train_data.src)} train / {len(valid.src)} validation / {len(parts['test'])} test "
-              f"pairs, {n_params:,} parameters, {steps} steps")
+        if run.is_main:
+            print(f"summarize: {len(train_data.src)} train / {len(valid.src)} validation / {len(parts['test'])} "
+                  f"test pairs, {n_params:,} parameters, {steps} steps")
         train(run, config, model, opt, sched, [len(s) for s in train_data.src], steps,
               lambda m, idx: batch_nll(m, train_data, idx, config.label_smoothing, autocast),
               lambda m, idx: batch_nll(m, valid, idx), len(valid.src), extra_columns=True)
-        finish(run.dir, config, lambda docs: summarise(model, tokenizer, docs, config, device), parts, run.elapsed_s,
-               n_params)
+        if run.is_main:  # the test summaries: one process's work
+            finish(run.dir, config, lambda docs: summarise(model, tokenizer, docs, config, device), parts,
+                   run.elapsed_s, n_params)
     return run.path
 
 
@@ -218,4 +228,5 @@ EXPERIMENT = Experiment(
     config=SummarizeConfig,
     run=run,
     evaluate=evaluate,
+    data_parallel=True,
 )

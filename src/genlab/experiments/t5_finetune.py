@@ -12,6 +12,10 @@ t5-small tokenizer. With real weights (online: ``huggingface-cli download t5-sma
 
     genlab run t5-finetune --init t5-small --epochs 3 --batch-size 8
     genlab run t5-finetune --random-init --max-steps 3 --test-limit 4 --out /tmp/smoke
+    torchrun --nproc-per-node 2 -m genlab run t5-finetune --init t5-small   # data-parallel, 4 pairs each
+
+Under torchrun each process trains on its share of every batch (:mod:`genlab.summarizer`); with
+``--dropout 0`` the run is the one-process run up to the order of floating-point sums.
 """
 
 from __future__ import annotations
@@ -22,11 +26,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from genlab.engine import Run, resolve_device, seed_everything
+from genlab.engine import Run, seed_everything
 from genlab.errors import ConfigError, GenlabError, NotFoundError
 from genlab.experiments import Experiment
 from genlab.summaries import Pair, tokenizer_dir
-from genlab.summarizer import SummaryConfig, finish, load_data, total_steps, train
+from genlab.summarizer import SummaryConfig, finish, load_data, start, total_steps, train
 
 PREFIX = "summarize: "
 # The tiny random T5 of --random-init (tests, smoke runs): 4 heads of 16, 2 + 2 layers.
@@ -51,11 +55,15 @@ class T5FinetuneConfig(SummaryConfig):
     lr: float = 3e-4
     warmup_steps: int = 100
     weight_decay: float = 0.0
+    dropout: float | None = None
+    """Dropout rate of the T5 (default: the --init checkpoint's own; 0.1 for --random-init)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if (self.init is None) == (not self.random_init):
             raise ConfigError("give exactly one of --init DIR (a local T5 checkpoint) and --random-init")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.init is not None and not (Path(self.init) / "config.json").exists():
             raise NotFoundError(f"{self.init}: no config.json; --init needs a T5 checkpoint folder "
                               "(e.g. `huggingface-cli download t5-small --local-dir t5-small`)")
@@ -76,14 +84,17 @@ def load_tokenizer(config: T5FinetuneConfig):
 
 
 def load_model(config: T5FinetuneConfig, tokenizer, seed: int):
-    """T5ForConditionalGeneration from --init, or the tiny random one (seeded)."""
+    """T5ForConditionalGeneration from --init, or the tiny random one (seeded); --dropout, when
+    given, replaces the model's dropout rate."""
     from transformers import T5Config, T5ForConditionalGeneration
 
+    dropout = {} if config.dropout is None else {"dropout_rate": config.dropout}
     if config.init is not None:
-        return T5ForConditionalGeneration.from_pretrained(str(config.init))
+        return T5ForConditionalGeneration.from_pretrained(str(config.init), **dropout)
     torch.manual_seed(seed)
     t5_config = T5Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id, **TINY_T5)
+                         eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
+                         **{**TINY_T5, **dropout})
     return T5ForConditionalGeneration(t5_config)
 
 
@@ -131,30 +142,37 @@ def summarise(model, tokenizer, documents: list[str], config: T5FinetuneConfig, 
 
 def run(config: T5FinetuneConfig) -> Path:
     """Fine-tune (:func:`genlab.summarizer.train`), then summarise the test part and score it;
-    returns the run directory (the fine-tuned model is saved in its model/ folder)."""
-    device = resolve_device(config.device)
+    returns the run directory (the fine-tuned model is saved in its model/ folder). Data-parallel
+    under torchrun (:mod:`genlab.summarizer`).
+
+    Raises:
+        ConfigError: ``--batch-size`` not a multiple of the number of torchrun processes.
+    """
+    device = start(config)
     with Run("t5-finetune", config, device) as run:
         tokenizer = load_tokenizer(config)
         parts = load_data(config)
         (src, tgt), (valid_src, valid_tgt) = (tokenize(tokenizer, parts[k], config) for k in ("train", "validation"))
-        steps = total_steps(config, len(src))
+        steps = total_steps(config, len(src), run.world)
         seed_everything(config.seed)
         model = load_model(config, tokenizer, config.seed).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)))
         run.hold(model=model, optimizer=opt, scheduler=sched)
         n_params = sum(p.numel() for p in model.parameters())
-        print(f"t5-finetune: {len(src)} train / {len(parts['test'])} test pairs, {n_params:,} parameters, "
-              f"{'random init' if config.random_init else config.init}, {steps} steps")
+        if run.is_main:
+            print(f"t5-finetune: {len(src)} train / {len(parts['test'])} test pairs, {n_params:,} parameters, "
+                  f"{'random init' if config.random_init else config.init}, {steps} steps")
         pad_id = tokenizer.pad_token_id
         train(run, config, model, opt, sched, [len(s) for s in src], steps,
               lambda m, idx: batch_nll(m, src, tgt, idx, pad_id),
               lambda m, idx: batch_nll(m, valid_src, valid_tgt, idx, pad_id), len(valid_src))
-        model.save_pretrained(run.path / "model")
-        tokenizer.save_pretrained(run.path / "model")
-        title = "T5 fine-tuned" + (" (tiny, random init)" if config.random_init else f" from {config.init}")
-        finish(run.dir, config, lambda docs: summarise(model, tokenizer, docs, config, device), parts, run.elapsed_s,
-               n_params, title=title, system="T5 (this run)", experiment="t5-finetune")
+        if run.is_main:  # the saved model and the test summaries: one process's work
+            model.save_pretrained(run.path / "model")
+            tokenizer.save_pretrained(run.path / "model")
+            title = "T5 fine-tuned" + (" (tiny, random init)" if config.random_init else f" from {config.init}")
+            finish(run.dir, config, lambda docs: summarise(model, tokenizer, docs, config, device), parts,
+                   run.elapsed_s, n_params, title=title, system="T5 (this run)", experiment="t5-finetune")
     return run.path
 
 
@@ -163,4 +181,5 @@ EXPERIMENT = Experiment(
     summary="SPEC §10: fine-tune T5ForConditionalGeneration ('summarize: ') from --init DIR, ROUGE vs LEAD-1",
     config=T5FinetuneConfig,
     run=run,
+    data_parallel=True,
 )
