@@ -36,6 +36,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
+@pytest.fixture(scope="session")
+def pairs(tmp_path_factory):
+    """200 real XSum pairs as a JSONL file (the summarisers' smoke data)."""
+    from genlab.summaries import shared_data_dir
+
+    xsum = shared_data_dir() / "xsum" / "xsum_subset.jsonl"
+    if not xsum.exists():
+        pytest.skip(f"{xsum} is not installed")
+    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+    path.write_text("".join(xsum.read_text().splitlines(keepends=True)[:200]))
+    return path
+
+
 def genlab(*args: str, check: bool = True, env_extra: dict[str, str] | None = None,
            **kwargs) -> subprocess.CompletedProcess:
     """Run the real `genlab` CLI in a subprocess (``env_extra``: more environment variables)."""

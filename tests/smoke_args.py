@@ -52,4 +52,10 @@ RESUME_ARGS: dict[str, tuple[list[str], int, str]] = {
     "optimizers": (["--epochs", "2", "--subset", "256", "--test-subset", "200", "--batch-size", "64", "--repeats", "2",
                     "--lrs", "0.01", "--log-every", "3"], 6, "metrics/steps.csv"),
     "classifier": (SMOKE_ARGS["classifier"], 12, "metrics/steps.jsonl"),
+    "summarize": (["--data", "{pairs}", "--epochs", "2", "--test-limit", "2", "--d-model", "32", "--d-ff", "64",
+                   "--n-layers", "1", "--batch-size", "32", "--max-source-len", "64", "--max-target-len", "12",
+                   "--precision", "fp32", "--beam-size", "1"], 8, "metrics/steps.jsonl"),
+    "t5-finetune": (["--random-init", "--data", "{pairs}", "--epochs", "2", "--test-limit", "2", "--batch-size", "32",
+                     "--max-source-len", "64", "--max-target-len", "12", "--beam-size", "1"], 8,
+                    "metrics/steps.jsonl"),
 }

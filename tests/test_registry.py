@@ -6,7 +6,6 @@ from conftest import genlab
 from genlab import experiments
 from genlab.engine import STOP_AFTER_STEPS_ENV, RunConfig, load_checkpoint
 from genlab.record import Record
-from genlab.summaries import shared_data_dir
 from smoke_args import RESUME_ARGS, SMOKE_ARGS
 
 
@@ -32,23 +31,15 @@ def test_every_experiment_has_a_smoke_configuration():
     assert set(SMOKE_ARGS) == set(experiments.REGISTRY)
 
 
-@pytest.fixture(scope="module")
-def pairs(tmp_path_factory):
-    """200 real XSum pairs as a JSONL file (the summarisers' smoke data)."""
-    xsum = shared_data_dir() / "xsum" / "xsum_subset.jsonl"
-    if not xsum.exists():
-        pytest.skip(f"{xsum} is not installed")
-    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
-    path.write_text("".join(xsum.read_text().splitlines(keepends=True)[:200]))
-    return path
+def _with_pairs(args, request):
+    """``args`` with ``{pairs}`` replaced by the path of the ``pairs`` file (conftest)."""
+    return [str(request.getfixturevalue("pairs")) if a == "{pairs}" else a for a in args]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(experiments.REGISTRY))
 def test_smoke_run_through_the_cli_writes_a_valid_record(name, tmp_path, request):
-    args = list(SMOKE_ARGS[name])
-    if "{pairs}" in args:
-        args[args.index("{pairs}")] = str(request.getfixturevalue("pairs"))
+    args = _with_pairs(SMOKE_ARGS[name], request)
     out = tmp_path / "run"
     genlab("run", name, *args, "--device", "cpu", "--out", str(out))
     record = Record.read(out)  # validates metrics.json
@@ -82,11 +73,11 @@ def test_resume_is_validated_before_the_run_directory_changes(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(RESUME_ARGS))
-def test_interrupted_and_resumed_equals_uninterrupted(name, tmp_path):
+def test_interrupted_and_resumed_equals_uninterrupted(name, tmp_path, request):
     """The Run's test hook stops the run at step k as Ctrl-C would; the checkpoint loads, and
     the resumed run writes the same per-step metrics, bit for bit, as the uninterrupted one."""
     args, k, compared = RESUME_ARGS[name]
-    args = [*args, "--device", "cpu"]
+    args = [*_with_pairs(args, request), "--device", "cpu"]
     straight, part = tmp_path / "straight", tmp_path / "part"
     genlab("run", name, *args, "--out", str(straight))
     proc = genlab("run", name, *args, "--out", str(part), check=False, env_extra={STOP_AFTER_STEPS_ENV: str(k)})

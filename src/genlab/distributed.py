@@ -35,8 +35,8 @@ from torch import nn
 from genlab.errors import ConfigError, GenlabError
 
 __all__ = ["World", "launched_world_size", "init", "shutdown", "refuse_unless_supported", "main_decides",
-           "broadcast_object", "all_gather_object", "all_max", "all_mean", "AllReduceBatchNorm",
-           "sync_batch_norm", "data_parallel"]
+           "broadcast_object", "all_gather_object", "all_max", "all_sum", "all_mean", "split_batch", "shard",
+           "token_weighted", "seed_rank", "AllReduceBatchNorm", "sync_batch_norm", "data_parallel", "unwrap"]
 
 T = TypeVar("T")
 
@@ -126,13 +126,26 @@ def all_gather_object(obj: Any, world: World) -> list[Any]:
     return out
 
 
-def all_max(values: list[float], world: World) -> list[float]:
-    """Element-wise maximum of ``values`` over the ranks (e.g. 'stop now' flags), float64."""
+def _all_reduce(values: list[float], world: World, op: Any) -> list[float]:
+    """``values`` reduced element-wise by ``op`` over the ranks, as float64, through a tensor on the
+    device the backend reduces on (NCCL: this rank's GPU; gloo: the CPU)."""
     if world.size == 1:
         return list(values)
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    device = torch.device("cuda", torch.cuda.current_device()) if world.backend == "nccl" else torch.device("cpu")
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=op)
     return t.tolist()
+
+
+def all_max(values: list[float], world: World) -> list[float]:
+    """Element-wise maximum of ``values`` over the ranks (e.g. 'stop now' flags), float64."""
+    return _all_reduce(values, world, dist.ReduceOp.MAX)
+
+
+def all_sum(values: list[float], world: World) -> list[float]:
+    """Element-wise sum of ``values`` over the ranks (e.g. counts, partial sums), float64; ``values``
+    themselves in a world of one."""
+    return _all_reduce(values, world, dist.ReduceOp.SUM)
 
 
 def all_mean(tensor: torch.Tensor, world: World) -> torch.Tensor:
@@ -143,6 +156,46 @@ def all_mean(tensor: torch.Tensor, world: World) -> torch.Tensor:
     out = tensor.detach().clone()
     dist.all_reduce(out)
     return out / world.size
+
+
+def split_batch(batch_size: int, world: World, unit: str = "examples") -> int:
+    """The per-rank batch of a global ``batch_size``: batch_size / world size.
+
+    Raises:
+        ConfigError: ``batch_size`` is not a multiple of the world size (naming both).
+    """
+    if batch_size % world.size:
+        raise ConfigError(f"--batch-size {batch_size} does not split over {world.size} processes: each process "
+                          f"trains on batch / processes {unit}; use a multiple of {world.size}")
+    return batch_size // world.size
+
+
+def shard(items: list[T], world: World) -> list[T]:
+    """This rank's share of a global batch ``items``: items r, r + W, r + 2W, ... (rank r of W),
+    so that the W shares of a batch sorted by length have alike lengths. ``items`` in a world of one."""
+    return items[world.rank::world.size] if world.size > 1 else items
+
+
+def token_weighted(loss: torch.Tensor, count: int, world: World) -> tuple[torch.Tensor, int]:
+    """A rank's loss, the mean over the ``count`` items (e.g. tokens) of its shard of a global
+    batch, rescaled by W * count / N (N = Σ_ranks count), and N.
+
+    DDP averages the ranks' gradients, so the gradient it applies is then
+    (1/W) Σ_r W n_r / N ∇L_r = ∇ (Σ_r n_r L_r) / N: the gradient of the mean over all N items of
+    the global batch, whatever the shards' sizes; and :func:`all_mean` of the rescaled losses is
+    that mean's value. ``(loss, count)`` themselves in a world of one.
+    """
+    if world.size == 1:
+        return loss, count
+    total = int(all_sum([count], world)[0])
+    return loss * (world.size * count / total), total
+
+
+def seed_rank(seed: int, world: World) -> None:
+    """Give each rank its own stream of torch's global RNG (dropout masks), seeded by
+    ``seed * 1_000_003 + rank``; a no-op in a world of one, whose stream stays the one seeded by ``seed``."""
+    if world.size > 1:
+        torch.manual_seed(seed * 1_000_003 + world.rank)
 
 
 def main_decides(fn: Callable[[], T], world: World) -> T:

@@ -34,7 +34,8 @@ SIZES = {
 
 
 def _sources(batch_size: int, max_source_len: int, tokenizer, device: torch.device) -> torch.Tensor:
-    from genlab.experiments.summarize import SummarizeConfig, load_data, pad
+    from genlab.experiments.summarize import SummarizeConfig, pad
+    from genlab.summarizer import load_data
 
     parts = load_data(SummarizeConfig())
     docs = [p.document for p in parts["test"][:batch_size]]

@@ -15,63 +15,39 @@ Data: ``../shared/data/xsum/xsum_subset.jsonl`` by default (3,740 real XSum pair
     genlab run summarize --data my_pairs.jsonl             # fields: id, document, summary
     genlab run summarize --dataset xsum-hf --official-split --d-model 512 --n-layers 6   # online, GPU
     genlab run summarize --max-steps 3 --test-limit 4 --out /tmp/smoke
+    torchrun --nproc-per-node 2 -m genlab run summarize   # data-parallel: 2 processes, 8 pairs each
+
+Under torchrun each process trains on its share of every batch (:mod:`genlab.summarizer`); with
+``--dropout 0`` the run is the one-process run up to the order of floating-point sums.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
-import random
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from genlab import plots
-from genlab.engine import (EpochsConfig, RunDir, TrainingDiverged, autocast_for, config_to_dict, load_checkpoint,
-                           resolve_device, rng_state, save_checkpoint, seed_everything, set_rng_state)
-from genlab.errors import ConfigError, GenlabError
+from genlab import distributed
+from genlab.engine import (Run, RunDir, autocast_for, check_checkpoint, config_from_dict, load_checkpoint,
+                           resolve_device, seed_everything)
+from genlab.errors import ConfigError
 from genlab.experiments import Experiment
-from genlab.record import Figure, Metric, Record, Reference, Table
-from genlab.summaries import (ROUGE_KEYS, Pair, SentencePieceTokenizer, default_data_file, lead_1, load_hf_xsum,
-                              load_pairs, rouge_scores, split_pairs, tokenizer_dir)
+from genlab.summaries import Pair, SentencePieceTokenizer, tokenizer_dir
+from genlab.summarizer import SummaryConfig, finish, load_data, start, total_steps, train
 from genlab.transformer import Transformer, TransformerConfig, beam_search, greedy_decode, label_smoothed_nll
 
-# SPEC §10, trained on the full XSum (204,045 training pairs): ROUGE-1 / -2 / -L.
-REFERENCE_ROUGE = {"from scratch (full XSum)": (18.82, 3.02, 15.19),
-                   "fine-tuned T5 (full XSum)": (26.56, 7.04, 20.75)}
-
 
 @dataclass
-class SummaryDataConfig(EpochsConfig):
-    """The (document, summary) pairs to use: the options :func:`load_data` reads (shared with
-    :mod:`genlab.experiments.t5_finetune`)."""
-
-    data_dir: Path | None = None
-    """Shared data folder holding xsum/, bbc-news-summary/, t5-small-tokenizer/ (default: <repo>/../shared/data)."""
-    dataset: str = "xsum-subset"
-    """xsum-subset, bbc-news-summary, or xsum-hf (Hugging Face hub; needs internet and `datasets`)."""
-    data: Path | None = None
-    """A JSONL file of pairs (fields document or article, summary, optional id, split); overrides --dataset."""
-    official_split: bool = False
-    """Use the file's own split labels instead of the 90/5/5 hash split (for the full XSum)."""
-
-
-@dataclass
-class SummarizeConfig(SummaryDataConfig):
-    """SPEC §10 from-scratch Transformer; defaults are the documented CPU run."""
+class SummarizeConfig(SummaryConfig):
+    """SPEC §10 from-scratch Transformer; defaults are the documented CPU run (the data, length,
+    optimiser and decoding options are :class:`genlab.summarizer.SummaryConfig`'s)."""
 
     epochs: int = 5
     """Passes over the training part."""
-    tokenizer: Path | None = None
-    """The t5-small tokenizer folder (spiece.model); default <data-dir>/t5-small-tokenizer."""
-    max_source_len: int = 256
-    """Source tokens kept (EOS included); longer documents are truncated."""
-    max_target_len: int = 64
-    """Summary tokens kept in training (EOS included), and tokens generated at most."""
     d_model: int = 128
     """Model width."""
     n_heads: int = 4
@@ -84,28 +60,8 @@ class SummarizeConfig(SummaryDataConfig):
     """Dropout on embeddings, attention weights, sub-layer outputs and the feed-forward hidden layer."""
     label_smoothing: float = 0.1
     """Label smoothing eps of the training loss (0: plain cross-entropy)."""
-    batch_size: int = 16
-    """Pairs per optimiser step."""
-    lr: float = 1e-3
-    """AdamW peak learning rate (linear warm-up, then cosine decay to 0)."""
-    warmup_steps: int = 200
-    """Linear warm-up steps."""
-    weight_decay: float = 0.01
-    """AdamW weight decay (not on biases, LayerNorms or the embedding)."""
-    grad_clip: float = 1.0
-    """Clip the gradient norm to this (0: no clipping)."""
     precision: str = "auto"
     """auto (bf16 autocast where the hardware supports it), bf16 or fp32, for training."""
-    beam_size: int = 4
-    """Beams for the test summaries (1: greedy)."""
-    length_penalty: float = 1.0
-    """Beam-search length penalty alpha: scores divided by length^alpha."""
-    no_repeat_ngram_size: int = 3
-    """Never generate an n-gram twice (0: off)."""
-    test_limit: int | None = None
-    """Summarise only the first N test documents (smoke runs)."""
-    n_examples: int = 8
-    """Test documents shown with their reference and generated summaries in summary.md."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -117,27 +73,11 @@ class SummarizeConfig(SummaryDataConfig):
             raise ConfigError("--max-source-len and --max-target-len must be >= 2")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.beam_size < 1 or self.batch_size < 1:
-            raise ConfigError("--beam-size and --batch-size must be >= 1")
 
 
 # ---------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------
-
-def load_data(config: SummarizeConfig) -> dict[str, list[Pair]]:
-    """Train / validation / test pairs of the config's data source."""
-    if config.data is not None:
-        pairs = load_pairs(config.data)
-    elif config.dataset == "xsum-hf":
-        pairs = load_hf_xsum()
-    else:
-        pairs = load_pairs(default_data_file(config.dataset, config.data_dir))
-    parts = split_pairs(pairs, official=config.official_split)
-    if not parts["train"] or not parts["test"]:
-        raise GenlabError(f"the data has {len(parts['train'])} train and {len(parts['test'])} test pairs; need both")
-    return parts
-
 
 @dataclass
 class Encoded:
@@ -168,22 +108,6 @@ def make_batch(data: Encoded, idx: list[int], c: TransformerConfig, device: torc
     return src, tgt_in, labels
 
 
-def epoch_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
-    """Shuffled batches of indices of similar source length (``lengths``): shuffle, sort
-    chunks of 50 batches by length, cut into batches, shuffle the batches (less padding,
-    the same batches for the same seed)."""
-    rng = random.Random(seed)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    chunk = batch_size * 50
-    batches = []
-    for i in range(0, len(order), chunk):
-        part = sorted(order[i:i + chunk], key=lambda j: lengths[j])
-        batches += [part[k:k + batch_size] for k in range(0, len(part), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
 # ---------------------------------------------------------------------------------------
 # Model, optimiser, evaluation
 # ---------------------------------------------------------------------------------------
@@ -211,21 +135,19 @@ def build_optimizer(model: Transformer, config: SummarizeConfig, total_steps: in
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
 
+def batch_nll(model: torch.nn.Module, data: Encoded, idx: list[int], smoothing: float = 0.0,
+              autocast: contextlib.AbstractContextManager = contextlib.nullcontext()) -> tuple[torch.Tensor, int]:
+    """Label-smoothed NLL (:func:`genlab.transformer.label_smoothed_nll`, eps ``smoothing``) of the
+    pairs ``idx`` of ``data``, teacher-forced, the forward under ``autocast``: (scalar, nats per
+    summary token; the number of summary tokens)."""
+    c = distributed.unwrap(model).config
+    src, tgt_in, labels = make_batch(data, idx, c, next(model.parameters()).device)
+    with autocast:
+        logits = model(src, tgt_in)  # (B, T, V)
+    return label_smoothed_nll(logits, labels, c.pad_id, smoothing), int((labels != c.pad_id).sum())
+
+
 @torch.no_grad()
-def validation_nll(model: Transformer, data: Encoded, batch_size: int, device: torch.device) -> float:
-    """Mean cross-entropy (no smoothing) per summary token, nats."""
-    model.eval()
-    total, count = 0.0, 0
-    c = model.config
-    for i in range(0, len(data.src), batch_size):
-        src, tgt_in, labels = make_batch(data, list(range(i, min(i + batch_size, len(data.src)))), c, device)
-        n = int((labels != c.pad_id).sum())
-        total += float(label_smoothed_nll(model(src, tgt_in), labels, c.pad_id)) * n
-        count += n
-    model.train()
-    return total / max(count, 1)
-
-
 def summarise(model: Transformer, tokenizer: SentencePieceTokenizer, documents: list[str], config: SummarizeConfig,
               device: torch.device, batch_size: int = 16) -> list[str]:
     """Generated summaries of ``documents`` (beam search, cached), in the input order."""
@@ -250,226 +172,50 @@ def summarise(model: Transformer, tokenizer: SentencePieceTokenizer, documents: 
 # ---------------------------------------------------------------------------------------
 
 def run(config: SummarizeConfig) -> Path:
-    """Train, then summarise the test part and score it; returns the run directory."""
-    device = resolve_device(config.device)
-    run_dir = RunDir("summarize", config, device)
-    tokenizer = SentencePieceTokenizer(tokenizer_dir(config.tokenizer, config.data_dir))
-    parts = load_data(config)
-    train, valid = encode(tokenizer, parts["train"], config), encode(tokenizer, parts["validation"], config)
-    steps_per_epoch = math.ceil(len(train.src) / config.batch_size)
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
+    """Train (:func:`genlab.summarizer.train`), then summarise the test part and score it; returns
+    the run directory. Data-parallel under torchrun (:mod:`genlab.summarizer`).
 
-    seed_everything(config.seed)
-    mc = model_config(config, tokenizer)
-    model = Transformer(mc).to(device)
-    opt, sched = build_optimizer(model, config, total_steps)
-    autocast = autocast_for(device, config.precision)
-    epoch, step = 0, 0
-    if config.resume:
-        ckpt = load_checkpoint(run_dir.checkpoint, device)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        epoch, step = ckpt["epoch"], ckpt["step"]
-        set_rng_state(ckpt["rng"])
-        run_dir.truncate_metrics(step, epoch)
-        print(f"resuming {run_dir.path} after epoch {epoch} (step {step})")
-
-    def checkpoint() -> None:
-        save_checkpoint(run_dir.checkpoint, {
-            "config": config_to_dict(config), "model_config": config_to_dict(mc), "model": model.state_dict(),
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch, "step": step,
-            "rng": rng_state()})
-
-    print(f"summarize: {len(train.src)} train / {len(valid.src)} validation / {len(parts['test'])} test pairs, "
-          f"{sum(p.numel() for p in model.parameters()):,} parameters, {total_steps} steps")
-    start_time = time.time()
-    bar = tqdm(total=total_steps, initial=step, unit="step", desc="summarize", dynamic_ncols=True, disable=None)
-    model.train()
-    while epoch < config.epochs and step < total_steps:
-        sums, tokens, epoch_start, rows = 0.0, 0, time.time(), []
-        batches = epoch_batches([len(s) for s in train.src], config.batch_size, config.seed * 1000 + epoch)
-        for idx in batches:
-            if step >= total_steps:
-                break
-            src, tgt_in, labels = make_batch(train, idx, mc, device)
-            # Teacher forcing: predict summary token t from the source and tokens < t.
-            with autocast:
-                logits = model(src, tgt_in)  # (B, T, V)
-            loss = label_smoothed_nll(logits, labels, mc.pad_id, config.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            opt.step()
-            sched.step()
-            step += 1
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingDiverged(f"non-finite loss at step {step}; the last good checkpoint {run_dir.checkpoint}"
-                                       " is kept. Lower --lr or use --precision fp32.")
-            n_tok = int((labels != mc.pad_id).sum())
-            sums, tokens = sums + value, tokens + n_tok
-            rows.append({"step": step, "loss": value, "lr": sched.get_last_lr()[0], "target_tokens": n_tok})
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{value:.3f}")
-        run_dir.log_steps(rows)
-        if len(rows) < len(batches):  # stopped by --max-steps inside the epoch
-            break
-        epoch += 1
-        val = validation_nll(model, valid, config.batch_size, device) if valid.src else float("nan")
-        seconds = time.time() - epoch_start
-        run_dir.log_epoch({"epoch": epoch, "train_loss": sums / len(rows), "val_nll": val,
-                           "val_perplexity": math.exp(val) if math.isfinite(val) else float("nan"), "steps": step,
-                           "seconds": seconds, "pairs_per_s": len(train.src) / seconds})
-        checkpoint()
-        tqdm.write(f"epoch {epoch}: train loss {sums / len(rows):.3f}, validation NLL {val:.3f} nats/token "
-                   f"({seconds / 60:.1f} min)")
-    bar.close()
-    checkpoint()
-    finish(run_dir, config, lambda docs: summarise(model, tokenizer, docs, config, device), parts,
-           time.time() - start_time, sum(p.numel() for p in model.parameters()))
-    run_dir.close()
-    return run_dir.path
-
-
-# ---------------------------------------------------------------------------------------
-# Outputs
-# ---------------------------------------------------------------------------------------
-
-def finish(run_dir: RunDir, config, summarise_fn: Callable[[list[str]], list[str]], parts: dict[str, list[Pair]],
-           elapsed: float | None, parameters: int, title: str = "Transformer summariser",
-           system: str = "from scratch (this run)", experiment: str = "summarize") -> dict:
-    """Test summaries (``summarise_fn``: documents -> summaries), ROUGE of the model and of
-    LEAD-1 on the same documents, figures, test_summaries.jsonl, metrics.json, summary.md.
-    ``config`` needs test_limit, seed, epochs, beam_size, length_penalty, no_repeat_ngram_size,
-    n_examples, official_split. Also used by t5-finetune (``experiment``), whose SPEC reference is
-    the fine-tuned T5's."""
-    test = parts["test"][:config.test_limit]
-    references = [p.summary for p in test]
-    start = time.time()
-    generated = summarise_fn([p.document for p in test])
-    generation_s = time.time() - start
-    lead = [lead_1(p.document) for p in test]
-    scores = {"model": rouge_scores(generated, references, seed=config.seed),
-              "lead_1": rouge_scores(lead, references, seed=config.seed)}
-    with (run_dir.path / "test_summaries.jsonl").open("w") as f:
-        for p, g, l1 in zip(test, generated, lead):
-            f.write(json.dumps({"id": p.id, "reference": p.summary, "generated": g, "lead_1": l1}) + "\n")
-    plot_run(run_dir, scores, title, system)
-    metrics = {"system": system, "rouge": scores, "n_test": len(test), "n_train": len(parts["train"]),
-               "n_validation": len(parts["validation"]), "split": "official" if config.official_split else "hash 90/5/5",
-               "final_epoch": (run_dir.read_epochs() or [None])[-1], "generation_s": generation_s,
-               "parameters": parameters, "reference_rouge_r1_r2_rl": REFERENCE_ROUGE}
-    run_dir.write_record(make_record(experiment, title, config, metrics, test, generated, lead, elapsed, generation_s,
-                                     run_dir.figures(FIGURE_CAPTIONS)))
-    return metrics
-
-
-def plot_run(run_dir: RunDir, scores: dict, title: str, system: str) -> None:
-    """loss_steps.png, loss_epochs.png (when an epoch ended) and rouge.png."""
-    figs = run_dir.path / "figures"
-    path = run_dir.path / "metrics" / "steps.jsonl"
-    steps = [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
-    if steps:
-        plots.plot_curves([r["step"] for r in steps], {"training loss (label-smoothed)": [r["loss"] for r in steps]},
-                          figs / "loss_steps.png", "optimiser step", "nats per summary token",
-                          f"{title}: training loss per step")
-    epochs = run_dir.read_epochs()
-    if epochs:
-        plots.plot_curves([r["epoch"] for r in epochs], {"train (label-smoothed)": [r["train_loss"] for r in epochs],
-                                                         "validation NLL": [r["val_nll"] for r in epochs]},
-                          figs / "loss_epochs.png", "epoch", "nats per summary token",
-                          f"{title}: loss per epoch")
-    import matplotlib.pyplot as plt
-
-    labels = ["ROUGE-1", "ROUGE-2", "ROUGE-L"]
-    bars = {system: [scores["model"][k]["f"] for k in ROUGE_KEYS[:3]],
-            "LEAD-1 (this test part)": [scores["lead_1"][k]["f"] for k in ROUGE_KEYS[:3]],
-            **{name: list(v) for name, v in REFERENCE_ROUGE.items()}}
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    width = 0.8 / len(bars)
-    for i, (name, values) in enumerate(bars.items()):
-        ax.bar([j + i * width for j in range(3)], values, width, label=name)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(3)], labels)
-    ax.set_ylabel("F-measure x 100")
-    ax.set_title("ROUGE on the test part, with the SPEC references (full XSum)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(figs / "rouge.png", dpi=120)
-    plt.close(fig)
-
-
-FIGURE_CAPTIONS = {
-    "loss_steps": "label-smoothed training loss per optimiser step",
-    "loss_epochs": "training loss and validation NLL per epoch",
-    "rouge": "ROUGE-1/2/L of this run and of LEAD-1 on the test part, with the SPEC references (full XSum)",
-}
-
-
-def make_record(experiment: str, title: str, config, metrics: dict, test: list[Pair], generated: list[str],
-                lead: list[str], train_seconds: float | None, eval_seconds: float, figures: list[Figure]) -> Record:
-    """The run's record: ROUGE-1/2/L/Lsum (F x 100) of the model, ROUGE-1 headline, against SPEC
-    §10's reference for the experiment (trained on the full XSum), LEAD-1's on the same documents;
-    the ROUGE table with 95 % bootstrap intervals and the first ``config.n_examples`` summaries."""
-    s = metrics["rouge"]
-    ref_name = "from scratch (full XSum)" if experiment == "summarize" else "fine-tuned T5 (full XSum)"
-    refs = dict(zip(ROUGE_KEYS, REFERENCE_ROUGE[ref_name]))
-    out = [Metric(key, s["model"][key]["f"], lower_is_better=False, headline=key == "rouge1",
-                  reference=Reference(refs[key], section="§10", note=ref_name) if key in refs else None,
-                  description=f"{key} F-measure x 100 (rouge-score, stemming), {metrics['n_test']} test pairs, "
-                              f"95 % bootstrap interval [{s['model'][key].get('low', 0):.2f}, "
-                              f"{s['model'][key].get('high', 0):.2f}]")
-           for key in ROUGE_KEYS]
-    out += [Metric(f"lead_1_{key}", s["lead_1"][key]["f"], lower_is_better=False,
-                   description=f"LEAD-1 baseline {key} on the same test pairs") for key in ROUGE_KEYS]
-
-    def cell(sc: dict) -> str:
-        return f"{sc['f']:.2f} [{sc.get('low', 0):.1f}, {sc.get('high', 0):.1f}]"
-
-    rouge = Table("ROUGE", ["system", "ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE-Lsum"],
-                  [[metrics["system"], *(cell(s["model"][k]) for k in ROUGE_KEYS)],
-                   ["LEAD-1", *(cell(s["lead_1"][k]) for k in ROUGE_KEYS)],
-                   *([f"ref: {name}", *v, None] for name, v in REFERENCE_ROUGE.items())],
-                  "F-measure x 100 (rouge-score, stemming), mean [95 % bootstrap interval].")
-    examples = Table("examples", ["id", "document", "reference", "generated", "LEAD-1"],
-                     [[p.id, p.document[:300].replace("\n", " ") + "...", p.summary, g, l1]
-                      for p, g, l1 in list(zip(test, generated, lead))[:config.n_examples]])
-    notes = [f"{metrics['n_train']} train / {metrics['n_validation']} validation / {metrics['n_test']} test pairs "
-             f"({metrics['split']} split), {metrics['parameters']:,} parameters; beam {config.beam_size}, length "
-             f"penalty {config.length_penalty}, no-repeat {config.no_repeat_ngram_size}-grams."]
-    last = metrics["final_epoch"]
-    if last:
-        notes.append(f"Last epoch: training loss {last['train_loss']:.3f}, validation NLL {last['val_nll']:.3f} "
-                     f"nats/token (perplexity {last['val_perplexity']:.1f})." if "val_perplexity" in last else
-                     f"Last epoch: training loss {last['train_loss']:.3f}, validation NLL {last['val_nll']:.3f} "
-                     f"nats/token.")
-    return Record(experiment, title, "§10", metrics=out, tables=[rouge, examples], figures=figures,
-                  train_seconds=train_seconds, eval_seconds=eval_seconds, notes=notes, extra=metrics)
-
-
-def _restore(run_path: Path, device: torch.device):
-    ckpt = load_checkpoint(Path(run_path) / "checkpoints" / "last.pt", device)
-    model = Transformer(TransformerConfig(**ckpt["model_config"])).to(device)
-    model.load_state_dict(ckpt["model"])
-    fields = {k: v for k, v in ckpt["config"].items() if k in SummarizeConfig.__dataclass_fields__}
-    for key in ("data_dir", "data", "tokenizer", "out"):
-        if fields.get(key):
-            fields[key] = Path(fields[key])
-    return ckpt, model, fields
+    Raises:
+        ConfigError: ``--batch-size`` not a multiple of the number of torchrun processes.
+    """
+    device = start(config)
+    with Run("summarize", config, device) as run:
+        tokenizer = SentencePieceTokenizer(tokenizer_dir(config.tokenizer, config.data_dir))
+        parts = load_data(config)
+        train_data, valid = encode(tokenizer, parts["train"], config), encode(tokenizer, parts["validation"], config)
+        steps = total_steps(config, len(train_data.src), run.world)
+        seed_everything(config.seed)
+        model = Transformer(model_config(config, tokenizer)).to(device)
+        opt, sched = build_optimizer(model, config, steps)
+        autocast = autocast_for(device, config.precision)
+        run.hold(model=model, optimizer=opt, scheduler=sched)
+        n_params = sum(p.numel() for p in model.parameters())
+        if run.is_main:
+            print(f"summarize: {len(train_data.src)} train / {len(valid.src)} validation / {len(parts['test'])} "
+                  f"test pairs, {n_params:,} parameters, {steps} steps")
+        train(run, config, model, opt, sched, [len(s) for s in train_data.src], steps,
+              lambda m, idx: batch_nll(m, train_data, idx, config.label_smoothing, autocast),
+              lambda m, idx: batch_nll(m, valid, idx), len(valid.src), extra_columns=True)
+        if run.is_main:  # the test summaries: one process's work
+            finish(run.dir, config, lambda docs: summarise(model, tokenizer, docs, config, device), parts,
+                   run.elapsed_s, n_params)
+    return run.path
 
 
 def evaluate(run_path: Path) -> dict:
-    """``genlab eval RUN_DIR``: summarise the test part again and rescore (writes metrics.json, summary.md)."""
+    """``genlab eval RUN_DIR``: summarise the test part again with the last checkpoint's model and
+    rescore (writes metrics.json, summary.md). Returns the ROUGE dict of :func:`genlab.summarizer.finish`.
+    Raises GenlabError for a checkpoint of another schema or experiment."""
     device = resolve_device("auto")
-    _, model, fields = _restore(run_path, device)
-    fields.update(out=Path(run_path), resume=True)
-    config = SummarizeConfig(**fields)
+    path = Path(run_path) / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(path, device)
+    check_checkpoint(ckpt, "summarize", path)
+    config = config_from_dict(SummarizeConfig, ckpt["config"], path_keys=("data_dir", "data", "tokenizer"),
+                              out=Path(run_path), resume=True)
     run_dir = RunDir("summarize", config, device)
     tokenizer = SentencePieceTokenizer(tokenizer_dir(config.tokenizer, config.data_dir))
+    model = Transformer(model_config(config, tokenizer)).to(device)
+    model.load_state_dict(ckpt["states"]["model"])
     metrics = finish(run_dir, config, lambda docs: summarise(model, tokenizer, docs, config, device),
                      load_data(config), None, sum(p.numel() for p in model.parameters()))
     run_dir.close()
@@ -482,4 +228,5 @@ EXPERIMENT = Experiment(
     config=SummarizeConfig,
     run=run,
     evaluate=evaluate,
+    data_parallel=True,
 )

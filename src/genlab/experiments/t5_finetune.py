@@ -12,24 +12,25 @@ t5-small tokenizer. With real weights (online: ``huggingface-cli download t5-sma
 
     genlab run t5-finetune --init t5-small --epochs 3 --batch-size 8
     genlab run t5-finetune --random-init --max-steps 3 --test-limit 4 --out /tmp/smoke
+    torchrun --nproc-per-node 2 -m genlab run t5-finetune --init t5-small   # data-parallel, 4 pairs each
+
+Under torchrun each process trains on its share of every batch (:mod:`genlab.summarizer`); with
+``--dropout 0`` the run is the one-process run up to the order of floating-point sums.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from genlab.engine import (RunDir, TrainingDiverged, config_to_dict, load_checkpoint, resolve_device, rng_state,
-                           save_checkpoint, seed_everything, set_rng_state)
+from genlab.engine import Run, seed_everything
 from genlab.errors import ConfigError, GenlabError, NotFoundError
 from genlab.experiments import Experiment
-from genlab.experiments.summarize import SummaryDataConfig, epoch_batches, finish, load_data
 from genlab.summaries import Pair, tokenizer_dir
+from genlab.summarizer import SummaryConfig, finish, load_data, start, total_steps, train
 
 PREFIX = "summarize: "
 # The tiny random T5 of --random-init (tests, smoke runs): 4 heads of 16, 2 + 2 layers.
@@ -38,8 +39,9 @@ TINY_T5 = {"d_model": 64, "d_ff": 128, "d_kv": 16, "num_heads": 4, "num_layers":
 
 
 @dataclass
-class T5FinetuneConfig(SummaryDataConfig):
-    """SPEC §10 T5 fine-tuning (the data options, --dataset etc., are :class:`SummaryDataConfig`'s)."""
+class T5FinetuneConfig(SummaryConfig):
+    """SPEC §10 T5 fine-tuning (the data, length, optimiser and decoding options are
+    :class:`genlab.summarizer.SummaryConfig`'s, with T5's defaults)."""
 
     init: Path | None = None
     """Local T5 checkpoint folder (config.json + weights, e.g. a downloaded t5-small) to fine-tune."""
@@ -49,38 +51,22 @@ class T5FinetuneConfig(SummaryDataConfig):
     """Tokenizer folder; default: --init if it holds spiece.model, else <data-dir>/t5-small-tokenizer."""
     max_source_len: int = 512
     """Source tokens kept (prefix and EOS included)."""
-    max_target_len: int = 64
-    """Summary tokens kept in training (EOS included), and new tokens generated at most."""
     batch_size: int = 8
-    """Pairs per optimiser step."""
     lr: float = 3e-4
-    """AdamW learning rate (constant after a linear warm-up)."""
     warmup_steps: int = 100
-    """Linear warm-up steps."""
     weight_decay: float = 0.0
-    """AdamW weight decay."""
-    grad_clip: float = 1.0
-    """Clip the gradient norm to this (0: no clipping)."""
-    beam_size: int = 4
-    """Beams for the test summaries (1: greedy)."""
-    length_penalty: float = 1.0
-    """Beam-search length penalty alpha."""
-    no_repeat_ngram_size: int = 3
-    """Never generate an n-gram twice (0: off)."""
-    test_limit: int | None = None
-    """Summarise only the first N test documents (smoke runs)."""
-    n_examples: int = 8
-    """Test documents shown with their reference and generated summaries in summary.md."""
+    dropout: float | None = None
+    """Dropout rate of the T5 (default: the --init checkpoint's own; 0.1 for --random-init)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if (self.init is None) == (not self.random_init):
             raise ConfigError("give exactly one of --init DIR (a local T5 checkpoint) and --random-init")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.init is not None and not (Path(self.init) / "config.json").exists():
             raise NotFoundError(f"{self.init}: no config.json; --init needs a T5 checkpoint folder "
                               "(e.g. `huggingface-cli download t5-small --local-dir t5-small`)")
-        if self.beam_size < 1 or self.batch_size < 1:
-            raise ConfigError("--beam-size and --batch-size must be >= 1")
 
 
 def load_tokenizer(config: T5FinetuneConfig):
@@ -98,14 +84,17 @@ def load_tokenizer(config: T5FinetuneConfig):
 
 
 def load_model(config: T5FinetuneConfig, tokenizer, seed: int):
-    """T5ForConditionalGeneration from --init, or the tiny random one (seeded)."""
+    """T5ForConditionalGeneration from --init, or the tiny random one (seeded); --dropout, when
+    given, replaces the model's dropout rate."""
     from transformers import T5Config, T5ForConditionalGeneration
 
+    dropout = {} if config.dropout is None else {"dropout_rate": config.dropout}
     if config.init is not None:
-        return T5ForConditionalGeneration.from_pretrained(str(config.init))
+        return T5ForConditionalGeneration.from_pretrained(str(config.init), **dropout)
     torch.manual_seed(seed)
     t5_config = T5Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id, **TINY_T5)
+                         eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
+                         **{**TINY_T5, **dropout})
     return T5ForConditionalGeneration(t5_config)
 
 
@@ -127,6 +116,14 @@ def collate(src: list[list[int]], tgt: list[list[int]], idx: list[int], pad_id: 
     return input_ids.to(device), (input_ids != pad_id).long().to(device), labels.to(device)
 
 
+def batch_nll(model: torch.nn.Module, src: list[list[int]], tgt: list[list[int]], idx: list[int],
+              pad_id: int) -> tuple[torch.Tensor, int]:
+    """T5's teacher-forced loss on the pairs ``idx`` (it shifts the labels right, decoder start = pad):
+    (mean NLL per summary token, a scalar in nats; the number of summary tokens)."""
+    input_ids, attention_mask, labels = collate(src, tgt, idx, pad_id, next(model.parameters()).device)
+    return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss, int((labels != -100).sum())
+
+
 @torch.no_grad()
 def summarise(model, tokenizer, documents: list[str], config: T5FinetuneConfig, device: torch.device,
               batch_size: int = 16) -> list[str]:
@@ -144,100 +141,39 @@ def summarise(model, tokenizer, documents: list[str], config: T5FinetuneConfig, 
 
 
 def run(config: T5FinetuneConfig) -> Path:
-    """Fine-tune, then summarise the test part and score it; returns the run directory."""
-    device = resolve_device(config.device)
-    run_dir = RunDir("t5-finetune", config, device)
-    tokenizer = load_tokenizer(config)
-    parts = load_data(config)
-    src, tgt = tokenize(tokenizer, parts["train"], config)
+    """Fine-tune (:func:`genlab.summarizer.train`), then summarise the test part and score it;
+    returns the run directory (the fine-tuned model is saved in its model/ folder). Data-parallel
+    under torchrun (:mod:`genlab.summarizer`).
 
-    steps_per_epoch = math.ceil(len(src) / config.batch_size)
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    seed_everything(config.seed)
-    model = load_model(config, tokenizer, config.seed).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)))
-    epoch, step = 0, 0
-    if config.resume:
-        ckpt = load_checkpoint(run_dir.checkpoint, device)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        epoch, step = ckpt["epoch"], ckpt["step"]
-        set_rng_state(ckpt["rng"])
-        run_dir.truncate_metrics(step, epoch)
-
-    def checkpoint() -> None:
-        save_checkpoint(run_dir.checkpoint, {
-            "config": config_to_dict(config), "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "epoch": epoch, "step": step, "rng": rng_state()})
-
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"t5-finetune: {len(src)} train / {len(parts['test'])} test pairs, {n_params:,} parameters, "
-          f"{'random init' if config.random_init else config.init}, {total_steps} steps")
-    start_time = time.time()
-    bar = tqdm(total=total_steps, initial=step, unit="step", desc="t5-finetune", dynamic_ncols=True, disable=None)
-    model.train()
-    while epoch < config.epochs and step < total_steps:
-        rows, epoch_start = [], time.time()
-        batches = epoch_batches([len(s) for s in src], config.batch_size, config.seed * 1000 + epoch)
-        for idx in batches:
-            if step >= total_steps:
-                break
-            input_ids, attention_mask, labels = collate(src, tgt, idx, tokenizer.pad_token_id, device)
-            # Teacher forcing: T5 shifts the labels right (decoder start = pad) and returns the mean NLL.
-            loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            opt.step()
-            sched.step()
-            step += 1
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingDiverged(f"non-finite loss at step {step}; lower --lr")
-            rows.append({"step": step, "loss": value, "lr": sched.get_last_lr()[0]})
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{value:.3f}")
-        run_dir.log_steps(rows)
-        if len(rows) < len(batches):
-            break
-        epoch += 1
-        run_dir.log_epoch({"epoch": epoch, "train_loss": sum(r["loss"] for r in rows) / len(rows),
-                           "val_nll": validation_nll(model, tokenizer, parts["validation"], config, device),
-                           "steps": step, "seconds": time.time() - epoch_start})
-        checkpoint()
-    bar.close()
-    checkpoint()
-    model.save_pretrained(run_dir.path / "model")
-    tokenizer.save_pretrained(run_dir.path / "model")
-    finish(run_dir, config, lambda docs: summarise(model, tokenizer, docs, config, device), parts,
-           time.time() - start_time, n_params, title="T5 fine-tuned" + (" (tiny, random init)" if config.random_init
-                                                                        else f" from {config.init}"),
-           system="T5 (this run)", experiment="t5-finetune")
-    run_dir.close()
-    return run_dir.path
-
-
-@torch.no_grad()
-def validation_nll(model, tokenizer, pairs: list[Pair], config: T5FinetuneConfig, device: torch.device) -> float:
-    """Mean cross-entropy per summary token on the validation pairs, nats (nan if none)."""
-    if not pairs:
-        return float("nan")
-    model.eval()
-    src, tgt = tokenize(tokenizer, pairs, config)
-    total, count = 0.0, 0
-    for i in range(0, len(src), config.batch_size):
-        idx = list(range(i, min(i + config.batch_size, len(src))))
-        input_ids, attention_mask, labels = collate(src, tgt, idx, tokenizer.pad_token_id, device)
-        n = int((labels != -100).sum())
-        total += model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss.item() * n
-        count += n
-    model.train()
-    return total / count
+    Raises:
+        ConfigError: ``--batch-size`` not a multiple of the number of torchrun processes.
+    """
+    device = start(config)
+    with Run("t5-finetune", config, device) as run:
+        tokenizer = load_tokenizer(config)
+        parts = load_data(config)
+        (src, tgt), (valid_src, valid_tgt) = (tokenize(tokenizer, parts[k], config) for k in ("train", "validation"))
+        steps = total_steps(config, len(src), run.world)
+        seed_everything(config.seed)
+        model = load_model(config, tokenizer, config.seed).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)))
+        run.hold(model=model, optimizer=opt, scheduler=sched)
+        n_params = sum(p.numel() for p in model.parameters())
+        if run.is_main:
+            print(f"t5-finetune: {len(src)} train / {len(parts['test'])} test pairs, {n_params:,} parameters, "
+                  f"{'random init' if config.random_init else config.init}, {steps} steps")
+        pad_id = tokenizer.pad_token_id
+        train(run, config, model, opt, sched, [len(s) for s in src], steps,
+              lambda m, idx: batch_nll(m, src, tgt, idx, pad_id),
+              lambda m, idx: batch_nll(m, valid_src, valid_tgt, idx, pad_id), len(valid_src))
+        if run.is_main:  # the saved model and the test summaries: one process's work
+            model.save_pretrained(run.path / "model")
+            tokenizer.save_pretrained(run.path / "model")
+            title = "T5 fine-tuned" + (" (tiny, random init)" if config.random_init else f" from {config.init}")
+            finish(run.dir, config, lambda docs: summarise(model, tokenizer, docs, config, device), parts,
+                   run.elapsed_s, n_params, title=title, system="T5 (this run)", experiment="t5-finetune")
+    return run.path
 
 
 EXPERIMENT = Experiment(
@@ -245,4 +181,5 @@ EXPERIMENT = Experiment(
     summary="SPEC §10: fine-tune T5ForConditionalGeneration ('summarize: ') from --init DIR, ROUGE vs LEAD-1",
     config=T5FinetuneConfig,
     run=run,
+    data_parallel=True,
 )
