@@ -95,3 +95,10 @@ def test_one_shot_experiments_refuse_epochs_and_data_dir(name, tmp_path):
                   check=False)
     assert proc.returncode == 2 and "--epochs" in proc.stderr and "--data-dir" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_every_training_experiment_is_resumed_through_the_engine():
+    """Every experiment but the three computed in one go in seconds (their --resume reruns them)
+    checkpoints through genlab.engine.Run and is in the registry-wide resume test above."""
+    one_shot = {"minimax", "bandit", "divergence"}
+    assert set(RESUME_ARGS) == set(experiments.REGISTRY) - one_shot
