@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from genlab import plots
 from genlab.data import load_flat
-from genlab.engine import (EpochsConfig, GeneratorStates, Run, RunDir, append_csv, config_from_dict,
+from genlab.engine import (CurrentUnit, EpochsConfig, GeneratorStates, Run, RunDir, append_csv, config_from_dict,
                            resolve_device)
 from genlab.errors import ConfigError
 from genlab.experiments import Experiment
@@ -535,38 +535,12 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
     return loss.detach()
 
 
-class JobState:
-    """The stateful objects of the job in training (model, optimiser, data generator, EWC state,
-    replay memory) as one object for :class:`genlab.engine.Run`, which holds it for the whole run
-    while every job builds its own. A state loaded on resume is restored by the :meth:`attach`
-    of the job it was saved from, and dropped by any other."""
-
-    def __init__(self) -> None:
-        self.job: str | None = None
-        self.objects: dict = {}
-        self.saved: dict | None = None
-
-    def attach(self, job: str, **objects) -> None:
-        """Hold ``objects`` (each with ``state_dict``/``load_state_dict``) as ``job``'s."""
-        if self.saved is not None and self.saved["job"] == job:
-            for name, obj in objects.items():
-                obj.load_state_dict(self.saved["states"][name])
-        self.job, self.objects, self.saved = job, objects, None
-
-    def state_dict(self) -> dict:
-        return {"job": self.job, "states": {name: obj.state_dict() for name, obj in self.objects.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.saved = state
-
-
-def run_job(job: Job, config: ContinualConfig, data: dict, run: Run, state: JobState, done: list[dict],
-            resumed: dict | None) -> dict:
+def run_job(job: Job, config: ContinualConfig, data: dict, run: Run, unit: CurrentUnit, done: list[dict]) -> dict:
     """Train ``job`` over all tasks; returns its results dict.
 
     The run's step counts optimiser steps over every job, its epoch the tasks finished over every
-    job (the rows of tasks.csv); ``done`` holds the results of the jobs before this one. ``resumed``
-    is what :meth:`genlab.engine.Run.resume` returned when the run stopped inside this job, else None.
+    job (the rows of tasks.csv); ``done`` holds the results of the jobs before this one. ``unit``
+    holds the job's objects and its position (restored when the run stopped inside this job).
     """
     train_x, train_y = data["train_x"], data["train_y"]
     device, n_train, tasks = train_x.device, len(train_x), config.tasks
@@ -581,12 +555,12 @@ def run_job(job: Job, config: ContinualConfig, data: dict, run: Run, state: JobS
     ewc = EWC(model) if job.method == "ewc" else None
     memory = ReplayMemory(config.memory_per_task, device) if job.method == "rehearsal" else None
     objects = {"model": model, "opt": opt, "gen": GeneratorStates([gen]), "ewc": ewc, "memory": memory}
-    state.attach(job.name, **{name: obj for name, obj in objects.items() if obj is not None})
     lam = job.lam or 0.0
     base, first_task = sum(d["steps"] for d in done), len(done) * tasks  # the run's step and epoch before this job
-    pos = resumed or {"step": base, "task": 0, "pass": 0, "batch": 0, "order": None, "losses": torch.zeros(0),
-                      "r": torch.full((tasks, tasks), math.nan, dtype=torch.float64), "probes": [],
-                      "job_start": run.elapsed_s}
+    pos = unit.start(job.name, {"step": base, "task": 0, "pass": 0, "batch": 0, "order": None, "losses": torch.zeros(0),
+                                "r": torch.full((tasks, tasks), math.nan, dtype=torch.float64), "probes": [],
+                                "job_start": run.elapsed_s},
+                     **{name: obj for name, obj in objects.items() if obj is not None})
     step, task, pass_, batch, order = pos["step"] - base, pos["task"], pos["pass"], pos["batch"], pos["order"]
     losses, probes, job_start = list(pos["losses"]), list(pos["probes"]), pos["job_start"]
     r = pos["r"].cpu().numpy().copy()  # (T, T) accuracy matrix, NaN for tasks not yet seen
@@ -602,9 +576,10 @@ def run_job(job: Job, config: ContinualConfig, data: dict, run: Run, state: JobS
 
     def progress() -> dict:
         flush()  # the steps file never lags behind a checkpoint
-        return {"done": done, "job": job.name, "task": task, "pass": pass_, "batch": batch, "order": order,
-                "losses": torch.stack(losses) if losses else torch.zeros(0), "r": torch.from_numpy(r),
-                "probes": probes, "job_start": job_start}
+        pos.update({"step": base + step, "task": task, "pass": pass_, "batch": batch, "order": order,
+                    "losses": torch.stack(losses) if losses else torch.zeros(0), "r": torch.from_numpy(r),
+                    "probes": probes})
+        return {"done": done}
 
     steps_per_epoch = n_train // config.batch_size
     per_task = math.ceil(config.max_steps / tasks) if config.max_steps is not None else math.inf
@@ -659,25 +634,26 @@ def run(config: ContinualConfig) -> Path:
     """Run every (model, seed, method, λ) job in turn; returns the run directory.
 
     The checkpoint (:class:`genlab.engine.Run`) is written at every task end, every few minutes
-    and on Ctrl-C or SIGTERM. It holds the current job's objects (:class:`JobState`) and, as
-    progress, the finished jobs' results and the position inside the current job, so that a
-    resumed run continues exactly.
+    and on Ctrl-C or SIGTERM. It holds, as progress, the finished jobs' results and, as a
+    :class:`genlab.engine.CurrentUnit`, the current job's objects and position, so that a resumed
+    run continues exactly.
     """
     device = resolve_device(config.device)
-    state = JobState()
-    with Run("continual", config, device, job=state) as run:
+    unit = CurrentUnit()
+    with Run("continual", config, device, job=unit) as run:
         train_x, train_y = load_mnist("train", config.data_dir, device)
         test_x, test_y = load_mnist("test", config.data_dir, device)
         data = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
-        resumed = run.resume() or {"step": 0, "epoch": 0, "done": [], "job": None}
+        resumed = run.resume() or {"step": 0, "epoch": 0, "done": []}
         done = list(resumed["done"])
         run.dir.truncate_metrics(resumed["step"], resumed["epoch"])
         run.dir.truncate_rows({"tasks.csv": resumed["epoch"], "results.jsonl": len(done)})
         for job in jobs_of(config)[len(done):]:
-            done.append(run_job(job, config, data, run, state, done, resumed if resumed["job"] == job.name else None))
+            done.append(run_job(job, config, data, run, unit, done))
+            unit.end()
             with (run.path / "metrics" / "results.jsonl").open("a") as f:
                 f.write(json.dumps(done[-1]) + "\n")
-        run.checkpoint(sum(d["steps"] for d in done), len(done) * config.tasks, {"done": done, "job": None})
+        run.checkpoint(sum(d["steps"] for d in done), len(done) * config.tasks, {"done": done})
         finish(run.dir, config, done, run.elapsed_s)
     return run.path
 
