@@ -619,7 +619,7 @@ def run_job(job: Job, config: ContinualConfig, data: dict, run: Run, unit: Curre
         row = {"job": job.name, "model": job.model, "method": job.method, "lambda": job.lam, "seed": job.seed,
                "task": task, "step": step, "loss": loss, "penalty": penalty, "accuracy_current": r[task - 1, task - 1],
                "average_accuracy_seen": float(r[task - 1, :task].mean()), "seconds": run.elapsed_s - job_start}
-        append_csv(run.path / "metrics" / "tasks.csv", [row])
+        run.log_rows("tasks.csv", [row])
         tqdm.write(f"{row['job']} task {row['task']}: acc on it {row['accuracy_current']:.4f}, "
                    f"mean over seen {row['average_accuracy_seen']:.4f} ({row['seconds']:.0f} s)")
         run.checkpoint(base + step, first_task + task, progress())
@@ -644,15 +644,11 @@ def run(config: ContinualConfig) -> Path:
         train_x, train_y = load_mnist("train", config.data_dir, device)
         test_x, test_y = load_mnist("test", config.data_dir, device)
         data = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
-        resumed = run.resume() or {"step": 0, "epoch": 0, "done": []}
-        done = list(resumed["done"])
-        run.dir.truncate_metrics(resumed["step"], resumed["epoch"])
-        run.dir.truncate_rows({"tasks.csv": resumed["epoch"], "results.jsonl": len(done)})
+        done = list((run.resume() or {"done": []})["done"])
         for job in jobs_of(config)[len(done):]:
             done.append(run_job(job, config, data, run, unit, done))
             unit.end()
-            with (run.path / "metrics" / "results.jsonl").open("a") as f:
-                f.write(json.dumps(done[-1]) + "\n")
+            run.log_rows("results.jsonl", done[-1:])
         run.checkpoint(sum(d["steps"] for d in done), len(done) * config.tasks, {"done": done})
         finish(run.dir, config, done, run.elapsed_s)
     return run.path

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from genlab import plots
 from genlab.data import load_flat
-from genlab.engine import EpochsConfig, Run, append_csv, read_csv, resolve_device
+from genlab.engine import EpochsConfig, Run, read_csv, resolve_device
 from genlab.errors import ConfigError
 from genlab.experiments import Experiment
 from genlab.optim import OPTIMIZERS
@@ -264,7 +264,6 @@ def run(config: OptimizersConfig) -> Path:
     """
     device = resolve_device(config.device)
     with Run("optimizers", config, device) as run:
-        metrics_dir = run.path / "metrics"
         x_train, y_train = load_mnist("train", config.data_dir, config.subset, device)  # (60000, 784), (60000,)
         x_test, y_test = load_mnist("test", config.data_dir, config.test_subset, device)  # (10000, 784), (10000,)
         n_train, seeds = len(x_train), config.seeds
@@ -276,17 +275,14 @@ def run(config: OptimizersConfig) -> Path:
         labels, n_runs = grid.run_labels(), grid.n_runs
         sums = torch.zeros(2, n_runs, dtype=torch.float64, device=device)  # loss sums of the epoch, of the block
         pos = run.resume() or {
-            "step": 0, "epoch": 0, "batch": 0, "block": 0, "step_rows": 0, "sums": sums,
+            "step": 0, "epoch": 0, "batch": 0, "block": 0, "sums": sums,
             "last_finite": torch.full((n_runs,), math.nan, device=device),  # last finite minibatch loss of each run
             "diverged_at": torch.full((n_runs,), -1, dtype=torch.int64, device=device)}  # first non-finite step, or -1
-        step, epoch, batch, block, step_rows = pos["step"], pos["epoch"], pos["batch"], pos["block"], pos["step_rows"]
+        step, epoch, batch, block = pos["step"], pos["epoch"], pos["batch"], pos["block"]
         sums, last_finite, diverged_at = pos["sums"], pos["last_finite"], pos["diverged_at"]
-        run.dir.truncate_metrics(step, epoch)
-        run.dir.truncate_rows({"runs.csv": epoch * n_runs, "steps.csv": step_rows})
 
         def progress() -> dict:
-            return {"batch": batch, "block": block, "step_rows": step_rows, "sums": sums, "last_finite": last_finite,
-                    "diverged_at": diverged_at}
+            return {"batch": batch, "block": block, "sums": sums, "last_finite": last_finite, "diverged_at": diverged_at}
 
         total_steps = config.epochs * steps_per_epoch
         if config.max_steps is not None:
@@ -307,10 +303,9 @@ def run(config: OptimizersConfig) -> Path:
                 step, batch, block = step + 1, batch + 1, block + 1
                 if block == config.log_every or batch == steps_per_epoch or step == total_steps:
                     mean = (sums[1] / block).tolist()
-                    append_csv(metrics_dir / "steps.csv", [
+                    run.log_rows("steps.csv", [  # no finite check: a diverged run is recorded, not an error
                         {"step": step, "epoch": round(epoch + batch / steps_per_epoch, 4), "optimizer": o,
                          "lr": lr, "seed": s, "train_loss": mean[r]} for r, (o, lr, s) in enumerate(labels)])
-                    step_rows += n_runs
                     sums[1].zero_()
                     block = 0
                 bar.update()
@@ -322,7 +317,7 @@ def run(config: OptimizersConfig) -> Path:
             diverged = (diverged_at >= 0).tolist()
             train_loss, acc = (sums[0] / batch).tolist(), accuracy.tolist()
             last, at = last_finite.tolist(), diverged_at.tolist()
-            append_csv(metrics_dir / "runs.csv", [
+            run.log_rows("runs.csv", [
                 {"epoch": epoch, "optimizer": o, "lr": lr, "seed": s, "train_loss": train_loss[r],
                  "test_accuracy": math.nan if diverged[r] else acc[r], "diverged": int(diverged[r]),
                  "last_finite_loss": last[r], "diverged_at_step": at[r]} for r, (o, lr, s) in enumerate(labels)])

@@ -29,7 +29,6 @@ The black-box loss is the 0-1 loss L(x, y) = 1[y != t(x)] with t the true label.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +54,9 @@ REFERENCE_FINAL_ACCURACY = {"reinforce-plain": 0.75}
 TOY_SIZES = {"train": 60_000, "test": 10_000}
 TOY_DATA_SEED = 0  # the toy data set is the same for every --seed
 OBJECTIVE_SIZE = 2_000  # training examples on which the expected 0-1 loss is tracked
+# metrics/curves.csv: one row per (method, seed, evaluated step); empty where not measured
+COLUMNS = ["method", "seed", "step", "test_accuracy", "train_objective", "train_loss", "baseline",
+           "grad_var", "grad_var_labels", "grad_sq_norm"]
 
 
 @dataclass
@@ -361,13 +363,15 @@ def accuracy(model: Classifier, x: torch.Tensor, t: torch.Tensor, batch_size: in
 
 def train(method: str, seed: int, task: Task, config: ReinforceConfig, device: torch.device,
           x_train: torch.Tensor, t_train: torch.Tensor, x_test: torch.Tensor, t_test: torch.Tensor,
-          unit: CurrentUnit | None = None, step_done: Callable[[int], None] = lambda step: None) -> dict:
+          unit: CurrentUnit | None = None, step_done: Callable[[int], None] = lambda step: None,
+          log: Callable[[dict], None] = lambda row: None) -> dict:
     """Train one method with one seed; returns its curve (a list of rows) and final weights.
 
     The seed fixes the initialisation, the minibatch order and the variance probes, so all
     methods of one seed start from the same weights and see the same minibatches. ``unit`` holds
     the training's state (model, optimiser, generators, baseline, loop counters) and resumes it
-    where a checkpoint inside it left off; ``step_done(step)`` is called after every optimiser step.
+    where a checkpoint inside it left off; ``step_done(step)`` is called after every optimiser step,
+    ``log(row)`` with every row of the curve.
     """
     seed_everything(seed)
     model = Classifier(x_train.shape[1], config.hidden).to(device)
@@ -397,6 +401,7 @@ def train(method: str, seed: int, task: Task, config: ReinforceConfig, device: t
         model.train()
         window.clear()
         curve.append(row)
+        log(row)
 
     if state["step"] == 0:
         record(0)
@@ -454,7 +459,9 @@ def run(config: ReinforceConfig) -> Path:
                 bar.update(1)
                 run.step_done(index * total + step, index, lambda: {"done": done, "started_s": started})
 
-            done[key] = train(method, seed, task, config, device, *tensors, unit=unit, step_done=step_done)
+            done[key] = train(method, seed, task, config, device, *tensors, unit=unit, step_done=step_done,
+                              log=lambda row: run.log_rows("curves.csv", [{k: row.get(k, "") for k in COLUMNS}],
+                                                           check=("train_objective",)))
             done[key]["seconds"], started = run.elapsed_s - started, None
             unit.end()
             run.checkpoint((index + 1) * total, index + 1, {"done": done, "started_s": None})
@@ -468,19 +475,6 @@ def run(config: ReinforceConfig) -> Path:
 # ---------------------------------------------------------------------------------------
 # Outputs
 # ---------------------------------------------------------------------------------------
-
-COLUMNS = ["method", "seed", "step", "test_accuracy", "train_objective", "train_loss", "baseline",
-           "grad_var", "grad_var_labels", "grad_sq_norm"]
-
-
-def write_curves(path: Path, results: list[dict]) -> None:
-    """metrics/curves.csv: one row per (method, seed, evaluated step); empty where not measured."""
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        for r in results:
-            for row in r["curve"]:
-                writer.writerow({k: row.get(k, "") for k in COLUMNS})
 
 
 def steps_to_reach(curve: list[dict], target: float) -> int | None:
@@ -569,8 +563,7 @@ def methods_table(summary: dict[str, dict], target: float) -> Table:
 
 
 def finish(run_dir: RunDir, config: ReinforceConfig, task: Task, results: list[dict], elapsed: float) -> dict:
-    """curves.csv, figures, metrics.json and summary.md."""
-    write_curves(run_dir.path / "metrics" / "curves.csv", results)
+    """Figures, metrics.json and summary.md."""
     figs = run_dir.path / "figures"
     pct = round(100 * config.target_accuracy)
     label = {"mnist-gt5": "MNIST, digit > 5", "threshold": "x ~ U[0, 10], x > 5"}[config.task]
