@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from genlab.errors import GenlabError
-from genlab.engine import (CHECKPOINT_SCHEMA, CurrentUnit, EpochsConfig, Run, RunConfig, RunDir, append_csv,
-                           check_checkpoint, load_checkpoint, read_csv, rng_state, save_checkpoint, seed_everything,
-                           set_rng_state)
+from genlab.engine import (CHECKPOINT_SCHEMA, CurrentUnit, EpochsConfig, Run, RunConfig, RunDir, TrainingDiverged,
+                           append_csv, check_checkpoint, load_checkpoint, read_csv, rng_state, save_checkpoint,
+                           seed_everything, set_rng_state)
 
 
 def test_rng_state_roundtrip_through_weights_only_checkpoint(tmp_path):
@@ -178,3 +178,45 @@ def test_current_unit_resumes_its_own_unit_with_its_states_loop_state_and_rng(tm
     with run:
         run.resume()
         assert unit.start("c", {"k": 0}) == {"k": 0}
+
+
+def test_log_rows_files_are_cut_back_to_the_checkpoint_on_resume(tmp_path):
+    """Rows written after the last checkpoint are dropped on resume, byte for byte back to the rows
+    the checkpoint counted; a file the checkpoint did not count starts afresh."""
+    _, _, run = _linear_run(tmp_path)
+    with run:
+        run.log_rows("a.csv", [{"step": 1, "x": 0.5}, {"step": 2, "x": 1.5}])
+        run.log_rows("b.jsonl", [{"step": 1, "y": [1, 2]}])
+        run.checkpoint(2, 0)
+        kept = {name: (run.path / "metrics" / name).read_bytes() for name in ("a.csv", "b.jsonl")}
+        run.log_rows("a.csv", [{"step": 3, "x": 2.5}])
+        run.log_rows("b.jsonl", [{"step": 3, "y": []}])
+        run.log_rows("c.csv", [{"step": 3, "z": 1}])
+    assert (run.path / "metrics" / "a.csv").read_text().splitlines() == ["step,x", "1,0.5", "2,1.5", "3,2.5"]
+    _, _, run = _linear_run(tmp_path, resume=True)
+    with run:
+        run.resume()
+        assert {name: (run.path / "metrics" / name).read_bytes() for name in ("a.csv", "b.jsonl")} == kept
+        run.log_rows("c.csv", [{"step": 3, "z": 2}])
+    assert (run.path / "metrics" / "c.csv").read_text().splitlines() == ["step,z", "3,2"]
+
+
+def test_non_finite_loss_names_the_step_and_the_checkpoint_kept(tmp_path):
+    _, _, run = _linear_run(tmp_path)
+    with run:
+        run.log_steps([{"step": 1, "loss": 0.5}], check=("loss",))
+        run.checkpoint(1, 0)
+        with pytest.raises(TrainingDiverged, match=r"non-finite loss at step 2 \(loss = nan\); the last good "
+                                                   r"checkpoint .*last.pt is kept"):
+            run.log_steps([{"step": 2, "loss": float("nan")}], check=("loss",))
+
+
+def test_non_finite_loss_before_any_checkpoint_says_that_none_is_kept(tmp_path):
+    _, _, run = _linear_run(tmp_path)
+    with run:
+        with pytest.raises(TrainingDiverged) as err:
+            run.log_rows("curves.csv", [{"step": 1, "objective": float("inf")}], check=("objective",))
+    message = str(err.value)
+    assert "non-finite loss at step 1 (objective = inf)" in message
+    assert "no checkpoint was written yet" in message and "is kept" not in message
+    assert not (run.path / "metrics" / "curves.csv").exists()  # the bad row is not written

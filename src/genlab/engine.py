@@ -62,7 +62,7 @@ __all__ = [
 
 
 class TrainingDiverged(GenlabError, RuntimeError):
-    """A loss became NaN or infinite; the last good checkpoint is kept (exit status 1)."""
+    """A loss became NaN or infinite (exit status 1); the message says whether a checkpoint is kept."""
 
     exit_code = 1
 
@@ -447,6 +447,14 @@ class RunDir:
                     self.tensorboard.add_scalar(f"epochs/{key}", value, row["epoch"])
             self.tensorboard.flush()
 
+    def read_rows(self, name: str) -> list[dict[str, Any]]:
+        """The rows of metrics/``name``: a ``.jsonl`` file's objects, a ``.csv`` file's rows (cells as
+        strings); [] when there is no such file."""
+        path = self.path / "metrics" / name
+        if name.endswith(".csv"):
+            return read_csv(path)
+        return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
     def read_epochs(self) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in r.items()} for r in read_csv(self.path / "metrics" / "epochs.csv")]
 
@@ -552,6 +560,7 @@ class Run:
         self._last_checkpoint = time.monotonic()
         self._signal: int | None = None
         self._handlers: dict[int, Any] = {}
+        self._rows: dict[str, int] = {}  # metrics file -> rows written by log_rows, kept in every checkpoint
 
     def hold(self, **objects: Any) -> None:
         """Add objects with ``state_dict``/``load_state_dict`` to the run's state (for those built
@@ -617,7 +626,7 @@ class Run:
             "schema": CHECKPOINT_SCHEMA, "experiment": self.experiment, "genlab_version": _genlab_version(),
             "config": config_to_dict(self.config), "step": step, "epoch": epoch, "elapsed_s": self.elapsed_s,
             "states": {name: obj.state_dict() for name, obj in self.objects.items()},
-            "progress": progress or {}, "rng": rng_ranks[0],
+            "progress": progress or {}, "rng": rng_ranks[0], "rows": dict(self._rows),
         }
         if self.world.size > 1:
             state.update(world_size=self.world.size, rng_ranks=rng_ranks)
@@ -628,13 +637,16 @@ class Run:
 
     def resume(self) -> dict[str, Any] | None:
         """With ``--resume``: load the last checkpoint (the previous one if the last is unreadable),
-        restore every object, the RNG states and the elapsed time; return ``{"step", "epoch",
-        **progress}``. Without ``--resume`` (or with nothing to resume from): None.
+        restore every object, the RNG states and the elapsed time, cut the metrics files back to
+        the checkpoint (:meth:`RunDir.truncate_metrics`, and the files of :meth:`log_rows` to the
+        rows they had); return ``{"step", "epoch", **progress}``. Without ``--resume`` (or with
+        nothing to resume from): None, the metrics cut back to step 0.
 
         Raises GenlabError for a checkpoint of another experiment or another schema, naming both,
         or one written by another number of processes (naming both and the launch to use).
         """
         if not self.config.resume:
+            self.dir.truncate_metrics(0, 0)
             return None
         ckpt = distributed.main_decides(self._load_checkpoint, self.world)  # read by rank 0, sent to all
         saved_world = int(ckpt.get("world_size", 1))
@@ -648,6 +660,9 @@ class Run:
         set_rng_state(ckpt["rng_ranks"][self.world.rank] if saved_world > 1 else ckpt["rng"])
         self.elapsed_before = float(ckpt["elapsed_s"])
         self._start = time.time()
+        self._rows = dict(ckpt.get("rows", {}))
+        self.dir.truncate_metrics(ckpt["step"], ckpt["epoch"])
+        self.dir.truncate_rows(self._rows)
         if self.is_main:
             print(f"resuming {self.path} at step {ckpt['step']} (epoch {ckpt['epoch']})")
         return {"step": ckpt["step"], "epoch": ckpt["epoch"], **ckpt["progress"]}
@@ -694,14 +709,42 @@ class Run:
 
     # -- logging ------------------------------------------------------------------------
     def log_steps(self, rows: list[dict[str, float]], check: tuple[str, ...] = ()) -> None:
-        """Append per-step rows (:meth:`RunDir.log_steps`) after checking that the ``check``
-        columns are finite; TrainingDiverged names the first bad step and the checkpoint kept."""
-        for row in rows:
-            if not all(math.isfinite(row[k]) for k in check if k in row):
-                raise TrainingDiverged(f"non-finite loss at step {row['step']}; the last good checkpoint "
-                                       f"{self.dir.checkpoint} is kept. Lower --lr"
-                                       + (" or use --precision fp32." if hasattr(self.config, "precision") else "."))
+        """Append per-step rows (:meth:`RunDir.log_steps`) after :meth:`check_finite`."""
+        self.check_finite(rows, check)
         self.dir.log_steps(rows)
+
+    def log_rows(self, name: str, rows: list[dict[str, Any]], check: tuple[str, ...] = ()) -> None:
+        """Append ``rows`` to metrics/``name`` (``.csv``: :func:`append_csv`; ``.jsonl``: one JSON
+        object a line) after :meth:`check_finite`. Every checkpoint keeps how many rows each such
+        file has, and :meth:`resume` cuts the file back to them; a file this session had not
+        written yet and the checkpoint does not count is started afresh."""
+        self.check_finite(rows, check)
+        path = self.path / "metrics" / name
+        if name not in self._rows:
+            self._rows[name] = 0
+            if self.dir.writes:
+                path.unlink(missing_ok=True)
+        self._rows[name] += len(rows)
+        if not self.dir.writes or not rows:
+            return
+        if name.endswith(".csv"):
+            append_csv(path, rows)
+        else:
+            with path.open("a") as f:
+                f.writelines(json.dumps(row) + "\n" for row in rows)
+
+    def check_finite(self, rows: list[dict[str, Any]], check: tuple[str, ...]) -> None:
+        """Raise TrainingDiverged at the first row whose ``check`` columns are not all finite,
+        naming its step and what a ``--resume`` continues from: the last checkpoint, or, when none
+        was written yet, the beginning."""
+        for row in rows:
+            bad = next((k for k in check if k in row and not math.isfinite(row[k])), None)
+            if bad is None:
+                continue
+            kept = (f"the last good checkpoint {self.dir.checkpoint} is kept" if self.dir.checkpoint.exists()
+                    else f"no checkpoint was written yet, so `--resume` would start {self.path} from the beginning")
+            raise TrainingDiverged(f"non-finite loss at step {row.get('step', '?')} ({bad} = {row[bad]}); {kept}. Lower --lr"
+                                   + (" or use --precision fp32." if hasattr(self.config, "precision") else "."))
 
 
 class GeneratorStates:
