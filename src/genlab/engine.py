@@ -90,9 +90,17 @@ class RunConfig:
     another device, find the data elsewhere); every other option defines the run and must keep
     its saved value."""
 
+    def require(self, minimum: float, *names: str, above: bool = False) -> None:
+        """Raise ConfigError naming the first option of ``names`` (field names) whose value is below
+        ``minimum`` (with ``above``: not above it) and the value given; None (unset) passes."""
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and (value <= minimum if above else value < minimum):
+                raise ConfigError(f"--{name.replace('_', '-')} must be {'>' if above else '>='} {minimum:g}, "
+                                  f"got {value}")
+
     def __post_init__(self) -> None:
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"--max-steps must be >= 1, got {self.max_steps}")
+        self.require(1, "max_steps")
         if self.resume and self.out is None:
             raise ConfigError("--resume needs --out RUN_DIR: the run directory to continue")
 

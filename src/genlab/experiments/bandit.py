@@ -75,14 +75,12 @@ class BanditConfig(RunConfig):
         for variant in self.variants:
             if variant not in VARIANTS:
                 raise ConfigError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-        if self.steps < 1 or self.seeds < 1:
-            raise ConfigError(f"--steps and --seeds must be >= 1, got {self.steps}, {self.seeds}")
-        if self.lr <= 0 or self.adam_lr <= 0 or self.decay_steps <= 0:
-            raise ConfigError("--lr, --adam-lr and --decay-steps must be > 0")
+        self.require(1, "steps", "seeds")
+        self.require(0, "lr", "adam_lr", "decay_steps", above=True)
         if not 0 <= self.baseline_momentum < 1:
             raise ConfigError(f"--baseline-momentum must be in [0, 1), got {self.baseline_momentum}")
-        if self.reward_noise < 0 or self.estimator_samples < 2:
-            raise ConfigError("--reward-noise must be >= 0 and --estimator-samples >= 2")
+        self.require(0, "reward_noise")
+        self.require(2, "estimator_samples")
 
 
 # ---------------------------------------------------------------------------------------

@@ -105,14 +105,11 @@ class ContinualConfig(EpochsConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.tasks < 1:
-            raise ConfigError(f"--tasks must be >= 1, got {self.tasks}")
+        self.require(1, "tasks", "batch_size", "memory_per_task", "fisher_samples", "eval_samples", "probe_every",
+                     "seeds")
+        self.require(0, "replay_batch")
         if not self.methods or not self.model:
             raise ConfigError("--methods and --model need at least one value each")
-        if self.batch_size < 1 or self.replay_batch < 0 or self.memory_per_task < 1:
-            raise ConfigError("--batch-size and --memory-per-task must be >= 1, --replay-batch >= 0")
-        if self.fisher_samples < 1 or self.eval_samples < 1 or self.probe_every < 1 or self.seeds < 1:
-            raise ConfigError("--fisher-samples, --eval-samples, --probe-every and --seeds must be >= 1")
         if self.eval_samples > 10000:
             raise ConfigError(f"--eval-samples is at most 10000 (the MNIST test set), got {self.eval_samples}")
         if self.optimizer == "adam" and self.ewc_update == "proximal" and "ewc" in self.methods:
@@ -688,14 +685,9 @@ def plot_matrix(r: np.ndarray, path: Path, title: str) -> Path:
                         fontsize=7 if t > 6 else 9, color="white" if r[i, j] < 0.6 else "black")
     ax.set_xticks(range(t), [str(j + 1) for j in range(t)])
     ax.set_yticks(range(t), [str(i + 1) for i in range(t)])
-    ax.set_xlabel("evaluated on task j")
-    ax.set_ylabel("after training task i")
-    ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="test accuracy")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    plots.decorate(ax, "evaluated on task j", "after training task i", title, title_size=9, grid=None, legend=False)
+    return plots.save(fig, path)
 
 
 def write_outputs(run_dir: RunDir, results: list[dict], tasks: int) -> list[dict]:
@@ -750,9 +742,7 @@ def _plot_average(results: list[dict], model: str, tasks: int, path: Path) -> No
             continue
         r = np.mean([_matrix(g) for g in group], axis=0)
         ax.plot(range(1, tasks + 1), [r[i, :i + 1].mean() for i in range(tasks)], marker="o", ms=3, label=label)
-    ax.axhline(REFERENCE["ewc_average_accuracy_public_baseline"], ls="--", lw=0.8, color="gray")
-    ax.text(1, REFERENCE["ewc_average_accuracy_public_baseline"], " EWC public baseline (10 tasks)", fontsize=8,
-            va="bottom", color="gray")
+    plots.hline(ax, REFERENCE["ewc_average_accuracy_public_baseline"], "EWC public baseline (10 tasks)", x=1)
     plots.save_axes(fig, ax, path, "tasks learnt", "mean test accuracy over the tasks seen",
                     f"{model.upper()}: average accuracy along the sequence")
 
@@ -775,9 +765,7 @@ def plot_lambda_sweep(sweep: list[dict], rows: list[dict], model: str, path: Pat
                     capsize=3, label=name)
     for row in rows:
         if row["model"] == model and row["method"] != "ewc":
-            ax.axhline(row["average_accuracy"], ls="--", lw=0.8, color="gray")
-            ax.text(lams[0], row["average_accuracy"], f" {row['label']}: average accuracy", fontsize=8,
-                    va="bottom", color="gray")
+            plots.hline(ax, row["average_accuracy"], f"{row['label']}: average accuracy", x=lams[0])
     ax.set_xscale("log")
     plots.save_axes(fig, ax, path, "EWC λ", "accuracy",
                     f"{model.upper()}: the EWC λ sweep, stability against plasticity")

@@ -74,10 +74,9 @@ class DivergenceConfig(RunConfig):
             raise ConfigError("--modes, --mode-stds and --weights need the same number (>= 1) of values")
         if min(self.mode_stds) <= 0 or min(self.weights) < 0 or sum(self.weights) <= 0:
             raise ConfigError("--mode-stds must be > 0 and --weights >= 0 with a positive sum")
-        if self.steps < 1 or self.batch_size < 2 or self.p_samples < 2:
-            raise ConfigError("--steps must be >= 1, --batch-size and --p-samples >= 2")
-        if self.lr <= 0 or self.init_std <= 0:
-            raise ConfigError("--lr and --init-std must be > 0")
+        self.require(1, "steps")
+        self.require(2, "batch_size", "p_samples")
+        self.require(0, "lr", "init_std", above=True)
 
 
 # ---------------------------------------------------------------------------------------

@@ -89,16 +89,11 @@ class OptimizersConfig(EpochsConfig):
             raise ConfigError("--optimizers and --lrs must not repeat a value")
         if not self.lrs or not all(0 < lr < math.inf for lr in self.lrs):
             raise ConfigError(f"--lrs must be positive and finite, got {self.lrs}")
-        if self.repeats < 1:
-            raise ConfigError(f"--repeats must be >= 1, got {self.repeats}")
-        if self.batch_size < 1 or not all(h >= 1 for h in self.hidden):
-            raise ConfigError("--batch-size and every --hidden width must be >= 1")
+        self.require(1, "repeats", "batch_size", "test_subset", "log_every")
+        if not all(h >= 1 for h in self.hidden):
+            raise ConfigError(f"every --hidden width must be >= 1, got {self.hidden}")
         if self.subset is not None and self.subset < self.batch_size:
             raise ConfigError(f"--subset must be >= --batch-size ({self.batch_size}), got {self.subset}")
-        if self.test_subset is not None and self.test_subset < 1:
-            raise ConfigError(f"--test-subset must be >= 1, got {self.test_subset}")
-        if self.log_every < 1:
-            raise ConfigError(f"--log-every must be >= 1, got {self.log_every}")
 
     @property
     def seeds(self) -> list[int]:
@@ -420,16 +415,14 @@ def plot_losses(steps: list[dict], runs: list[dict], figures: Path) -> list[Path
             y = np.where(np.isfinite(y), y, np.nan)  # a diverged run's curve ends at its last finite point
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # columns where every seed has diverged
-                (line,) = ax.plot(x, np.nanmean(y, 0), label=name)
-                ax.fill_between(x, np.nanmin(y, 0), np.nanmax(y, 0), color=line.get_color(), alpha=0.2, lw=0)
+                line = plots.band(ax, x, np.nanmean(y, 0), np.nanmin(y, 0), np.nanmax(y, 0), name)
             for series in y:  # mark each diverged run at its last finite point
                 bad = ~np.isfinite(series)
                 if bad.any() and (~bad).any():
                     last = np.flatnonzero(~bad)[-1]
                     ax.scatter(x[last], series[last], marker="x", color=line.get_color(), zorder=3)
         ax.set_yscale("log")
-        ax.axhline(math.log(N_CLASSES), ls="--", lw=0.8, color="gray")
-        ax.text(x[0], math.log(N_CLASSES), " chance: ln 10", va="bottom", fontsize=8, color="gray")
+        plots.hline(ax, math.log(N_CLASSES), "chance: ln 10", x=x[0])
         out.append(plots.save_axes(fig, ax, figures / f"loss_lr{lr}.png", "epoch",
                                    "training loss (cross-entropy, nats)",
                                    f"MNIST MLP, learning rate {lr}: mean over seeds, min-max band, x = diverged", 9))
@@ -448,16 +441,9 @@ def plot_accuracy(runs: list[dict], figures: Path) -> Path:
                 warnings.simplefilter("ignore", RuntimeWarning)  # all seeds diverged: nanmean of nothing
                 mean = [np.nanmean([float(r["test_accuracy"]) for r in rows if int(r["epoch"]) == e]) for e in epochs]
             ax.plot(epochs, 100 * np.array(mean), marker=".", label=name)
-        ax.set_title(f"learning rate {lr}", fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy (%), mean over seeds")
-    axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
-    path = figures / "test_accuracy.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        plots.decorate(ax, "epoch", "test accuracy (%), mean over seeds" if ax is axes[0][0] else "",
+                       f"learning rate {lr}", title_size=9, legend=ax is axes[0][-1])
+    return plots.save(fig, figures / "test_accuracy.png")
 
 
 def summarise(path: Path) -> dict:

@@ -98,15 +98,10 @@ class ReinforceConfig(DataConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        checks = {
-            "--seeds": self.seeds >= 1, "--steps": self.steps >= 1, "--batch-size": self.batch_size >= 1,
-            "--samples-per-input": self.samples_per_input >= 1, "--lr": self.lr > 0, "--hidden": self.hidden >= 0,
-            "--eval-every": self.eval_every >= 1, "--variance-every": self.variance_every >= 0,
-            "--variance-estimates": self.variance_estimates >= 2,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ConfigError(f"{name} is out of range: {getattr(self, name[2:].replace('-', '_'))}")
+        self.require(1, "seeds", "steps", "batch_size", "samples_per_input", "eval_every")
+        self.require(0, "hidden", "variance_every")
+        self.require(2, "variance_estimates")
+        self.require(0, "lr", above=True)
         if not 0 <= self.baseline_decay < 1:
             raise ConfigError(f"--baseline-decay must be in [0, 1), got {self.baseline_decay}")
         if not 0 < self.target_accuracy <= 1:
@@ -529,8 +524,8 @@ def plot_bands(results: list[dict], key: str, path: Path, ylabel: str, title: st
         color = COLORS.get(method)
         for v in values:
             ax.plot(steps, v, color=color, lw=0.5, alpha=0.35)
-        ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.15, lw=0)
-        ax.plot(steps, values.mean(0), color=color, lw=1.8, label=f"{method} (mean of {len(runs)} seeds)")
+        plots.band(ax, steps, values.mean(0), values.min(0), values.max(0), f"{method} (mean of {len(runs)} seeds)",
+                   alpha=0.15, color=color, lw=1.8)
         if dashed_key:
             dashed = np.array([[row[dashed_key] for row in rr] for rr in rows]).mean(0)
             if dashed.any():
@@ -539,12 +534,9 @@ def plot_bands(results: list[dict], key: str, path: Path, ylabel: str, title: st
             ax.scatter([steps[-1]], [reference[method]], marker="x", s=60, color=color, zorder=3,
                        label=f"{method}: SPEC reference")
     for label, y in (hlines or {}).items():
-        ax.axhline(y, ls=":", lw=0.9, color="gray")
-        ax.text(ax.get_xlim()[0], y, f" {label}", va="bottom", fontsize=8, color="gray")
-    ax.set(xlabel="optimiser step", ylabel=ylabel, yscale="log" if logy else "linear")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+        plots.hline(ax, y, label, ls=":", lw=0.9)
+    ax.set_yscale("log" if logy else "linear")
+    plots.decorate(ax, "optimiser step", ylabel, title, title_size=10, fontsize=7)
     return plots.save(fig, path)
 
 

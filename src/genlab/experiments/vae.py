@@ -24,7 +24,6 @@ trajectory it would follow alone with seed ``seed + i``.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -106,25 +105,16 @@ class VAEConfig(DataConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("iterations", "seeds", "batch_size", "latent_dim", "hidden_dim", "eval_every",
-                     "log_every", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        self.require(1, "iterations", "seeds", "batch_size", "latent_dim", "hidden_dim", "eval_every", "log_every",
+                     "checkpoint_every", "test_subset", "iw_test_subset", "iw_batch")
+        self.require(0, "iw_samples")
+        self.require(0, "lr", "adam_eps", above=True)
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
-        if self.iw_samples < 0:
-            raise ConfigError(f"--iw-samples must be >= 0, got {self.iw_samples}")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be > 0, got {self.lr}")
-        if not self.adam_eps > 0:
-            raise ConfigError(f"--adam-eps must be > 0, got {self.adam_eps}")
         if self.variance not in ("softplus", "exp"):
             raise ConfigError(f"--variance must be softplus or exp, got {self.variance!r}")
         if self.subset is not None and self.subset < self.batch_size:
             raise ConfigError(f"--subset must be >= --batch-size ({self.batch_size}), got {self.subset}")
-        for name in ("test_subset", "iw_test_subset", "iw_batch"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
 
     @property
     def seed_list(self) -> list[int]:
@@ -540,12 +530,8 @@ def run(config: VAEConfig) -> Path:
         model, optimizer, train_gens = build(config, device)
         stream = BatchStream(train, config.batch_size, train_gens)
         run.hold(model=model, optimizer=optimizer, stream=stream, train_generators=GeneratorStates(train_gens))
-        step, train_seconds = 0, 0.0  # training seconds exclude the evaluations
-        resumed = run.resume()
-        if resumed:
-            step, train_seconds = resumed["step"], resumed["train_seconds"]
-            run.dir.truncate_metrics(step, 0)
-            _truncate_jsonl(run.path / "metrics" / "eval.jsonl", step)
+        resumed = run.resume() or {"step": 0, "train_seconds": 0.0}  # training seconds exclude the evaluations
+        step, train_seconds = resumed["step"], resumed["train_seconds"]
 
         total = config.iterations if config.max_steps is None else min(config.iterations, config.max_steps)
         pending: list[torch.Tensor] = []
@@ -559,10 +545,6 @@ def run(config: VAEConfig) -> Path:
                 logged = row("", torch.stack(pending).mean(0))  # means over the logged iterations
                 pending.clear()
                 run.log_steps([logged], check=tuple(logged))
-
-        def log_eval() -> None:
-            with (run.path / "metrics" / "eval.jsonl").open("a") as f:
-                f.write(json.dumps(row("test_", evaluate_terms(model, test, config.seed_list))) + "\n")
 
         dtype = compute_dtype(device, config.precision)
         bar = tqdm(total=total, initial=step, unit="it", desc=f"vae x{config.seeds}", dynamic_ncols=True,
@@ -581,19 +563,13 @@ def run(config: VAEConfig) -> Path:
             flush()
             bar.update(chunk_end - bar.n)
             if step % config.eval_every == 0 or step == total:
-                log_eval()
+                run.log_rows("eval.jsonl", [row("test_", evaluate_terms(model, test, config.seed_list))])
             if step % config.checkpoint_every == 0 or step == total:
                 run.checkpoint(step, 0, {"train_seconds": train_seconds})
             run.step_done(step, 0, lambda: {"train_seconds": train_seconds})
         bar.close()
         finish(run.dir, config, model, test, device, train_seconds)
     return run.path
-
-
-def _truncate_jsonl(path: Path, step: int) -> None:
-    if path.exists():
-        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(r + "\n" for r in rows))
 
 
 # ---------------------------------------------------------------------------------------
@@ -611,10 +587,6 @@ def bernoulli_means(model: VAE, z: torch.Tensor, index: int = 0) -> np.ndarray:
     """uint8 (N, 28, 28): model ``index``'s decoder means sigmoid(logits) at z (N, latent_dim), x 255."""
     logits = model.decode(z.unsqueeze(0).expand(model.n_models, -1, -1))[index]  # (N, 784)
     return (torch.sigmoid(logits) * 255).round().to(torch.uint8).view(-1, 28, 28).cpu().numpy()
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
 
 
 def plot_run(run_dir: RunDir, config: VAEConfig, model: VAE, test: torch.Tensor, device: torch.device) -> list[Path]:
@@ -637,7 +609,7 @@ def plot_run(run_dir: RunDir, config: VAEConfig, model: VAE, test: torch.Tensor,
     for name, prefix, png, what in (("steps", "", "training_curves", f"training terms ({seeds}, {config.log_every}-"
                                                                      f"iteration averages)"),
                                     ("eval", "test_", "test_curves", f"test terms ({seeds})")):
-        rows = _read_jsonl(run_dir.path / "metrics" / f"{name}.jsonl")
+        rows = run_dir.read_rows(f"{name}.jsonl")
         if rows:
             series = {TERM_NAMES[t]: [float(np.mean([r[f"{prefix}{t}_seed{s}"] for s in config.seed_list]))
                                       for r in rows] for t in TERMS}

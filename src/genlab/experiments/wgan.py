@@ -106,15 +106,11 @@ class WGANConfig(RunConfig):
             raise ConfigError(f"--lipschitz lists a method twice: {self.lipschitz}")
         if self.target not in ("circle", "grid"):
             raise ConfigError(f"--target must be circle or grid, got {self.target!r}")
-        for name in ("modes", "target_samples", "latent_dim", "generator_hidden", "critic_hidden", "iterations",
+        self.require(1, "modes", "target_samples", "latent_dim", "generator_hidden", "critic_hidden", "iterations",
                      "n_critic", "batch_size", "eval_samples", "curve_samples", "w1_every", "log_every",
-                     "power_iterations", "min_mode_samples"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.std <= 0 or self.clip <= 0:
-            raise ConfigError(f"--std and --clip must be > 0, got {self.std} and {self.clip}")
-        if self.snapshots < 2:
-            raise ConfigError(f"--snapshots must be >= 2, got {self.snapshots}")
+                     "power_iterations", "min_mode_samples")
+        self.require(0, "std", "clip", above=True)
+        self.require(2, "snapshots")
         if self.max_steps is not None:
             self.iterations = min(self.iterations, self.max_steps)
 
@@ -389,15 +385,12 @@ def plot_wasserstein(done: dict, config: WGANConfig, floor: float, path: Path) -
         (line,) = left.plot(np.arange(window, len(est) + 1), smooth, lw=1, label=method)
         curve = np.array(state["w1_curve"])
         right.plot(curve[:, 0], curve[:, 1], marker="o", ms=3, lw=1, color=line.get_color(), label=method)
-    right.axhline(floor, ls="--", lw=0.8, color="gray")
-    right.text(0, floor, " target vs target (sampling floor)", va="bottom", fontsize=8, color="gray")
-    left.set(title=f"Critic's Wasserstein estimate (moving average over {window})", xlabel="critic iteration",
-             ylabel="E[d(a)] - E[d(h(w))]")
-    right.set(title=f"Exact W1 to the target, {config.curve_samples} vs {config.curve_samples} samples",
-              xlabel="critic iteration", ylabel="W1 (ot.emd2)", yscale="log")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    plots.hline(right, floor, "target vs target (sampling floor)", x=0)
+    right.set_yscale("log")
+    plots.decorate(left, "critic iteration", "E[d(a)] - E[d(h(w))]",
+                   f"Critic's Wasserstein estimate (moving average over {window})")
+    plots.decorate(right, "critic iteration", "W1 (ot.emd2)",
+                   f"Exact W1 to the target, {config.curve_samples} vs {config.curve_samples} samples")
     return plots.save(fig, path)
 
 
