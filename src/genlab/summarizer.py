@@ -197,7 +197,8 @@ def validation_nll(model: nn.Module, batch_nll: BatchNLL, n: int, batch_size: in
 
 def train(run: Run, config: SummaryConfig, model: nn.Module, opt: torch.optim.Optimizer,
           sched: torch.optim.lr_scheduler.LRScheduler, lengths: list[int], steps: int, train_nll: BatchNLL,
-          valid_nll: BatchNLL, n_valid: int, extra_columns: bool = False) -> None:
+          valid_nll: BatchNLL, n_valid: int, extra_columns: bool = False,
+          other_source_nll: BatchNLL | None = None) -> None:
     """Teacher-forced training of ``model`` for ``config.epochs`` passes over the training pairs,
     at most ``steps`` optimiser steps; ``run`` must hold the model, ``opt`` and ``sched``.
 
@@ -258,6 +259,8 @@ def train(run: Run, config: SummaryConfig, model: nn.Module, opt: torch.optim.Op
         val = validation_nll(model, valid_nll, n_valid, config.batch_size, world)
         seconds = time.time() - epoch_start
         row = {"epoch": epoch + 1, "train_loss": loss_sum / batch, "val_nll": val}
+        if other_source_nll is not None:
+            row["val_nll_other_source"] = validation_nll(model, other_source_nll, n_valid, config.batch_size, world)
         if extra_columns:
             row["val_perplexity"] = math.exp(val) if math.isfinite(val) else float("nan")
         row.update(steps=step, seconds=seconds, **({"pairs_per_s": len(lengths) / seconds} if extra_columns else {}))
@@ -362,8 +365,11 @@ def plot_run(run_dir: RunDir, scores: dict, title: str, system: str) -> None:
                           f"{title}: training loss per step")
     epochs = run_dir.read_epochs()
     if epochs:
-        plots.plot_curves([r["epoch"] for r in epochs], {"train (label-smoothed)": [r["train_loss"] for r in epochs],
-                                                         "validation NLL": [r["val_nll"] for r in epochs]},
+        curves = {"train (label-smoothed)": [r["train_loss"] for r in epochs],
+                  "validation NLL": [r["val_nll"] for r in epochs]}
+        if "val_nll_other_source" in epochs[0]:
+            curves["validation NLL, another pair's document"] = [r["val_nll_other_source"] for r in epochs]
+        plots.plot_curves([r["epoch"] for r in epochs], curves,
                           figs / "loss_epochs.png", "epoch", "nats per summary token",
                           f"{title}: loss per epoch")
     import matplotlib.pyplot as plt
@@ -389,7 +395,8 @@ def plot_run(run_dir: RunDir, scores: dict, title: str, system: str) -> None:
 
 FIGURE_CAPTIONS = {
     "loss_steps": "label-smoothed training loss per optimiser step",
-    "loss_epochs": "training loss and validation NLL per epoch",
+    "loss_epochs": "training loss and validation NLL per epoch (summarize: also with each summary scored against "
+                   "another pair's document: the gap is what the model takes from its source)",
     "rouge": "ROUGE-1/2/L of this run, of LEAD-1 and of the constant sentence on the test part, with the SPEC "
              "references (full XSum)",
 }
@@ -452,7 +459,9 @@ def make_record(experiment: str, title: str, config: SummaryConfig, metrics: dic
     last = metrics["final_epoch"]
     if last:
         notes.append(f"Last epoch: training loss {last['train_loss']:.3f}, validation NLL {last['val_nll']:.3f} "
-                     f"nats/token" + (f" (perplexity {last['val_perplexity']:.1f})." if "val_perplexity" in last
-                                      else "."))
+                     f"nats/token" + (f" (perplexity {last['val_perplexity']:.1f})" if "val_perplexity" in last else "")
+                     + (f"; {last['val_nll_other_source']:.3f} with another pair's document (the source is worth "
+                        f"{last['val_nll_other_source'] - last['val_nll']:.3f} nats/token)."
+                        if "val_nll_other_source" in last else "."))
     return Record(experiment, title, "§10", metrics=out, tables=[rouge, div, examples], figures=figures,
                   train_seconds=train_seconds, eval_seconds=eval_seconds, notes=notes, extra=metrics)

@@ -49,8 +49,8 @@ class SummarizeConfig(SummaryConfig):
     """SPEC §10 from-scratch Transformer; defaults are the documented CPU run (the data, length,
     optimiser and decoding options are :class:`genlab.summarizer.SummaryConfig`'s)."""
 
-    epochs: int = 5
-    """Passes over the training part."""
+    epochs: int = 20
+    """Passes over the training part (the test summaries come from the epoch of the lowest validation NLL)."""
     d_model: int = 128
     """Model width."""
     n_heads: int = 4
@@ -187,6 +187,7 @@ def run(config: SummarizeConfig) -> Path:
         tokenizer = SentencePieceTokenizer(tokenizer_dir(config.tokenizer, config.data_dir))
         parts = load_data(config)
         train_data, valid = encode(tokenizer, parts["train"], config), encode(tokenizer, parts["validation"], config)
+        valid_other = Encoded(valid.src[1:] + valid.src[:1], valid.tgt)  # each summary with the next pair's document
         steps = total_steps(config, len(train_data.src), run.world)
         seed_everything(config.seed)
         model = Transformer(model_config(config, tokenizer)).to(device)
@@ -199,7 +200,8 @@ def run(config: SummarizeConfig) -> Path:
                   f"test pairs, {n_params:,} parameters, {steps} steps")
         train(run, config, model, opt, sched, [len(s) for s in train_data.src], steps,
               lambda m, idx: batch_nll(m, train_data, idx, config.label_smoothing, autocast),
-              lambda m, idx: batch_nll(m, valid, idx), len(valid.src), extra_columns=True)
+              lambda m, idx: batch_nll(m, valid, idx), len(valid.src), extra_columns=True,
+              other_source_nll=lambda m, idx: batch_nll(m, valid_other, idx))
         if run.is_main:  # the test summaries, by the epoch of the lowest validation NLL: one process's work
             selected = load_best(model, run.path)
             finish(run.dir, config, lambda docs: summarise(model, tokenizer, docs, config, device), parts,
