@@ -315,6 +315,11 @@ def test_cli_smoke_on_real_pairs(tmp_path):
     assert record.metric("rouge2").value == metrics["rouge"]["model"]["rouge2"]["f"]
     assert metrics["n_test"] == 3 and set(metrics["rouge"]["lead_1"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
     assert len((out / "test_summaries.jsonl").read_text().splitlines()) == 3
+    generated = [json.loads(line)["generated"] for line in (out / "test_summaries.jsonl").read_text().splitlines()]
+    assert record.metric("unique_share").value == len(set(g.strip() for g in generated)) / 3
+    assert record.metric("constant_rouge1").value == metrics["rouge"]["constant"]["rouge1"]["f"]
+    assert metrics["constant_sentence"] in {p["summary"] for p in map(json.loads, data.read_text().splitlines())}
+    assert {t.name for t in record.tables} >= {"ROUGE", "diversity", "examples"}
 
 
 def test_bench_t5_small_size_matches_the_t5_small_config():
@@ -327,3 +332,40 @@ def test_bench_t5_small_size_matches_the_t5_small_config():
     assert (size["d_model"], size["n_heads"], size["d_ff"]) == (t5["d_model"], t5["num_heads"], t5["d_ff"])
     assert size["n_layers"] == t5["num_layers"] == t5["num_decoder_layers"]
     assert SIZES["default"] == {}
+
+
+def test_teacher_forcing_offsets():
+    """Decoder input = [start] + summary[:-1], labels = summary (ending in EOS); padding only
+    after the EOS, where the loss ignores it."""
+    from genlab.experiments.summarize import Encoded, make_batch
+
+    c = TransformerConfig(vocab_size=40, pad_id=0, eos_id=1, decoder_start_id=0)
+    data = Encoded(src=[[5, 6, 1], [7, 1]], tgt=[[9, 8, 7, 1], [4, 1]])
+    src, tgt_in, labels = make_batch(data, [0, 1], c, torch.device("cpu"))
+    assert src.tolist() == [[5, 6, 1], [7, 1, 0]]
+    assert labels.tolist() == [[9, 8, 7, 1], [4, 1, 0, 0]]
+    assert tgt_in.tolist() == [[0, 9, 8, 7], [0, 4, 1, 0]]
+    logits = torch.randn(2, 4, 40)
+    changed = logits.clone()
+    changed[1, 2:] += 100 * torch.randn(2, 40)  # the positions after the second summary's EOS
+    assert label_smoothed_nll(logits, labels, 0, 0.1) == label_smoothed_nll(changed, labels, 0, 0.1)
+
+
+def test_load_pairs_names_pairs_without_an_id_by_file_and_line(tmp_path):
+    """xsum_extra.jsonl has 1,768 pairs with a null id; one shared id ("None") would send them
+    all to the same side of the hash split."""
+    path = tmp_path / "extra.jsonl"
+    path.write_text('{"id": null, "document": "a", "summary": "b"}\n{"document": "c", "summary": "d"}\n'
+                    '{"id": 7, "document": "e", "summary": "f"}\n')
+    assert [p.id for p in load_pairs(path)] == ["extra:1", "extra:2", "7"]
+
+
+def test_model_selection_loads_the_best_validation_epoch(tmp_path):
+    from genlab.engine import save_checkpoint
+    from genlab.summarizer import best_model_path, load_best
+
+    model, best = tiny(), tiny(seed=3)
+    assert load_best(model, tmp_path) is None
+    save_checkpoint(best_model_path(tmp_path), {"epoch": 4, "val_nll": 1.0, "model": best.state_dict()})
+    assert load_best(model, tmp_path) == 4
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), best.state_dict().values()))
