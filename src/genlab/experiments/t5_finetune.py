@@ -100,6 +100,13 @@ def load_model(config: T5FinetuneConfig, tokenizer, seed: int):
     return T5ForConditionalGeneration(t5_config)
 
 
+def build_optimizer(model: torch.nn.Module, config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (``config.lr``, ``config.weight_decay``) with a linear warm-up over
+    ``config.warmup_steps``, then constant (for t5-finetune and t5-pretrain)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)))
+
+
 def tokenize(tokenizer, pairs: list[Pair], config: T5FinetuneConfig) -> tuple[list[list[int]], list[list[int]]]:
     """Source ids of PREFIX + document and target ids of the summary (both end with EOS)."""
     src = tokenizer([PREFIX + p.document for p in pairs], max_length=config.max_source_len, truncation=True).input_ids
@@ -159,8 +166,7 @@ def run(config: T5FinetuneConfig) -> Path:
         steps = total_steps(config, len(src), run.world)
         seed_everything(config.seed)
         model = load_model(config, tokenizer, config.seed).to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)))
+        opt, sched = build_optimizer(model, config)
         run.hold(model=model, optimizer=opt, scheduler=sched)
         n_params = sum(p.numel() for p in model.parameters())
         if run.is_main:

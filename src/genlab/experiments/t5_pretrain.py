@@ -37,7 +37,7 @@ from genlab import plots
 from genlab.engine import EpochsConfig, Run, seed_everything
 from genlab.errors import ConfigError
 from genlab.experiments import Experiment
-from genlab.experiments.t5_finetune import collate
+from genlab.experiments.t5_finetune import batch_nll, build_optimizer
 from genlab.record import Metric, Record, Table
 from genlab.summaries import default_data_files, load_pairs, shared_data_dir, split_pairs, tokenizer_dir
 from genlab.summarizer import load_best, start, total_steps, train
@@ -161,12 +161,6 @@ class SpanCorruption:
         self.visits = state["visits"].clone()
 
 
-def t5_loss(model, src: list[list[int]], tgt: list[list[int]], pad_id: int) -> tuple[torch.Tensor, int]:
-    """T5's mean cross-entropy per target token of a batch, and the number of target tokens."""
-    input_ids, attention_mask, labels = collate(src, tgt, list(range(len(src))), pad_id, next(model.parameters()).device)
-    return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss, int((labels != -100).sum())
-
-
 def run(config: T5PretrainConfig) -> Path:
     """Pretrain (:func:`genlab.summarizer.train`'s loop on :class:`genlab.engine.Run`: checkpoints,
     exact resume), save the model with ``save_pretrained`` and write the record; returns the run directory."""
@@ -193,8 +187,7 @@ def run(config: T5PretrainConfig) -> Path:
         if run.is_main and not (run.path / "model_init").exists():
             model.save_pretrained(run.path / "model_init")
             tokenizer.save_pretrained(run.path / "model_init")
-        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)))
+        opt, sched = build_optimizer(model, config)
         run.hold(model=model, optimizer=opt, scheduler=sched, corruption=stream)
         steps = total_steps(config, len(train_pieces), run.world)
         n_params = sum(p.numel() for p in model.parameters())
@@ -203,9 +196,8 @@ def run(config: T5PretrainConfig) -> Path:
                   f"tokens, {counts['tokens']:,} corpus tokens, {n_params:,} parameters, {steps} steps")
         pad = tokenizer.pad_token_id
         train(run, config, model, opt, sched, [len(p) for p in train_pieces], steps,
-              lambda m, idx: t5_loss(m, *stream.batch(idx), pad),
-              lambda m, idx: t5_loss(m, [valid_src[i] for i in idx], [valid_tgt[i] for i in idx], pad), n_valid,
-              extra_columns=True)
+              lambda m, idx: batch_nll(m, *stream.batch(idx), list(range(len(idx))), pad),
+              lambda m, idx: batch_nll(m, valid_src, valid_tgt, idx, pad), n_valid, extra_columns=True)
         if run.is_main:
             selected = load_best(model, run.path)
             model.save_pretrained(run.path / "model")
