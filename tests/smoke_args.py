@@ -59,3 +59,9 @@ RESUME_ARGS: dict[str, tuple[list[str], int, str]] = {
                      "--max-source-len", "64", "--max-target-len", "12", "--beam-size", "1"], 8,
                     "metrics/steps.jsonl"),
 }
+
+# t5-pretrain (issue 18): span corruption on the whole non-test corpus, a few steps of a tiny T5
+SMOKE_ARGS["t5-pretrain"] = ["--epochs", "1", "--max-steps", "3", "--d-model", "32", "--d-ff", "64", "--d-kv", "8",
+                             "--num-layers", "1", "--batch-size", "8", "--input-length", "32"]
+RESUME_ARGS["t5-pretrain"] = (SMOKE_ARGS["t5-pretrain"][:3] + ["6"] + SMOKE_ARGS["t5-pretrain"][4:], 3,
+                              "metrics/steps.jsonl")

@@ -1,5 +1,6 @@
 """SPEC §10: the Transformer's masks, cached decoding, beam search, ROUGE, data; a CLI smoke run."""
 
+import hashlib
 import itertools
 import json
 import math
@@ -9,8 +10,8 @@ import torch
 
 from conftest import genlab
 from genlab.record import Record
-from genlab.summaries import (DataError, hash_split, lead_1, load_pairs, rouge_scores, shared_data_dir,
-                              split_pairs, split_sentences)
+from genlab.summaries import (DataError, Pair, constant_sentence, distinct_n, hash_split, lead_1, load_pairs,
+                              rouge_scores, shared_data_dir, split_pairs, split_sentences, unique_share)
 from genlab.transformer import (Transformer, TransformerConfig, beam_search, greedy_decode, label_smoothed_nll,
                                 sinusoidal_positions)
 
@@ -196,8 +197,51 @@ def test_rouge_worked_bigram_case():
 
 
 def test_rouge_bootstrap_interval_brackets_the_mean():
-    s = rouge_scores(["a b c", "a x y", "q r s", "a b"], ["a b c", "a b c", "a b c", "a b c"], bootstrap=200)
-    assert s["rouge1"]["low"] <= s["rouge1"]["f"] <= s["rouge1"]["high"]
+    """rouge-score's BootstrapAggregator: the interval brackets the mean, is seeded (the same twice,
+    another with another seed) and leaves numpy's global generator as it found it."""
+    import numpy as np
+
+    preds, refs = ["a b c", "a x y", "q r s", "a b"], ["a b c", "a b c", "a b c", "a b c"]
+    np.random.seed(3)
+    before = np.random.get_state()[1].copy()
+    s = rouge_scores(preds, refs, bootstrap=200)
+    assert (np.random.get_state()[1] == before).all()
+    assert s["rouge1"]["f"] == pytest.approx(100 * (1 + 1 / 3 + 0 + 0.8) / 4)  # F: 1, 1/3, 0, 2*1*(2/3)/(5/3)
+    assert s["rouge1"]["low"] < s["rouge1"]["f"] < s["rouge1"]["high"]
+    assert rouge_scores(preds, refs, bootstrap=200) == s
+    assert rouge_scores(preds, refs, bootstrap=200, seed=1)["rouge1"] != s["rouge1"]
+
+
+def test_distinct_n_and_unique_share_on_known_lists():
+    """["the cat sat", "the cat ran", "The cat sat"]: 9 unigrams, 4 distinct (case folded);
+    6 bigrams, 3 distinct. Unique share: exact strings after stripping (case matters)."""
+    texts = ["the cat sat", "the cat ran", "The cat sat"]
+    assert distinct_n(texts, 1) == pytest.approx(4 / 9)
+    assert distinct_n(texts, 2) == pytest.approx(3 / 6)
+    assert distinct_n(["one"], 2) == 0.0
+    assert unique_share(texts) == 1.0
+    assert unique_share(["the cat sat", "the cat ran", "the cat sat "]) == pytest.approx(2 / 3)
+    assert unique_share(["A man has been jailed."] * 9 + ["Rain."]) == pytest.approx(0.2)
+
+
+def test_lead_1_of_a_handmade_article():
+    article = ("Mr. Smith arrived at 10.30 in London. \"It was late,\" he said. The U.S. team left.\nA new line.")
+    assert lead_1(article) == "Mr."  # the rule splits after an abbreviation followed by a capital
+    article = "Flooding closed 12 roads in Cumbria on Monday. Police said 3.5 m of rain fell! More is due."
+    assert lead_1(article) == "Flooding closed 12 roads in Cumbria on Monday."
+    assert lead_1("\n\nHeadline without a stop\nBody text.") == "Headline without a stop"
+
+
+def test_constant_sentence_is_the_rouge_1_medoid_of_the_training_summaries():
+    """The summary sharing the most words with the others wins; test data never enter."""
+    train = ["A man was jailed in Leeds.", "A man was jailed.", "A woman was jailed in Leeds.", "Rain fell."]
+    assert constant_sentence(train) == "A man was jailed in Leeds."
+    # 1st: "A man was jailed in Leeds." shares 5 of 6 + 5 words with the 2nd and 3rd (F 10/11, 5/6)
+    # without it, the two jailed sentences tie (F 6/10 with each other, 0 with "Rain fell."): the first wins
+    assert constant_sentence(train[1:]) == "A man was jailed."
+    assert constant_sentence(train[2:] + train[1:2]) == "A woman was jailed in Leeds."
+    with pytest.raises(ValueError):
+        constant_sentence([])
 
 
 def test_sentences_and_lead_1():
@@ -209,13 +253,34 @@ def test_sentences_and_lead_1():
 # -- data ---------------------------------------------------------------------------------
 
 @needs_xsum
-def test_hash_split_of_the_xsum_subset():
-    """3,740 pairs -> 3,349 / 178 / 213 (sha256 of the id); a different hash would move these."""
-    parts = split_pairs(load_pairs(XSUM))
-    assert {k: len(v) for k, v in parts.items()} == {"train": 3349, "validation": 178, "test": 213}
-    assert hash_split("10001244") == hash_split("10001244")
-    ids = [set(p.id for p in v) for v in parts.values()]
-    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+def test_the_xsum_protocol_tests_on_the_official_test_pairs():
+    """--dataset xsum: the 2,740 official test pairs; the 1,000 + 2,764 others -> 3,566 train and
+    a 198-pair validation slice (sha256 of the id); no document in two parts."""
+    from genlab.summarizer import SummaryConfig, load_data
+
+    parts = load_data(SummaryConfig())
+    assert {k: len(v) for k, v in parts.items()} == {"train": 3566, "validation": 198, "test": 2740}
+    assert all(p.split == "test" for p in parts["test"])
+    assert not any(p.split == "test" for p in parts["train"] + parts["validation"])
+    docs = [set(p.document for p in v) for v in parts.values()]
+    assert not (docs[0] & docs[1] or docs[0] & docs[2] or docs[1] & docs[2])
+    assert len({p.id for v in parts.values() for p in v}) == 2740 + 3764  # null ids became file:line
+    subset = load_data(SummaryConfig(dataset="xsum-subset"))
+    assert len(subset["test"]) == 2740 and len(subset["train"]) + len(subset["validation"]) == 1000
+
+
+def test_split_rules():
+    pairs = [Pair(str(i), "d", "s", split) for i, split in enumerate(["train", "test", None, "train"] * 50)]
+    official = split_pairs(pairs, official=True)
+    slice_ = [p.id for p in pairs if p.split != "test" and int(hashlib.sha256(p.id.encode()).hexdigest(), 16) % 100 < 5]
+    assert len(official["test"]) == 50 and [p.id for p in official["validation"]] == slice_ and slice_
+    assert len(official["train"]) == 150 - len(slice_)
+    hashed = split_pairs(pairs)
+    assert [p.id for p in hashed["test"]] == [p.id for p in pairs if hash_split(p.id) == "test"]
+    labelled = split_pairs(pairs + [Pair("v", "d", "s", "validation")], official=True)
+    assert [p.id for p in labelled["validation"]] == ["v"]
+    with pytest.raises(DataError, match="split label"):
+        split_pairs([Pair("x", "d", "s", "dev")], official=True)
 
 
 def test_bad_files_are_refused_by_name(tmp_path):
@@ -250,6 +315,11 @@ def test_cli_smoke_on_real_pairs(tmp_path):
     assert record.metric("rouge2").value == metrics["rouge"]["model"]["rouge2"]["f"]
     assert metrics["n_test"] == 3 and set(metrics["rouge"]["lead_1"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
     assert len((out / "test_summaries.jsonl").read_text().splitlines()) == 3
+    generated = [json.loads(line)["generated"] for line in (out / "test_summaries.jsonl").read_text().splitlines()]
+    assert record.metric("unique_share").value == len(set(g.strip() for g in generated)) / 3
+    assert record.metric("constant_rouge1").value == metrics["rouge"]["constant"]["rouge1"]["f"]
+    assert metrics["constant_sentence"] in {p["summary"] for p in map(json.loads, data.read_text().splitlines())}
+    assert {t.name for t in record.tables} >= {"ROUGE", "diversity", "examples"}
 
 
 def test_bench_t5_small_size_matches_the_t5_small_config():
@@ -262,3 +332,40 @@ def test_bench_t5_small_size_matches_the_t5_small_config():
     assert (size["d_model"], size["n_heads"], size["d_ff"]) == (t5["d_model"], t5["num_heads"], t5["d_ff"])
     assert size["n_layers"] == t5["num_layers"] == t5["num_decoder_layers"]
     assert SIZES["default"] == {}
+
+
+def test_teacher_forcing_offsets():
+    """Decoder input = [start] + summary[:-1], labels = summary (ending in EOS); padding only
+    after the EOS, where the loss ignores it."""
+    from genlab.experiments.summarize import Encoded, make_batch
+
+    c = TransformerConfig(vocab_size=40, pad_id=0, eos_id=1, decoder_start_id=0)
+    data = Encoded(src=[[5, 6, 1], [7, 1]], tgt=[[9, 8, 7, 1], [4, 1]])
+    src, tgt_in, labels = make_batch(data, [0, 1], c, torch.device("cpu"))
+    assert src.tolist() == [[5, 6, 1], [7, 1, 0]]
+    assert labels.tolist() == [[9, 8, 7, 1], [4, 1, 0, 0]]
+    assert tgt_in.tolist() == [[0, 9, 8, 7], [0, 4, 1, 0]]
+    logits = torch.randn(2, 4, 40)
+    changed = logits.clone()
+    changed[1, 2:] += 100 * torch.randn(2, 40)  # the positions after the second summary's EOS
+    assert label_smoothed_nll(logits, labels, 0, 0.1) == label_smoothed_nll(changed, labels, 0, 0.1)
+
+
+def test_load_pairs_names_pairs_without_an_id_by_file_and_line(tmp_path):
+    """xsum_extra.jsonl has 1,768 pairs with a null id; one shared id ("None") would send them
+    all to the same side of the hash split."""
+    path = tmp_path / "extra.jsonl"
+    path.write_text('{"id": null, "document": "a", "summary": "b"}\n{"document": "c", "summary": "d"}\n'
+                    '{"id": 7, "document": "e", "summary": "f"}\n')
+    assert [p.id for p in load_pairs(path)] == ["extra:1", "extra:2", "7"]
+
+
+def test_model_selection_loads_the_best_validation_epoch(tmp_path):
+    from genlab.engine import save_checkpoint
+    from genlab.summarizer import best_model_path, load_best
+
+    model, best = tiny(), tiny(seed=3)
+    assert load_best(model, tmp_path) is None
+    save_checkpoint(best_model_path(tmp_path), {"epoch": 4, "val_nll": 1.0, "model": best.state_dict()})
+    assert load_best(model, tmp_path) == 4
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), best.state_dict().values()))

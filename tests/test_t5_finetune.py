@@ -96,3 +96,56 @@ def test_cli_smoke_on_real_pairs(tmp_path):
     metrics = record.extra
     assert record.experiment == "t5-finetune" and record.metric("rougeL").reference.value == 20.75
     assert metrics["n_test"] == 3 and metrics["system"] == "T5 (this run)"
+
+
+# -- t5-pretrain: span corruption ----------------------------------------------------------
+
+def test_noise_mask_has_t5s_density_and_spans():
+    """length 128, density 0.15, mean span 3: round(19.2) = 19 noise tokens in round(19 / 3) = 6
+    spans; the first token is never noise; different generators give different masks."""
+    import numpy as np
+
+    from genlab.experiments.t5_pretrain import random_spans_noise_mask
+
+    masks = [random_spans_noise_mask(128, 0.15, 3.0, np.random.default_rng(s)) for s in range(20)]
+    for m in masks:
+        starts = int(m[0]) + int((m[1:] & ~m[:-1]).sum())
+        assert m.sum() == 19 and starts == 6 and not m[0]
+    assert len({m.tobytes() for m in masks}) == 20
+
+
+def test_span_corruption_inputs_and_targets_rebuild_the_text():
+    """Inputs keep the clean tokens with one sentinel per span; targets hold each sentinel and its
+    span; putting the spans back at the sentinels gives the original tokens."""
+    import numpy as np
+
+    from genlab.experiments.t5_pretrain import corrupt
+
+    tokens = list(range(100, 110))
+    mask = np.array([0, 1, 1, 0, 0, 0, 1, 0, 0, 1], dtype=bool)
+    inputs, targets = corrupt(tokens, mask, 32099, 1)
+    assert inputs == [100, 32099, 103, 104, 105, 32098, 107, 108, 32097, 1]
+    assert targets == [32099, 101, 102, 32098, 106, 32097, 109, 1]
+    spans, current = {}, None
+    for t in targets[:-1]:
+        current = t if t >= 32000 else current
+        spans.setdefault(current, []).extend([] if t >= 32000 else [t])
+    assert [x for t in inputs[:-1] for x in (spans[t] if t >= 32000 else [t])] == tokens
+
+
+def test_pretrained_model_is_fine_tuned_through_init(tmp_path):
+    """t5-pretrain saves with save_pretrained; t5-finetune --init loads those weights."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "pt"
+    genlab("run", "t5-pretrain", "--epochs", "1", "--max-steps", "2", "--d-model", "32", "--d-ff", "64", "--d-kv", "8",
+           "--num-layers", "1", "--batch-size", "4", "--input-length", "32", "--out", str(out))
+    record = Record.read(out)
+    assert 2e6 < record.metric("corpus_tokens").value < 5e6  # 3,764 XSum + 2,225 BBC documents
+    trained, initial = load_file(out / "model" / "model.safetensors"), load_file(out / "model_init" / "model.safetensors")
+    assert not torch.equal(trained["shared.weight"], initial["shared.weight"])
+    from genlab.experiments.t5_finetune import T5FinetuneConfig, load_model, load_tokenizer
+
+    config = T5FinetuneConfig(init=out / "model")
+    model = load_model(config, load_tokenizer(config), 0)
+    assert torch.equal(model.shared.weight.detach(), trained["shared.weight"])

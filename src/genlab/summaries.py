@@ -3,15 +3,21 @@
 Data: JSONL files of (document, summary) pairs. The defaults live in the shared data folder
 beside the repository (``<repo>/../shared/data``, or ``--data-dir`` / ``GENLAB_DATA_DIR``):
 
-* ``xsum/xsum_subset.jsonl``: 3,740 real XSum pairs (Narayan et al. 2018);
+* ``xsum/xsum_subset.jsonl``: 3,740 real XSum pairs (Narayan et al. 2018), each with its official
+  split (1,000 train, 2,740 test);
+* ``xsum/xsum_extra.jsonl``: 2,764 more XSum pairs, none of them from the official test split;
 * ``bbc-news-summary/bbc_news_summary.jsonl``: 2,225 BBC articles with extractive summaries;
 * ``t5-small-tokenizer/spiece.model``: the t5-small SentencePiece model (Raffel et al. 2020).
 
-With a few thousand pairs, the pairs are split by a hash of their id, not by XSum's official
-split (1,000 train / 2,740 test in the subset): :func:`hash_split` sends 90 % to train, 5 %
-to validation and 5 % to test, the same on every machine.
+The XSum protocol (``--dataset xsum``, the default; :func:`split_pairs` with ``official``): test on
+the 2,740 official test pairs; train on every other pair (the subset's 1,000 train pairs and the
+2,764 extra ones), less a validation slice of 5 % chosen by a hash of the id (:func:`hash_split`)
+for model selection. Files without split labels are split 90 / 5 / 5 by that hash.
 
-ROUGE (Lin 2004) is Google's ``rouge-score`` package with the Porter stemmer, F-measures x 100.
+ROUGE (Lin 2004) is Google's ``rouge-score`` package with the Porter stemmer, F-measures x 100,
+with its ``BootstrapAggregator`` for 95 % intervals. Beside it: the share of distinct summaries,
+distinct-n (Li et al. 2016), and two baselines: LEAD-1 and one constant sentence
+(:func:`constant_sentence`, chosen on training summaries only).
 """
 
 from __future__ import annotations
@@ -19,22 +25,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from genlab.errors import GenlabError
+from genlab.errors import ConfigError, GenlabError
 
-__all__ = ["Pair", "DataError", "shared_data_dir", "default_data_file", "tokenizer_dir", "load_pairs", "hash_split",
-           "split_pairs", "SentencePieceTokenizer", "split_sentences", "lead_1", "rouge_scores", "ROUGE_KEYS"]
+__all__ = ["Pair", "DataError", "shared_data_dir", "default_data_file", "default_data_files", "tokenizer_dir", "load_pairs", "hash_split",
+           "split_pairs", "SentencePieceTokenizer", "split_sentences", "lead_1", "rouge_scores", "ROUGE_KEYS",
+           "words", "distinct_n", "unique_share", "constant_sentence"]
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-DATASETS = {  # --dataset -> file under the shared data folder
-    "xsum-subset": "xsum/xsum_subset.jsonl",
-    "bbc-news-summary": "bbc-news-summary/bbc_news_summary.jsonl",
+DATASETS = {  # --dataset -> files under the shared data folder, and whether their split labels are used
+    "xsum": (("xsum/xsum_subset.jsonl", "xsum/xsum_extra.jsonl"), True),
+    "xsum-subset": (("xsum/xsum_subset.jsonl",), True),
+    "bbc-news-summary": (("bbc-news-summary/bbc_news_summary.jsonl",), False),
 }
+VALIDATION_PERCENT = 5
+"""The validation slice of the non-test pairs, in % (by :func:`hash_split` of the id)."""
 # XSum on the Hugging Face hub, for a user who is online (needs `pip install datasets`).
 HF_XSUM = "EdinburghNLP/xsum"
 
@@ -62,11 +74,20 @@ def shared_data_dir(data_dir: str | Path | None = None) -> Path:
     return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
-def default_data_file(dataset: str, data_dir: str | Path | None = None) -> Path:
-    """The JSONL file of a named dataset (``xsum-subset``, ``bbc-news-summary``)."""
+def default_data_files(dataset: str, data_dir: str | Path | None = None) -> tuple[list[Path], bool]:
+    """The JSONL files of a named dataset (``xsum``, ``xsum-subset``, ``bbc-news-summary``) and
+    whether their own split labels define the test part (True for XSum).
+
+    Raises ConfigError for an unknown name."""
     if dataset not in DATASETS:
-        raise ValueError(f"unknown --dataset {dataset!r}; known: {', '.join(DATASETS)} or xsum-hf")
-    return shared_data_dir(data_dir) / DATASETS[dataset]
+        raise ConfigError(f"unknown --dataset {dataset!r}; known: {', '.join(DATASETS)} or xsum-hf")
+    files, official = DATASETS[dataset]
+    return [shared_data_dir(data_dir) / f for f in files], official
+
+
+def default_data_file(dataset: str, data_dir: str | Path | None = None) -> Path:
+    """The first JSONL file of a named dataset (:func:`default_data_files`)."""
+    return default_data_files(dataset, data_dir)[0][0]
 
 
 def tokenizer_dir(path: str | Path | None = None, data_dir: str | Path | None = None) -> Path:
@@ -76,7 +97,8 @@ def tokenizer_dir(path: str | Path | None = None, data_dir: str | Path | None = 
 
 def load_pairs(path: str | Path) -> list[Pair]:
     """Read a JSONL file of pairs: each line an object with ``document`` (or ``article``) and
-    ``summary`` strings, and optionally ``id`` (default: the line number) and ``split``.
+    ``summary`` strings, and optionally ``id`` (missing or null: ``<file stem>:<line number>``) and
+    ``split``.
 
     Raises:
         DataError: missing file, a line that is not JSON, or a line without the fields; the
@@ -99,7 +121,9 @@ def load_pairs(path: str | Path) -> list[Pair]:
             summary = row.get("summary") if isinstance(row, dict) else None
             if not isinstance(document, str) or not isinstance(summary, str):
                 raise DataError(f"{path}, line {n}: needs string fields 'document' (or 'article') and 'summary'")
-            pairs.append(Pair(str(row.get("id", n)), document, summary, row.get("split")))
+            pair_id = row.get("id")
+            pairs.append(Pair(f"{path.stem}:{n}" if pair_id is None else str(pair_id), document, summary,
+                              row.get("split")))
     if not pairs:
         raise DataError(f"{path}: no pairs in the file")
     return pairs
@@ -125,13 +149,28 @@ def hash_split(pair_id: str) -> str:
 
 
 def split_pairs(pairs: list[Pair], official: bool = False) -> dict[str, list[Pair]]:
-    """Pairs by split: by :func:`hash_split` of the id, or by the file's own labels
-    (``official``, for the full XSum). Order within a split is the file's order."""
+    """Pairs by split, in the file's order within a split.
+
+    Without ``official``: by :func:`hash_split` of the id (90 / 5 / 5). With ``official`` (the
+    XSum protocol): the pairs labelled ``test`` are the test part; the others (labelled train,
+    validation or unlabelled) are for training, less the validation slice: those labelled
+    ``validation`` when there are any (the full XSum), else the :data:`VALIDATION_PERCENT` % whose
+    ``sha256(id) mod 100`` is below it.
+
+    Raises DataError for a split label other than train, validation, test or none.
+    """
     out: dict[str, list[Pair]] = {"train": [], "validation": [], "test": []}
+    labelled_validation = official and any(p.split == "validation" for p in pairs)
     for p in pairs:
-        split = p.split if official else hash_split(p.id)
-        if split not in out:
-            raise DataError(f"pair {p.id}: split label {split!r} is not train, validation or test")
+        if p.split not in (None, *out):
+            raise DataError(f"pair {p.id}: split label {p.split!r} is not train, validation, test or null")
+        if not official:
+            split = hash_split(p.id)
+        elif p.split == "test" or labelled_validation:
+            split = p.split or "train"
+        else:
+            bucket = int(hashlib.sha256(p.id.encode("utf-8")).hexdigest(), 16) % 100
+            split = "validation" if bucket < VALIDATION_PERCENT else "train"
         out[split].append(p)
     return out
 
@@ -188,28 +227,80 @@ def rouge_scores(predictions: list[str], references: list[str], bootstrap: int =
 
     ROUGE-Lsum sees one sentence per line (:func:`split_sentences`).
 
-    Returns: per key, ``{"f": mean, "low": ..., "high": ...}``: the mean over pairs and a 95 %
-    bootstrap interval of it (``bootstrap`` resamples, numpy seed ``seed``; 0 skips it).
-    Raises ValueError if the lists differ in length or are empty.
+    Returns: per key, ``{"f": mean, "low": ..., "high": ...}``: the mean over pairs and the 95 %
+    bootstrap interval of it from ``rouge_score.scoring.BootstrapAggregator`` (``bootstrap``
+    resamples drawn from numpy's global generator seeded with ``seed``, its state restored after;
+    0 skips it). Raises ValueError if the lists differ in length or are empty.
     """
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer, scoring
 
     if len(predictions) != len(references) or not predictions:
         raise ValueError(f"need as many predictions as references (> 0), got {len(predictions)} and {len(references)}")
     scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
-    per_pair = np.zeros((len(predictions), len(ROUGE_KEYS)))
-    for i, (pred, ref) in enumerate(zip(predictions, references)):
-        s = scorer.score("\n".join(split_sentences(ref)), "\n".join(split_sentences(pred)))  # (target, prediction)
-        per_pair[i] = [s[k].fmeasure for k in ROUGE_KEYS]
-    per_pair *= 100
-    out = {k: {"f": float(per_pair[:, j].mean())} for j, k in enumerate(ROUGE_KEYS)}
+    scores = [scorer.score("\n".join(split_sentences(ref)), "\n".join(split_sentences(pred)))  # (target, prediction)
+              for pred, ref in zip(predictions, references)]
+    out = {k: {"f": 100 * float(np.mean([s[k].fmeasure for s in scores]))} for k in ROUGE_KEYS}
     if bootstrap:
-        rng = np.random.default_rng(seed)
-        idx = rng.integers(0, len(per_pair), size=(bootstrap, len(per_pair)))
-        means = per_pair[idx].mean(axis=1)  # (bootstrap, keys)
-        for j, k in enumerate(ROUGE_KEYS):
-            out[k]["low"], out[k]["high"] = (float(v) for v in np.percentile(means[:, j], [2.5, 97.5]))
+        aggregator = scoring.BootstrapAggregator(confidence_interval=0.95, n_samples=bootstrap)
+        for s in scores:
+            aggregator.add_scores(s)
+        state = np.random.get_state()
+        np.random.seed(seed)
+        try:
+            intervals = aggregator.aggregate()
+        finally:
+            np.random.set_state(state)
+        for k in ROUGE_KEYS:
+            out[k]["low"], out[k]["high"] = 100 * intervals[k].low.fmeasure, 100 * intervals[k].high.fmeasure
     return out
+
+
+def words(text: str) -> list[str]:
+    """ROUGE's word tokens of a text (``rouge-score``'s tokenizer: lower case, runs of letters and
+    digits), without stemming."""
+    from rouge_score import tokenize
+
+    return tokenize.tokenize(text, None)
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """distinct-n (Li et al. 2016, "A diversity-promoting objective function for neural
+    conversation models", §4.3): distinct n-grams over all n-grams of all ``texts`` (:func:`words`),
+    in [0, 1]; 0 when there is no n-gram."""
+    grams = [tuple(w[i:i + n]) for w in map(words, texts) for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def unique_share(texts: list[str]) -> float:
+    """Distinct texts (exact string match after stripping) over all texts, in [0, 1]."""
+    return len({t.strip() for t in texts}) / len(texts) if texts else 0.0
+
+
+def _unigram_f(a: Counter, b: Counter) -> float:
+    overlap = sum((a & b).values())
+    return 2 * overlap / (sum(a.values()) + sum(b.values())) if overlap else 0.0
+
+
+def constant_sentence(summaries: list[str], sample: int = 500, seed: int = 0) -> str:
+    """The constant-sentence baseline: the training summary with the highest mean ROUGE-1 F
+    (stemmed unigram F-measure, as ``rouge-score`` computes it) against ``sample`` other training
+    summaries drawn with ``random.Random(seed)`` (all of them when there are fewer). Only
+    ``summaries`` (training data) are seen; every test document then gets this one sentence.
+
+    Raises ValueError for an empty list."""
+    from rouge_score import tokenizers
+
+    if not summaries:
+        raise ValueError("constant_sentence needs at least one training summary")
+    tokenizer = tokenizers.DefaultTokenizer(use_stemmer=True)
+    bags = [Counter(tokenizer.tokenize(s)) for s in summaries]
+    others = random.Random(seed).sample(range(len(bags)), min(sample, len(bags)))
+
+    def mean_f(i: int) -> float:
+        fs = [_unigram_f(bags[i], bags[j]) for j in others if j != i]
+        return sum(fs) / len(fs) if fs else 0.0
+
+    return summaries[max(range(len(bags)), key=lambda i: (mean_f(i), -i))]
 
 
 def format_rouge(scores: dict[str, dict[str, float]]) -> str:

@@ -31,6 +31,7 @@ REGISTRY: dict[str, str] = {
     "optimizers": "genlab.experiments.optimizers",
     "summarize": "genlab.experiments.summarize",
     "t5-finetune": "genlab.experiments.t5_finetune",
+    "t5-pretrain": "genlab.experiments.t5_pretrain",
 }
 
 
