@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from conftest import genlab, read_epochs, read_steps
-from genlab.engine import STOP_AFTER_STEPS_ENV, TrainingDiverged, load_checkpoint, rng_state, set_rng_state
+from genlab.engine import (STOP_AFTER_STEPS_ENV, TrainingDiverged, load_checkpoint, read_csv, rng_state,
+                           set_rng_state)
+from genlab.errors import ConfigError
 from genlab.experiments import dcgan
 from genlab.record import Record
 
 SMALL = dict(subset=320, batch_size=64, fid_samples=0, log_every=1)  # 5 steps per epoch
-
-
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,41 @@ def test_resume_gives_the_same_run(tmp_path):
     g_full = load_checkpoint(full / "checkpoints" / "last.pt")["states"]["generator"]
     g_part = load_checkpoint(part / "checkpoints" / "last.pt")["states"]["generator"]
     assert all(torch.equal(g_full[k], g_part[k]) for k in g_full)
+
+
+@pytest.mark.parity
+def test_fid_over_epochs_leaves_the_training_run_unchanged_and_resumes(tmp_path):
+    """FID and KID after epochs 1 and 3 of 3: the per-step losses are byte for byte those of a run
+    that does not evaluate (epoch 2 and 3 draw z and dropout masks from the global RNG after an
+    evaluation, so an evaluation that drew from it would change them), the last one is the end of
+    the run's FID, and a run stopped inside epoch 2 and resumed writes the same rows."""
+    small = {**SMALL, "fid_samples": 200, "epochs": 3}
+    with_eval = dcgan.run(dcgan.DCGANConfig(out=tmp_path / "eval", eval_epochs=(1, 3, 7), **small))
+    without = dcgan.run(dcgan.DCGANConfig(out=tmp_path / "plain", eval_epochs=(), **small))
+    assert (with_eval / "metrics/steps.jsonl").read_bytes() == (without / "metrics/steps.jsonl").read_bytes()
+    assert not (without / "metrics" / dcgan.QUALITY_FILE).exists()
+    rows = [{k: float(v) for k, v in r.items()} for r in read_csv(with_eval / "metrics" / dcgan.QUALITY_FILE)]
+    assert [(r["epoch"], r["step"]) for r in rows] == [(1, 5), (3, 15)]  # epoch 7 is past --epochs
+    assert all(r["fid"] > 0 and r["kid_std"] > 0 and r["seconds"] > 0 for r in rows)
+    assert rows[0]["fid"] != rows[1]["fid"]
+    record = Record.read(with_eval)
+    table = next(t for t in record.tables if t.name == "FID and KID over epochs")
+    assert [row[:4] for row in table.rows] == [[int(r["epoch"]), int(r["step"]), r["fid"], r["kid"]] for r in rows]
+    assert "figures/losses_fid_kid.png" in {f.path for f in record.figures}
+    assert record.metric("fid").value == rows[1]["fid"] == Record.read(without).metric("fid").value
+
+    part = tmp_path / "part"
+    dcgan.run(dcgan.DCGANConfig(out=part, eval_epochs=(1, 3), max_steps=7, **small))  # stops inside epoch 2
+    dcgan.run(dcgan.DCGANConfig(out=part, eval_epochs=(1, 3), resume=True, **small))
+    assert (part / "metrics/steps.jsonl").read_bytes() == (with_eval / "metrics/steps.jsonl").read_bytes()
+    resumed = [{k: float(v) for k, v in r.items()} for r in read_csv(part / "metrics" / dcgan.QUALITY_FILE)]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed] == \
+        [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_eval_epochs_below_one_are_refused_with_the_fix():
+    with pytest.raises(ConfigError, match="--eval-epochs must all be >= 1, got 0 5"):
+        dcgan.DCGANConfig(eval_epochs=(0, 5))
 
 
 def test_an_interrupt_keeps_the_previous_checkpoint_beside_the_latest(tmp_path):

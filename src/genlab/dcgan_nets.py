@@ -413,7 +413,8 @@ def evaluate_quality(generator: Generator, config: DCGANTrainingConfig, device: 
     """FID/KID/IS of ``config.fid_samples`` generated images (latents seeded by seed + 2) against the
     10,000 test images of ``dataset``, with the dataset's domain classifier as extractor
     (:func:`genlab.quality.image_quality`; the counts added), and the seconds it took; (None,
-    None) when ``fid_samples`` is 0."""
+    None) when ``fid_samples`` is 0. Every global RNG (torch's CPU one and the device's) is left as
+    it was found, so evaluating during training leaves the training run unchanged."""
     from genlab.quality import image_quality
 
     if config.fid_samples == 0:
@@ -421,7 +422,8 @@ def evaluate_quality(generator: Generator, config: DCGANTrainingConfig, device: 
     start = time.time()
     real = torch.from_numpy(load_split(dataset, "test", config.data_dir)[0].copy()).unsqueeze(1)  # (10000, 1, 28, 28)
     z = torch.randn(config.fid_samples, generator.latent_dim, generator=torch.Generator().manual_seed(config.seed + 2))
-    quality = image_quality(generate(generator, z.to(device)).unsqueeze(1), real, dataset, device=device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        quality = image_quality(generate(generator, z.to(device)).unsqueeze(1), real, dataset, device=device)
     quality.update(n_generated=config.fid_samples, n_real=10000)
     return quality, time.time() - start
 

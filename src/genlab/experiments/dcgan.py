@@ -8,6 +8,13 @@ loss (ibid., §3).
 
     genlab run dcgan                       # 50 epochs, batch 64, seed 42
     genlab run dcgan --epochs 1 --max-steps 20 --out /tmp/smoke
+    genlab run dcgan --epochs 3 --subset 6000 --eval-epochs 1 2 3     # FID and KID after each epoch
+
+FID and KID are computed after each of ``--eval-epochs`` (default 1, 2, 5, 10, 20, 30, 40, 50),
+as at the end of the run (:func:`genlab.dcgan_nets.evaluate_quality`), into metrics/quality.csv and
+the figure losses_fid_kid.png. The evaluation leaves the global RNG as it found it, so the
+training run (metrics/steps.jsonl) is the one a run without it trains, and its seconds are
+left out of the run's training time.
     torchrun --nproc-per-node 2 -m genlab run dcgan      # data-parallel: 2 processes, 32 images each
 
 Data-parallel (``torchrun``, :mod:`genlab.distributed`): the global batch stays ``--batch-size``,
@@ -27,11 +34,12 @@ import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 
-from genlab import distributed
+from genlab import distributed, plots
 from genlab.data import load_images
 from genlab.dcgan_nets import (DCGANTrainingConfig, Discriminator, EpochLoop, Generator, build, discriminator_step,
                                evaluate_quality, evaluate_run, generator_loss, plot_losses, sample, save_grid)
@@ -55,6 +63,10 @@ class DCGANConfig(DCGANTrainingConfig):
 
     grid_epochs: tuple[int, ...] = (10, 30, 50)
     """Epochs after which the fixed-noise grid is saved (the last epoch always is)."""
+    eval_epochs: tuple[int, ...] = (1, 2, 5, 10, 20, 30, 40, 50)
+    """Epochs after which FID and KID are computed as at the end (--fid-samples images, the same
+    latents and extractor) into metrics/quality.csv; those beyond --epochs are skipped, all with
+    --fid-samples 0."""
     cuda_graph: bool = False
     """Replay the training step as captured CUDA graphs (CUDA only; see GraphedTrainStep)."""
     noise: str = "auto"
@@ -63,8 +75,13 @@ class DCGANConfig(DCGANTrainingConfig):
     so any number of torchrun processes draws the same numbers; see SampleNoise), or auto
     (stream in one process, per-sample under torchrun)."""
 
+    CONTINUABLE: ClassVar[tuple[str, ...]] = DCGANTrainingConfig.CONTINUABLE + ("eval_epochs",)
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.eval_epochs = tuple(self.eval_epochs)
+        if any(e < 1 for e in self.eval_epochs):
+            raise ConfigError(f"--eval-epochs must all be >= 1, got {' '.join(map(str, self.eval_epochs))}")
         if self.noise not in ("auto", "stream", "per-sample"):
             raise ConfigError(f"--noise must be auto, stream or per-sample, got {self.noise!r}")
         if self.cuda_graph and self.noise == "per-sample":
@@ -271,15 +288,27 @@ def run(config: DCGANConfig) -> Path:
                      if per_sample else None)
             return distributed.all_mean(step_fn(data[idx[first:first + n_local]], noise), world)
 
-        def save_epoch_grid(epoch: int) -> None:
-            if run.is_main and (epoch in config.grid_epochs or epoch == config.epochs):
+        at_last_epoch: dict = {}  # the evaluation after the last epoch, which is the end of the run's
+
+        def end_epoch(epoch: int) -> None:  # grid and FID/KID: one process's work
+            if not run.is_main:
+                return
+            if epoch in config.grid_epochs or epoch == config.epochs:
                 path = run.path / "figures" / f"grid_epoch{epoch:03d}"
                 np.save(path.with_suffix(".npy"), save_grid(generator, loop.fixed_z, device, path.with_suffix(".png"),
                                                             8, 8, f"DCGAN, FashionMNIST, epoch {epoch}"))
+            if epoch in config.eval_epochs and config.fid_samples:
+                quality, seconds = evaluate_quality(generator, config, device, DATASET)
+                run.elapsed_before -= seconds  # the run's training seconds leave the evaluation out
+                run.log_rows(QUALITY_FILE, [{"epoch": epoch, "step": loop.step, "fid": quality["fid"],
+                                             "kid": quality["kid_mean"], "kid_std": quality["kid_std"],
+                                             "seconds": seconds}])
+                if epoch == config.epochs:
+                    at_last_epoch.update(quality=quality, seconds=seconds)
 
-        loop.train(n_data, steps_per_epoch, train_batch, "dcgan", on_epoch_end=save_epoch_grid)
+        loop.train(n_data, steps_per_epoch, train_batch, "dcgan", on_epoch_end=end_epoch)
         if run.is_main:  # figures and FID/KID: one process's work
-            finish(run.dir, config, generator, loop.fixed_z, device, run.elapsed_s)
+            finish(run.dir, config, generator, loop.fixed_z, device, run.elapsed_s, **at_last_epoch)
     return run.path
 
 
@@ -287,11 +316,17 @@ def run(config: DCGANConfig) -> Path:
 # Outputs
 # ---------------------------------------------------------------------------------------
 
+QUALITY_FILE = "quality.csv"
+"""metrics/ file of the FID and KID after each of ``--eval-epochs``: epoch, step, fid, kid, kid_std
+(over KID's 100 subsets), seconds (of the evaluation)."""
+
+
 def make_record(epochs: list[dict], quality: dict | None, train_seconds: float | None,
-                eval_seconds: float | None, figures: list[Figure]) -> Record:
+                eval_seconds: float | None, figures: list[Figure], over_epochs: list[dict] = ()) -> Record:
     """The run's record: FID/KID/IS (when evaluated), the last epoch's losses and mean
     discriminator outputs against the SPEC §1 reference of that epoch (where the reference has
-    one), and the per-epoch table."""
+    one), the per-epoch table and, with ``over_epochs`` (the rows of :data:`QUALITY_FILE`), the
+    table of FID and KID over epochs."""
     metrics = quality_metrics(quality) if quality else []
     notes = [f"Extractor: {quality['extractor']}."] if quality else []
     last = epochs[-1] if epochs else None
@@ -317,7 +352,13 @@ def make_record(epochs: list[dict], quality: dict | None, train_seconds: float |
                   [[e, *(rows[e][k] if e in rows else None for k in ("loss_d", "loss_g", "d_real", "d_fake")),
                     *REFERENCE_LOSSES.get(e, (None, None))] for e in shown],
                   "Epoch means in nats; the reference is a correct PyTorch solution (batch 64, seed 42).")
-    return Record("dcgan", "DCGAN on FashionMNIST", "§1", metrics=metrics, tables=[table], figures=figures,
+    tables = [table]
+    if over_epochs:
+        tables.append(Table("FID and KID over epochs", ["epoch", "step", "FID", "KID", "KID std"],
+                            [[int(r["epoch"]), int(r["step"]), r["fid"], r["kid"], r["kid_std"]] for r in over_epochs],
+                            "After each of --eval-epochs, with the generated images, latents and extractor of the "
+                            "end of the run's FID; KID std over its 100 subsets."))
+    return Record("dcgan", "DCGAN on FashionMNIST", "§1", metrics=metrics, tables=tables, figures=figures,
                   train_seconds=train_seconds, eval_seconds=eval_seconds, notes=notes,
                   extra={"final_epoch": last, "quality": quality,
                          "reference": {"losses": REFERENCE_LOSSES, **REFERENCE_FINAL_D}})
@@ -327,15 +368,36 @@ FIGURE_CAPTIONS = {
     "grid_epoch": "64 samples from one fixed noise batch",
     "grid_final": "64 samples from the fixed noise batch at the end of the run",
     "losses_steps": "discriminator and generator loss per optimiser step (moving average)",
+    "losses_fid_kid": "FID and KID over epochs (after each of --eval-epochs), beside the loss curves",
     "losses": "discriminator and generator loss per epoch, with the SPEC §1 reference points",
     "d_outputs": "mean D(x) and D(G(z)) per epoch",
 }
 
 
+def plot_fid_kid(rows: list[dict], path: Path) -> None:
+    """losses_fid_kid.png: FID (left) and KID with its std over subsets (right) against the epoch,
+    from the rows of :data:`QUALITY_FILE`."""
+    epochs, fid = [r["epoch"] for r in rows], [r["fid"] for r in rows]
+    kid, kid_std = np.array([r["kid"] for r in rows]), np.array([r["kid_std"] for r in rows])
+    fig, (ax_fid, ax_kid) = plots.plt.subplots(1, 2, figsize=(9.6, 3.6))
+    ax_fid.plot(epochs, fid, marker="o", label="FID")
+    plots.decorate(ax_fid, "epoch", "FID", "FID over epochs")
+    plots.band(ax_kid, epochs, kid, kid - kid_std, kid + kid_std, "KID (band: std over subsets)", marker="o",
+               color="C1")
+    plots.decorate(ax_kid, "epoch", "KID", "KID over epochs")
+    plots.save(fig, path)
+
+
 def finish(run_dir: RunDir, config: DCGANConfig, generator: Generator, fixed_z: torch.Tensor,
-           device: torch.device, elapsed: float | None) -> dict | None:
+           device: torch.device, elapsed: float | None, quality: dict | None = None,
+           seconds: float | None = None) -> dict | None:
     """Figures, FID/KID/IS, metrics.json and summary.md at the end of a run (also used by
-    ``genlab eval``). Returns the FID/KID/IS dict, or None when ``fid_samples`` is 0."""
+    ``genlab eval``). ``quality`` and ``seconds``: the :func:`evaluate_quality` of this generator
+    when the run has just computed it (after its last epoch), else it is computed here. Returns
+    the FID/KID/IS dict, or None when ``fid_samples`` is 0."""
+    over_epochs = [{k: float(v) for k, v in r.items()} for r in run_dir.read_rows(QUALITY_FILE)]
+    if over_epochs:
+        plot_fid_kid(over_epochs, run_dir.path / "figures" / "losses_fid_kid.png")
     plot_losses(run_dir, "DCGAN", "generator", math.log(2), reference={
         "losses": {"discriminator": {e: v[0] for e, v in REFERENCE_LOSSES.items()},
                    "generator": {e: v[1] for e, v in REFERENCE_LOSSES.items()}},
@@ -343,9 +405,10 @@ def finish(run_dir: RunDir, config: DCGANConfig, generator: Generator, fixed_z: 
     figures = run_dir.path / "figures"
     if not list(figures.glob("grid_epoch*.png")):  # a run stopped by --max-steps before an epoch ended
         save_grid(generator, fixed_z, device, figures / "grid_final.png", 8, 8, "DCGAN, end of run")
-    quality, eval_seconds = evaluate_quality(generator, config, device, DATASET)
-    run_dir.write_record(make_record(run_dir.read_epochs(), quality, elapsed, eval_seconds,
-                                     run_dir.figures(FIGURE_CAPTIONS)))
+    if quality is None:
+        quality, seconds = evaluate_quality(generator, config, device, DATASET)
+    run_dir.write_record(make_record(run_dir.read_epochs(), quality, elapsed, seconds,
+                                     run_dir.figures(FIGURE_CAPTIONS), over_epochs))
     return quality
 
 
