@@ -34,14 +34,17 @@ browser:
 run: data
 	$(VENV)/bin/genlab run dcgan
 
+# The suite on one pytest-xdist worker per core (at most 4): most tests wait on a `genlab`
+# subprocess's start-up or run small single-threaded tensor code, so two workers on two cores
+# overlap them. Tests that start a Ray cluster share one worker (xdist_group "ray").
 test: data browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadgroup
 
 # The parity tests (two code paths compared: stacked/alone, fast/plain, cached/uncached,
 # resumed/straight) again on a second kernel path: ATen's AVX2 kernels and oneDNN capped at AVX2,
 # whatever this CPU has. CI runs both targets.
 test-parity-avx2: data
-	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -m parity
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -m parity -n auto --maxprocesses 4 --dist loadgroup
 
 bench: data
 	$(VENV)/bin/genlab bench dcgan

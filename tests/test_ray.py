@@ -19,6 +19,9 @@ from pathlib import Path
 
 import pytest
 
+# one Ray cluster at a time: under pytest-xdist (make test) these run on one worker, in turn
+pytestmark = pytest.mark.xdist_group("ray")
+
 NAMESPACE = ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--kill-child"]
 
 
