@@ -1,5 +1,6 @@
 """Checkpoints, RNG state and the run directory."""
 
+import json
 import os
 import random
 import signal
@@ -220,3 +221,26 @@ def test_non_finite_loss_before_any_checkpoint_says_that_none_is_kept(tmp_path):
     assert "non-finite loss at step 1 (objective = inf)" in message
     assert "no checkpoint was written yet" in message and "is kept" not in message
     assert not (run.path / "metrics" / "curves.csv").exists()  # the bad row is not written
+
+
+def test_bf16_speedup_is_measured_once_per_machine_and_read_back(tmp_path, monkeypatch):
+    """--precision auto reads one stored measurement, so a loaded machine cannot flip it between runs."""
+    from genlab import engine
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    ratios = iter([2.5, 0.1, 0.05])  # a second measurement would disagree with the first
+    calls = []
+    monkeypatch.setattr(engine, "_measure_bf16_speedup", lambda device: calls.append(device) or next(ratios))
+    cpu = torch.device("cpu")
+    engine.bf16_speedup.cache_clear()
+    try:
+        assert engine.bf16_speedup(cpu) == 2.5
+        engine.bf16_speedup.cache_clear()  # a new process
+        assert engine.bf16_speedup(cpu) == 2.5 and len(calls) == 1
+        assert engine.bf16_supported(cpu) == (engine.cpu_isa() != "none")
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # other kernels: a new measurement
+        engine.bf16_speedup.cache_clear()
+        assert engine.bf16_speedup(cpu) == 0.1 and len(calls) == 2
+        assert len(json.loads(engine.speedup_cache_file().read_text())) == 2
+    finally:
+        engine.bf16_speedup.cache_clear()

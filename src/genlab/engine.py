@@ -842,13 +842,19 @@ def gemm_flops(dtype: torch.dtype, device: torch.device, n: int = 1024, repeats:
 BF16_MIN_SPEEDUP = 1.2
 
 
-@functools.lru_cache(maxsize=None)
-def bf16_speedup(device: torch.device) -> float:
-    """Measured bf16 / float32 GEMM throughput ratio on ``device`` (cached per process).
+def _speedup_key(device: torch.device) -> str:
+    """What the bf16 / float32 ratio depends on: the device model, the ISA, torch and the kernel caps."""
+    if device.type == "cuda":
+        model = torch.cuda.get_device_name(device)
+    else:
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
+            else platform.processor()
+    caps = ",".join(f"{k}={os.environ.get(k, '')}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"))
+    return f"{device.type}|{model}|{cpu_isa()}|torch {torch.__version__}|{caps}"
 
-    On CUDA: 0 below compute capability 8.0 (no bf16 tensor cores; ``torch.cuda.is_bf16_supported``
-    counts emulated bf16 on a T4 or V100 as supported), else the measured ratio.
-    """
+
+def _measure_bf16_speedup(device: torch.device) -> float:
     if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0):
         return 0.0
     n = 768 if device.type == "cpu" else 4096
@@ -856,6 +862,42 @@ def bf16_speedup(device: torch.device) -> float:
         fp32 = gemm_flops(torch.float32, device, n, repeats=10)
         # an emulated bf16 product runs at a few % of float32: stop after one such product
         return gemm_flops(torch.bfloat16, device, n, repeats=10, give_up_after_s=20 * 2 * n**3 / fp32) / fp32
+
+
+def speedup_cache_file() -> Path:
+    """``$XDG_CACHE_HOME/genlab/bf16_speedup.json`` (default ``~/.cache/...``): one measured ratio per
+    machine key; delete it to measure again."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "genlab" / "bf16_speedup.json"
+
+
+@functools.lru_cache(maxsize=None)
+def bf16_speedup(device: torch.device) -> float:
+    """Measured bf16 / float32 GEMM throughput ratio on ``device``, measured once per machine.
+
+    The first measurement on a machine (key: device model, ISA, torch version, ``ATEN_CPU_CAPABILITY``
+    and ``ONEDNN_MAX_CPU_ISA``) is stored in :func:`speedup_cache_file`, written once under a file
+    lock, and every later run and process reads it: a timing taken while other work loads the
+    machine cannot switch ``--precision auto`` between two runs, so a run stays reproducible from
+    its seed. On CUDA: 0 below compute capability 8.0 (no bf16 tensor cores;
+    ``torch.cuda.is_bf16_supported`` counts emulated bf16 on a T4 or V100 as supported), else the
+    measured ratio.
+    """
+    import fcntl
+
+    key, path = _speedup_key(device), speedup_cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            table = json.loads(path.read_text()) if path.exists() else {}
+            if key not in table:
+                table[key] = _measure_bf16_speedup(device)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+                os.replace(tmp, path)
+            return float(table[key])
+    except (OSError, ValueError):  # no writable cache (read-only home, a corrupt file): measure in-process
+        return _measure_bf16_speedup(device)
 
 
 def bf16_supported(device: torch.device) -> bool:
