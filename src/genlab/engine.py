@@ -19,6 +19,7 @@ import contextlib
 import csv
 import dataclasses
 import datetime as _dt
+import fcntl
 import functools
 import json
 import math
@@ -847,9 +848,10 @@ def _speedup_key(device: torch.device) -> str:
     if device.type == "cuda":
         model = torch.cuda.get_device_name(device)
     else:
-        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
-            else platform.processor()
+        cpuinfo = Path("/proc/cpuinfo")
+        lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+        model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                     platform.processor())
     caps = ",".join(f"{k}={os.environ.get(k, '')}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"))
     return f"{device.type}|{model}|{cpu_isa()}|torch {torch.__version__}|{caps}"
 
@@ -882,8 +884,6 @@ def bf16_speedup(device: torch.device) -> float:
     ``torch.cuda.is_bf16_supported`` counts emulated bf16 on a T4 or V100 as supported), else the
     measured ratio.
     """
-    import fcntl
-
     key, path = _speedup_key(device), speedup_cache_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
