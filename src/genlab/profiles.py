@@ -8,15 +8,24 @@ profile (``--out``, ``--device`` and ``--resume`` are added by ``reproduce``):
 - ``quick``: each run in at most about 3 minutes on 2 CPU cores (all of them in under 30).
 - ``smoke``: each run in seconds (the tests); the numbers mean nothing.
 
+An argument may name another run of the same reproduction as ``{out}/EXPERIMENT/...``
+(``OUT_PLACEHOLDER``): t5-finetune's full profile fine-tunes the model that t5-pretrain's run saved.
+``reproduce`` replaces ``{out}`` by its folder and runs the named experiment first
+(:func:`profile_needs`).
+
 A new experiment adds one entry here; ``tests/test_reproduce.py`` checks that every registered
 experiment has all three profiles and that every argument parses.
 """
 
 from __future__ import annotations
 
+import re
+
 from genlab.errors import UnknownNameError
 
 PROFILE_NAMES = ("smoke", "quick", "full")
+OUT_PLACEHOLDER = "{out}"
+_NEEDS = re.compile(re.escape(OUT_PLACEHOLDER) + r"/([A-Za-z0-9_-]+)")
 
 PROFILES: dict[str, dict[str, list[str]]] = {
     "dcgan": {
@@ -96,9 +105,9 @@ PROFILES: dict[str, dict[str, list[str]]] = {
                   "--num-layers", "1", "--batch-size", "8", "--input-length", "32"],
     },
     "t5-finetune": {
-        # SPEC size needs the pretrained t5-small, which cannot be had offline: the run fails with a
-        # message naming the missing folder unless ./t5-small holds it (see the README).
-        "full": ["--init", "t5-small", "--epochs", "3", "--batch-size", "8"],
+        # SPEC fine-tunes the pretrained t5-small, which cannot be had offline: the full profile
+        # fine-tunes this reproduction's own t5-pretrain model instead (docs/results/summarize.md).
+        "full": ["--init", "{out}/t5-pretrain/model"],
         "quick": ["--random-init", "--max-steps", "40", "--test-limit", "20", "--batch-size", "4",
                   "--max-source-len", "256", "--beam-size", "2"],
         "smoke": ["--random-init", "--max-steps", "2", "--test-limit", "3", "--batch-size", "4", "--max-source-len",
@@ -119,3 +128,8 @@ def profile_args(experiment: str, profile: str) -> list[str]:
         raise UnknownNameError(f"no reproduce profiles for experiment {experiment!r}; add it to genlab/profiles.py "
                        f"(known: {', '.join(sorted(PROFILES))})")
     return list(PROFILES[experiment][profile])
+
+
+def profile_needs(experiment: str, profile: str) -> list[str]:
+    """The experiments whose run directory ``experiment``'s ``profile`` reads (``{out}/NAME/...``)."""
+    return sorted({m.group(1) for arg in profile_args(experiment, profile) for m in _NEEDS.finditer(arg)})

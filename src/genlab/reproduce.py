@@ -49,7 +49,7 @@ from typing import Any
 
 from genlab import experiments
 from genlab.errors import ConfigError, MissingDependencyError, UnknownNameError
-from genlab.profiles import PROFILE_NAMES, profile_args
+from genlab.profiles import OUT_PLACEHOLDER, PROFILE_NAMES, profile_args, profile_needs
 from genlab.record import Record, RecordError
 
 __all__ = ["RunSpec", "RunResult", "plan", "run_one", "reproduce", "STATE_FILE", "RAY_INSTALL"]
@@ -71,6 +71,7 @@ class RunSpec:
         device: ``auto``, ``cpu`` or ``cuda``, passed as ``--device``.
         threads: intra-op CPU threads of the run (``OMP_NUM_THREADS``); the Ray task's ``num_cpus``.
         gpu_fraction: share of one GPU the Ray task declares (0 on CPU).
+        needs: experiments of the same reproduction whose runs must be done before this one starts.
     """
 
     experiment: str
@@ -80,6 +81,7 @@ class RunSpec:
     device: str = "auto"
     threads: int = 1
     gpu_fraction: float = 0.0
+    needs: list[str] = field(default_factory=list)
 
     def command(self, resume: bool) -> list[str]:
         """The ``python -m genlab run`` command line of this run."""
@@ -211,8 +213,17 @@ def plan(names: list[str], profile: str, out: Path, device: str = "auto", thread
     if len(set(names)) != len(names):
         raise UnknownNameError(f"experiment names repeat: {' '.join(names)}")
     out = out.resolve()
-    return [RunSpec(name, profile_args(name, profile), out / name, out / "logs" / f"{name}.log", device, threads,
-                    gpu_fraction) for name in names]
+    for name in names:
+        for need in profile_needs(name, profile):
+            if need not in names and not _valid_record(out / need):
+                raise ConfigError(f"{name}'s {profile} profile reads the run of {need} ({out / need}), which is "
+                                  f"neither asked for nor done there: add {need} to the experiments, or reproduce "
+                                  f"it into {out} first")
+    # a run that reads another's output comes after it; otherwise the order given
+    ordered = sorted(names, key=lambda n: (len(profile_needs(n, profile)), names.index(n)))
+    return [RunSpec(name, [a.replace(OUT_PLACEHOLDER, str(out)) for a in profile_args(name, profile)], out / name,
+                    out / "logs" / f"{name}.log", device, threads, gpu_fraction, profile_needs(name, profile))
+            for name in ordered]
 
 
 class _State:
@@ -323,10 +334,14 @@ def _ray_module():
     return ray
 
 
-def _execute_local(specs: list[RunSpec], on_start: Callable, on_done: Callable) -> None:
+def _execute_local(specs: list[RunSpec], on_start: Callable, on_done: Callable,
+                   blocked_by: Callable[[RunSpec], RunResult | None]) -> None:
     """One run after another, in subprocesses of this process (no Ray)."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         for spec in specs:
+            if (blocked := blocked_by(spec)) is not None:
+                on_done(spec, blocked)
+                continue
             on_start(spec)
             future = pool.submit(run_one, spec)
             while True:  # wait in slices so that Ctrl-C reaches the main thread
@@ -339,7 +354,8 @@ def _execute_local(specs: list[RunSpec], on_start: Callable, on_done: Callable) 
 
 
 def _execute_ray(specs: list[RunSpec], jobs: int, address: str | None, on_start: Callable,
-                 on_done: Callable) -> None:
+                 on_done: Callable, blocked_by: Callable[[RunSpec], RunResult | None],
+                 finished: Callable[[str], bool]) -> None:
     """Each run one Ray task declaring ``num_cpus`` = threads and ``num_gpus`` = its GPU fraction;
     at most ``jobs`` in flight. ``address`` None starts a local instance with ``jobs x threads`` CPUs."""
     ray = _ray_module()
@@ -355,8 +371,15 @@ def _execute_ray(specs: list[RunSpec], jobs: int, address: str | None, on_start:
         pending = list(specs)
         in_flight: dict[Any, RunSpec] = {}
         while pending or in_flight:
-            while pending and len(in_flight) < jobs:
-                spec = pending.pop(0)
+            for spec in list(pending):
+                if (blocked := blocked_by(spec)) is not None:  # a run it needs has failed
+                    pending.remove(spec)
+                    on_done(spec, blocked)
+            startable = [s for s in pending if all(map(finished, s.needs))]
+            if not startable and not in_flight:
+                break  # unreachable: plan() orders every run after the runs it needs
+            for spec in startable[:jobs - len(in_flight)]:
+                pending.remove(spec)
                 task = remote.options(num_cpus=spec.threads, num_gpus=spec.gpu_fraction, max_retries=0,
                                       name=f"genlab-{spec.experiment}").remote(spec)
                 in_flight[task] = spec
@@ -438,12 +461,22 @@ def reproduce(names: list[str], profile: str, out: str | Path, jobs: int = 1, ad
         state.update(result, spec)
         progress.set(spec.experiment, result.status, result.seconds, result.message)
 
+    def finished(name: str) -> bool:
+        """Whether ``name``'s run holds its record (done now, skipped, or done by an earlier reproduction)."""
+        return results[name].status in ("done", "skipped") if name in results else _valid_record(out / name)
+
+    def blocked_by(spec: RunSpec) -> RunResult | None:
+        """A ``failed`` result when a run that ``spec`` needs has ended without a record, else None."""
+        failed = [n for n in spec.needs if n in results and results[n].status not in ("done", "skipped")]
+        return RunResult(spec.experiment, "failed", message=f"not run: it needs the run of {', '.join(failed)}, "
+                                                            "which failed") if failed else None
+
     interrupted = False
     try:
         if use_ray and todo:  # nothing left to run: no Ray to start
-            _execute_ray(todo, jobs, address, on_start, on_done)
+            _execute_ray(todo, jobs, address, on_start, on_done, blocked_by, finished)
         elif todo:
-            _execute_local(todo, on_start, on_done)
+            _execute_local(todo, on_start, on_done, blocked_by)
     except KeyboardInterrupt:
         interrupted = True
     finally:

@@ -30,8 +30,8 @@ REGISTRY: dict[str, str] = {
     "reinforce": "genlab.experiments.reinforce",
     "optimizers": "genlab.experiments.optimizers",
     "summarize": "genlab.experiments.summarize",
-    "t5-finetune": "genlab.experiments.t5_finetune",
     "t5-pretrain": "genlab.experiments.t5_pretrain",
+    "t5-finetune": "genlab.experiments.t5_finetune",
 }
 
 
