@@ -284,7 +284,6 @@ class EpochLoop:
         if resumed:
             self.epoch, self.batch, self.step = resumed["epoch"], resumed["batch"], resumed["step"]
             self.fixed_z, self.sums = resumed["fixed_z"].cpu(), resumed["epoch_sums"].to(device)
-            run.dir.truncate_metrics(self.step, self.epoch)
 
     def flush_steps(self) -> None:
         if self.pending:

@@ -226,7 +226,6 @@ def train(run: Run, config: SummaryConfig, model: nn.Module, opt: torch.optim.Op
     if resumed:
         epoch, batch, step, loss_sum = resumed["epoch"], resumed["batch"], resumed["step"], resumed["loss_sum"]
         best = resumed.get("best_val_nll", math.inf)
-        run.dir.truncate_metrics(step, epoch)
 
     def progress() -> dict:
         return {"batch": batch, "loss_sum": loss_sum, "best_val_nll": best}

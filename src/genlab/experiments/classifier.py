@@ -82,7 +82,6 @@ def run(config: ClassifierConfig) -> Path:
         run.hold(model=model, opt=opt, sched=sched)
         pos = run.resume() or {"step": 0, "epoch": 0, "batch": 0, "order": None, "loss_sum": 0.0}
         step, epoch, batch, order, total = pos["step"], pos["epoch"], pos["batch"], pos["order"], pos["loss_sum"]
-        run.dir.truncate_metrics(step, epoch)
         pending: list[dict] = []  # per-step rows not yet written
 
         def progress() -> dict:
