@@ -107,7 +107,7 @@ PROFILES: dict[str, dict[str, list[str]]] = {
     "t5-finetune": {
         # SPEC fine-tunes the pretrained t5-small, which cannot be had offline: the full profile
         # fine-tunes this reproduction's own t5-pretrain model instead (docs/results/summarize.md).
-        "full": ["--init", "{out}/t5-pretrain/model"],
+        "full": ["--init", "{out}/t5-pretrain/model", "--epochs", "6"],
         "quick": ["--random-init", "--max-steps", "40", "--test-limit", "20", "--batch-size", "4",
                   "--max-source-len", "256", "--beam-size", "2"],
         "smoke": ["--random-init", "--max-steps", "2", "--test-limit", "3", "--batch-size", "4", "--max-source-len",
