@@ -369,3 +369,20 @@ def test_model_selection_loads_the_best_validation_epoch(tmp_path):
     save_checkpoint(best_model_path(tmp_path), {"epoch": 4, "val_nll": 1.0, "model": best.state_dict()})
     assert load_best(model, tmp_path) == 4
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), best.state_dict().values()))
+
+
+@pytest.mark.parametrize("val, patience, stops", [
+    ([], 3, False),
+    ([5.0, 4.0, 4.5, 4.6], 2, True),   # best at epoch 2, then 2 epochs without a lower NLL
+    ([5.0, 4.0, 4.5, 4.6], 3, False),
+    ([5.0, 4.0, 4.5, 3.9], 1, False),  # the last epoch is the new best
+    ([5.0, 4.0, 4.0, 4.0], 2, True),   # equal is not lower
+    ([5.0, 4.0, 4.5, 4.6], 0, False),  # off
+])
+def test_early_stopping_counts_epochs_since_the_lowest_validation_nll(val, patience, stops):
+    from types import SimpleNamespace
+
+    from genlab.summarizer import patience_ran_out
+    run = SimpleNamespace(world=SimpleNamespace(size=1),
+                          dir=SimpleNamespace(read_epochs=lambda: [{"epoch": i + 1, "val_nll": v} for i, v in enumerate(val)]))
+    assert patience_ran_out(run, patience) is stops

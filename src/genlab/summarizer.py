@@ -98,6 +98,10 @@ class SummaryConfig(EpochsConfig):
     """Summarise only the first N test documents (smoke runs)."""
     n_examples: int = 8
     """Test documents shown with their reference and generated summaries in summary.md."""
+    patience: int = 0
+    """Early stopping: end training once this many epochs have passed without a lower validation
+    NLL than the best so far (0: train every epoch). The test summaries come from the best epoch
+    either way."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -233,7 +237,7 @@ def train(run: Run, config: SummaryConfig, model: nn.Module, opt: torch.optim.Op
     bar = tqdm(total=steps, initial=step, unit="step", desc=run.experiment, dynamic_ncols=True,
                disable=None if run.is_main else True)
     model.train()
-    while epoch < config.epochs and step < steps:
+    while epoch < config.epochs and step < steps and not patience_ran_out(run, config.patience):
         epoch_start = time.time()
         batches = rank_batches(lengths, config.batch_size, config.seed * 1000 + epoch, world)
         while batch < len(batches) and step < steps:
@@ -274,6 +278,24 @@ def train(run: Run, config: SummaryConfig, model: nn.Module, opt: torch.optim.Op
                        f"({seconds / 60:.1f} min)")
     bar.close()
     run.checkpoint(step, epoch, progress())
+
+
+def patience_ran_out(run: Run, patience: int) -> bool:
+    """Whether ``patience`` > 0 epochs have ended, by the run's epochs.csv, since the one with the lowest
+    validation NLL (read from the file, so a resumed run decides as an uninterrupted one; rank 0
+    decides for every rank)."""
+    if patience <= 0:
+        return False
+
+    def decide() -> bool:
+        val = [row["val_nll"] for row in run.dir.read_epochs()]
+        stale = len(val) - 1 - min(range(len(val)), key=val.__getitem__) if val else 0
+        if stale >= patience:
+            tqdm.write(f"early stop: {stale} epochs without a lower validation NLL than epoch "
+                       f"{len(val) - stale} (--patience {patience})")
+        return stale >= patience
+
+    return distributed.main_decides(decide, run.world)
 
 
 def best_model_path(run_path: Path) -> Path:

@@ -50,7 +50,10 @@ class SummarizeConfig(SummaryConfig):
     optimiser and decoding options are :class:`genlab.summarizer.SummaryConfig`'s)."""
 
     epochs: int = 20
-    """Passes over the training part (the test summaries come from the epoch of the lowest validation NLL)."""
+    """Passes over the training part at most (the test summaries come from the epoch of the lowest
+    validation NLL)."""
+    patience: int = 3
+    """Early stopping: end training after this many epochs without a lower validation NLL (0: off)."""
     d_model: int = 128
     """Model width."""
     n_heads: int = 4
