@@ -7,12 +7,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import tyro
 from torch import nn
 
 from conftest import genlab
 from genlab.engine import STOP_AFTER_STEPS_ENV
+from genlab.errors import ConfigError
 from genlab.experiments import continual as cl
 from genlab.record import Record
+from smoke_args import SMOKE_ARGS
 
 
 def test_fisher_diagonal_matches_logistic_regression_closed_form():
@@ -75,6 +78,56 @@ def test_config_refuses_adam_with_the_proximal_ewc_step():
         cl.ContinualConfig(optimizer="adam")
     cl.ContinualConfig(optimizer="adam", ewc_update="gradient")
     cl.ContinualConfig(optimizer="adam", methods=("naive",))  # no EWC: nothing to refuse
+
+
+@pytest.mark.parametrize("n", [-1, 60000, 70000])
+def test_config_refuses_a_validation_split_outside_the_training_set(n):
+    with pytest.raises(ConfigError, match="pass 0 <= N < 60000") as err:
+        cl.ContinualConfig(validation=n)
+    assert "\n" not in str(err.value)
+    cl.ContinualConfig(validation=59999)
+    with pytest.raises(ConfigError, match="--eval-samples is at most 20000"):
+        cl.ContinualConfig(validation=20000, eval_samples=20001)
+
+
+def test_validation_split_partitions_the_training_set_the_same_for_every_seed():
+    kept, held = cl.validation_split(500)
+    assert held.dtype == kept.dtype == torch.int64 and len(held) == 500 and len(kept) == 59500
+    assert not bool(torch.isin(held, kept).any())
+    assert torch.equal(torch.cat([kept, held]).sort().values, torch.arange(60000))
+    assert not torch.equal(held, torch.arange(500)) and not torch.equal(held, torch.arange(59500, 60000))
+    assert bool(torch.isin(held, cl.validation_split(1000)[1]).all())  # nested: more held out, a superset
+    # The split of a run does not depend on its --seed: the same images trained on and scored.
+    train_x, train_y = cl.load_mnist("train", None, torch.device("cpu"))
+    runs = [cl.run_data(cl.ContinualConfig(validation=500, seed=seed), torch.device("cpu")) for seed in (1, 2)]
+    for data in runs:
+        assert torch.equal(data["eval_x"], train_x[held]) and torch.equal(data["eval_y"], train_y[held])
+        assert torch.equal(data["train_x"], train_x[kept]) and torch.equal(data["train_y"], train_y[kept])
+    test_x, _ = cl.load_mnist("test", None, torch.device("cpu"))
+    default = cl.run_data(cl.ContinualConfig(), torch.device("cpu"))  # off: all 60,000 trained on, test scored
+    assert torch.equal(default["train_x"], train_x) and torch.equal(default["eval_x"], test_x)
+
+
+def test_smoke_run_with_validation_scores_only_held_out_training_images(tmp_path, monkeypatch):
+    scored = []
+    evaluate = cl.evaluate_tasks
+    monkeypatch.setattr(cl, "evaluate_tasks", lambda model, x, *a, **k: scored.append(x) or evaluate(model, x, *a, **k))
+    config = tyro.cli(cl.ContinualConfig, args=[*SMOKE_ARGS["continual"], "--validation", "500", "--device", "cpu",
+                                                "--out", str(tmp_path / "run")])
+    out = cl.run(config)
+    train_x, _ = cl.load_mnist("train", None, torch.device("cpu"))
+    held_x = train_x[cl.validation_split(500)[1]]
+    # 3 methods x 2 tasks: the accuracy rows on the first 200 (--eval-samples) held-out images; the task-1
+    # probes on the first 1,000 evaluation images, here all 500
+    rows, probes = [x for x in scored if len(x) == 200], [x for x in scored if len(x) == 500]
+    assert len(rows) == 6 and len(probes) == 3 * 16 // 4 and len(rows) + len(probes) == len(scored)
+    assert all(torch.equal(x, held_x[:200]) for x in rows) and all(torch.equal(x, held_x) for x in probes)
+    record = Record.read(out)
+    assert "held-out training images" in record.title
+    assert "Accuracies on validation: 200 of 500 held-out training images." in record.tables[0].caption
+    assert all("mean validation accuracy" in m.description for m in record.metrics if m.name.startswith("average"))
+    assert all(m.reference is None for m in record.metrics)  # no test-set anchor for validation scores
+    assert "validation accuracy" in (out / "summary.md").read_text()
 
 
 def _anchors(model, tasks, seed=0):

@@ -20,6 +20,17 @@ task i) as CSV and heat map, average accuracy and backward transfer (Lopez-Paz &
 2017, eq. 2-3) and forgetting (Chaudhry et al. 2018) after the last task, task-1 accuracy
 over the sequence, the λ sweep, and an MLP vs CNN table when both models run.
 
+Choosing λ and the width without the test set: ``--validation N`` holds out N of the 60,000
+training images (one fixed draw, the same for every ``--seed``; :func:`validation_split`),
+trains, estimates the Fisher and fills the replay memory on the other 60,000 − N, and measures
+every accuracy on the held-out images under each task's permutation; the record and the log
+say which split was scored. Sweep λ at each width there, then run the chosen (λ, width) on the
+test set, every method with 3 seeds:
+
+    genlab run continual --validation 10000 --methods ewc --ewc-lambdas 1 3 10 30 100 --hidden 1000
+    genlab run continual --validation 10000 --methods ewc --ewc-lambdas 1 3 10 30 100 --hidden 256
+    genlab run continual --ewc-lambda LAMBDA --hidden WIDTH --seeds 3
+
     genlab run continual                                     # 10 tasks, MLP, all methods
     genlab run continual --model mlp cnn --ewc-lambdas 10 100 1000
     genlab run continual --tasks 3 --max-steps 20 --out /tmp/smoke
@@ -52,6 +63,8 @@ Method = Literal["naive", "ewc", "rehearsal"]
 ModelName = Literal["mlp", "cnn"]
 FisherKind = Literal["empirical", "exact"]
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # of the 60,000 training pixels scaled to [0, 1]
+MNIST_TRAIN, MNIST_TEST = 60000, 10000  # images per split
+VALIDATION_SEED = 0  # the held-out draw of --validation; fixed, so every run and seed shares one split
 # SPEC §9 anchor: EWC average accuracy after 10 permuted-MNIST tasks.
 REFERENCE = {"ewc_average_accuracy_public_baseline": 0.83, "ewc_average_accuracy_paper": 0.94}
 
@@ -95,9 +108,12 @@ class ContinualConfig(EpochsConfig):
     replay_batch: int = 128
     """Rehearsal: memory examples added to every batch, spread evenly over the past tasks."""
     eval_samples: int = 10000
-    """Test images per task for the accuracy matrix (the first N of the 10,000)."""
+    """Images per task for the accuracy matrix: the first N of the 10,000 test images (or of the held-out ones)."""
     probe_every: int = 100
-    """Optimiser steps between checks of task-1 accuracy (on 1,000 test images)."""
+    """Optimiser steps between checks of task-1 accuracy (on the first 1,000 evaluation images)."""
+    validation: int = 0
+    """Hold out N of the 60,000 training images (a fixed draw, the same for every seed), train on the rest and
+    measure every accuracy on them instead of the test set: for choosing λ and --hidden. 0: off."""
     seeds: int = 1
     """Repeats with seeds seed, seed+1, ...: new permutations, initialisation and data order each."""
     max_steps: int | None = None
@@ -110,8 +126,12 @@ class ContinualConfig(EpochsConfig):
         self.require(0, "replay_batch")
         if not self.methods or not self.model:
             raise ConfigError("--methods and --model need at least one value each")
-        if self.eval_samples > 10000:
-            raise ConfigError(f"--eval-samples is at most 10000 (the MNIST test set), got {self.eval_samples}")
+        if not 0 <= self.validation < MNIST_TRAIN:
+            raise ConfigError(f"--validation N holds out N of the {MNIST_TRAIN} training images: pass "
+                              f"0 <= N < {MNIST_TRAIN} (0: evaluate on the test set), got {self.validation}")
+        if self.eval_samples > max(MNIST_TEST, self.validation):
+            raise ConfigError(f"--eval-samples is at most {max(MNIST_TEST, self.validation)} (the MNIST test set "
+                              f"or --validation), got {self.eval_samples}")
         if self.optimizer == "adam" and self.ewc_update == "proximal" and "ewc" in self.methods:
             raise ConfigError("the proximal EWC step is the proximal operator for an SGD step of size --lr; "
                              "with --optimizer adam pass --ewc-update gradient")
@@ -121,6 +141,19 @@ class ContinualConfig(EpochsConfig):
     @property
     def lambdas(self) -> tuple[float, ...]:
         return tuple(self.ewc_lambdas) or (self.ewc_lambda,)
+
+    @property
+    def scored(self) -> str:
+        """The split every accuracy is measured on: "validation" or "test"."""
+        return "validation" if self.validation else "test"
+
+    @property
+    def evaluation(self) -> str:
+        """One line naming the images the accuracy matrix is measured on."""
+        if self.validation:
+            n = min(self.eval_samples, self.validation)
+            return f"validation: {n:,} of {self.validation:,} held-out training images"
+        return f"test: {min(self.eval_samples, MNIST_TEST):,} of the {MNIST_TEST:,} MNIST test images"
 
 
 # ---------------------------------------------------------------------------------------
@@ -136,6 +169,27 @@ def permutations(tasks: int, seed: int, pixels: int = 784) -> torch.Tensor:
 def load_mnist(split: str, data_dir: Path | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST ``split`` as float32 (N, 784) standardised pixels and int64 (N,) labels on ``device``."""
     return load_flat("mnist", split, data_dir, device=device, mean=MNIST_MEAN, std=MNIST_STD)
+
+
+def validation_split(n_valid: int, n_train: int = MNIST_TRAIN,
+                     seed: int = VALIDATION_SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held_out): int64 sorted indices into the ``n_train`` training images, disjoint and together
+    all of them; ``held_out`` holds ``n_valid`` of them, uniformly without replacement from ``seed`` (not
+    the run's --seed, so that every run and seed shares the split; a larger ``n_valid`` holds out a superset)."""
+    order = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed))
+    return order[n_valid:].sort().values, order[:n_valid].sort().values
+
+
+def run_data(config: ContinualConfig, device: torch.device) -> dict[str, torch.Tensor]:
+    """The images of a run: ``train_x`` float32 (N, 784), ``train_y`` int64 (N,) for training, the Fisher and
+    the replay memory; ``eval_x``, ``eval_y`` for every accuracy: the 10,000 test images, or with
+    ``config.validation`` the held-out training images of :func:`validation_split` (the rest is trained on)."""
+    train_x, train_y = load_mnist("train", config.data_dir, device)
+    if not config.validation:
+        eval_x, eval_y = load_mnist("test", config.data_dir, device)
+        return {"train_x": train_x, "train_y": train_y, "eval_x": eval_x, "eval_y": eval_y}
+    kept, held = (i.to(device) for i in validation_split(config.validation, len(train_x)))
+    return {"train_x": train_x[kept], "train_y": train_y[kept], "eval_x": train_x[held], "eval_y": train_y[held]}
 
 
 class MLP(nn.Module):
@@ -501,7 +555,7 @@ def jobs_of(config: ContinualConfig) -> list[Job]:
 @torch.no_grad()
 def evaluate_tasks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, perms: torch.Tensor,
                    batch_size: int = 2000) -> np.ndarray:
-    """float64 (T,): accuracy on test images x (N, 784), labels y (N,), under each permutation."""
+    """float64 (T,): accuracy on images x (N, 784), labels y (N,), under each of the permutations (T, 784)."""
     model.eval()
     acc = []
     for perm in perms:
@@ -541,8 +595,8 @@ def run_job(job: Job, config: ContinualConfig, data: dict, run: Run, unit: Curre
     """
     train_x, train_y = data["train_x"], data["train_y"]
     device, n_train, tasks = train_x.device, len(train_x), config.tasks
-    test_x, test_y = data["test_x"][:config.eval_samples], data["test_y"][:config.eval_samples]
-    probe_x, probe_y = data["test_x"][:1000], data["test_y"][:1000]
+    eval_x, eval_y = data["eval_x"][:config.eval_samples], data["eval_y"][:config.eval_samples]
+    probe_x, probe_y = data["eval_x"][:1000], data["eval_y"][:1000]
     perms = permutations(tasks, job.seed).to(device)  # (T, 784)
     torch.manual_seed(job.seed)
     model = build_model(job.model, config.hidden).to(device)
@@ -602,7 +656,7 @@ def run_job(job: Job, config: ContinualConfig, data: dict, run: Run, unit: Curre
                 run.step_done(base + step, first_task + task, progress)
             pass_, batch = pass_ + 1, 0
         # End of task: accuracy row, then consolidate (EWC) or remember (rehearsal).
-        r[task, :task + 1] = evaluate_tasks(model, test_x, test_y, perms[:task + 1])  # unseen tasks stay NaN
+        r[task, :task + 1] = evaluate_tasks(model, eval_x, eval_y, perms[:task + 1])  # unseen tasks stay NaN
         probes.append({"step": step, "task": task + 1, "task1_accuracy": float(r[task, 0])})
         flush()
         loss = float(torch.stack(losses).mean())
@@ -638,9 +692,8 @@ def run(config: ContinualConfig) -> Path:
     device = resolve_device(config.device)
     unit = CurrentUnit()
     with Run("continual", config, device, job=unit) as run:
-        train_x, train_y = load_mnist("train", config.data_dir, device)
-        test_x, test_y = load_mnist("test", config.data_dir, device)
-        data = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
+        data = run_data(config, device)
+        print(f"continual: training on {len(data['train_x']):,} images; accuracies on {config.evaluation}")
         done = list((run.resume() or {"done": []})["done"])
         for job in jobs_of(config)[len(done):]:
             done.append(run_job(job, config, data, run, unit, done))
@@ -672,8 +725,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def plot_matrix(r: np.ndarray, path: Path, title: str) -> Path:
-    """Heat map of an accuracy matrix (T, T), entries printed."""
+def plot_matrix(r: np.ndarray, path: Path, title: str, scored: str = "test") -> Path:
+    """Heat map of an accuracy matrix (T, T), entries printed; ``scored``: the split measured on."""
     t = r.shape[0]
     fig, ax = plt.subplots(figsize=(1.0 + 0.5 * t, 0.8 + 0.45 * t))
     masked = np.ma.masked_invalid(r)  # tasks not yet seen are blank
@@ -685,13 +738,14 @@ def plot_matrix(r: np.ndarray, path: Path, title: str) -> Path:
                         fontsize=7 if t > 6 else 9, color="white" if r[i, j] < 0.6 else "black")
     ax.set_xticks(range(t), [str(j + 1) for j in range(t)])
     ax.set_yticks(range(t), [str(i + 1) for i in range(t)])
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="test accuracy")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=f"{scored} accuracy")
     plots.decorate(ax, "evaluated on task j", "after training task i", title, title_size=9, grid=None, legend=False)
     return plots.save(fig, path)
 
 
-def write_outputs(run_dir: RunDir, results: list[dict], tasks: int) -> list[dict]:
-    """Accuracy CSVs, heat maps, task-1 and λ-sweep figures; returns one table row per (model, label)."""
+def write_outputs(run_dir: RunDir, results: list[dict], tasks: int, scored: str = "test") -> list[dict]:
+    """Accuracy CSVs, heat maps, task-1 and λ-sweep figures, their accuracies labelled as measured on the
+    ``scored`` split ("test" or "validation"); returns one table row per (model, label)."""
     figs, metrics = run_dir.path / "figures", run_dir.path / "metrics"
     rows = []
     for (model, label), group in _group(results).items():
@@ -700,7 +754,7 @@ def write_outputs(run_dir: RunDir, results: list[dict], tasks: int) -> list[dict
                    header=",".join(f"task{j + 1}" for j in range(tasks)), comments="")
         n = len(group)
         plot_matrix(r, figs / f"accuracy_{model}_{label}.png",
-                    f"{model.upper()}, {label}: R[i, j]" + (f" (mean of {n} seeds)" if n > 1 else ""))
+                    f"{model.upper()}, {label}: R[i, j]" + (f" (mean of {n} seeds)" if n > 1 else ""), scored)
         row = {"model": model, "method": group[0]["method"], "label": label, "lambda": group[0]["lambda"],
                "seeds": n, "steps": group[0]["steps"], "seconds": float(np.mean([g["seconds"] for g in group]))}
         for key in ("average_accuracy", "backward_transfer", "forgetting", "plasticity"):
@@ -710,8 +764,8 @@ def write_outputs(run_dir: RunDir, results: list[dict], tasks: int) -> list[dict
     (metrics / "summary.csv").unlink(missing_ok=True)
     append_csv(metrics / "summary.csv", rows)
     for model in sorted({row["model"] for row in rows}):
-        _plot_task1(results, model, figs / f"task1_accuracy_{model}.png")
-        _plot_average(results, model, tasks, figs / f"average_accuracy_{model}.png")
+        _plot_task1(results, model, figs / f"task1_accuracy_{model}.png", scored)
+        _plot_average(results, model, tasks, figs / f"average_accuracy_{model}.png", scored)
         sweep = sorted((row for row in rows if row["model"] == model and row["method"] == "ewc"),
                        key=lambda row: row["lambda"])
         if len(sweep) > 1:
@@ -719,7 +773,7 @@ def write_outputs(run_dir: RunDir, results: list[dict], tasks: int) -> list[dict
     return rows
 
 
-def _plot_task1(results: list[dict], model: str, path: Path) -> None:
+def _plot_task1(results: list[dict], model: str, path: Path, scored: str) -> None:
     fig, ax = plt.subplots(figsize=(7.0, 4.0))
     for (m, label), group in _group(results).items():
         if m != model:
@@ -731,11 +785,11 @@ def _plot_task1(results: list[dict], model: str, path: Path) -> None:
     steps_per_task = results[0]["steps"] / max(1, len(results[0]["r"]))
     for t in range(1, len(results[0]["r"])):
         ax.axvline(t * steps_per_task, color="gray", lw=0.5, ls=":")
-    plots.save_axes(fig, ax, path, "optimiser step (dotted: task boundaries)", "test accuracy on task 1",
+    plots.save_axes(fig, ax, path, "optimiser step (dotted: task boundaries)", f"{scored} accuracy on task 1",
                     f"{model.upper()}: task-1 accuracy while tasks 2.. are learnt")
 
 
-def _plot_average(results: list[dict], model: str, tasks: int, path: Path) -> None:
+def _plot_average(results: list[dict], model: str, tasks: int, path: Path, scored: str) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for (m, label), group in _group(results).items():
         if m != model:
@@ -743,7 +797,7 @@ def _plot_average(results: list[dict], model: str, tasks: int, path: Path) -> No
         r = np.mean([_matrix(g) for g in group], axis=0)
         ax.plot(range(1, tasks + 1), [r[i, :i + 1].mean() for i in range(tasks)], marker="o", ms=3, label=label)
     plots.hline(ax, REFERENCE["ewc_average_accuracy_public_baseline"], "EWC public baseline (10 tasks)", x=1)
-    plots.save_axes(fig, ax, path, "tasks learnt", "mean test accuracy over the tasks seen",
+    plots.save_axes(fig, ax, path, "tasks learnt", f"mean {scored} accuracy over the tasks seen",
                     f"{model.upper()}: average accuracy along the sequence")
 
 
@@ -771,10 +825,10 @@ def plot_lambda_sweep(sweep: list[dict], rows: list[dict], model: str, path: Pat
                     f"{model.upper()}: the EWC λ sweep, stability against plasticity")
 
 
-FIGURE_CAPTIONS = {
-    "accuracy_": "accuracy matrix R[i, j]: test accuracy on task j after training task i",
-    "task1_accuracy": "test accuracy on task 1 while the later tasks are learnt",
-    "average_accuracy": "mean test accuracy over the tasks seen, along the sequence, with the EWC anchor",
+FIGURE_CAPTIONS = {  # {scored}: the split measured on, "test" or "validation"
+    "accuracy_": "accuracy matrix R[i, j]: {scored} accuracy on task j after training task i",
+    "task1_accuracy": "{scored} accuracy on task 1 while the later tasks are learnt",
+    "average_accuracy": "mean {scored} accuracy over the tasks seen, along the sequence, with the EWC anchor",
     "ewc_lambda_sweep": "the EWC λ sweep: average accuracy, plasticity and forgetting against λ",
 }
 
@@ -782,8 +836,9 @@ FIGURE_CAPTIONS = {
 def make_record(config: ContinualConfig, rows: list[dict], train_seconds: float | None,
                 figures: list[Figure]) -> Record:
     """The run's record: per (model, method) the average accuracy (against the SPEC §9 EWC anchor
-    on 10 tasks; the best EWC λ of each model is the headline) and the forgetting, mean and
-    standard error over the seeds; the summary table and the MLP-vs-CNN table."""
+    on 10 tasks, unless scored on --validation images; the best EWC λ of each model is the headline)
+    and the forgetting, mean and standard error over the seeds; the summary table and the MLP-vs-CNN
+    table. Descriptions, captions and, with --validation, the title name the split scored."""
     def stderr(row: dict, key: str) -> float | None:
         return row[key + "_std"] / math.sqrt(row["seeds"]) if row["seeds"] > 1 else None
 
@@ -801,9 +856,9 @@ def make_record(config: ContinualConfig, rows: list[dict], train_seconds: float 
         metrics += [
             Metric(f"average_accuracy_{name}", row["average_accuracy"], stderr=stderr(row, "average_accuracy"),
                    n_seeds=row["seeds"], lower_is_better=False,
-                   reference=anchor if is_ewc and config.tasks == 10 else None,
+                   reference=anchor if is_ewc and config.tasks == 10 and not config.validation else None,
                    headline=is_ewc and best_ewc[row["model"]][1] == row["label"],
-                   description=f"{row['model'].upper()}, {row['label']}: mean test accuracy over the "
+                   description=f"{row['model'].upper()}, {row['label']}: mean {config.scored} accuracy over the "
                                f"{config.tasks} tasks after the last one"),
             Metric(f"forgetting_{name}", row["forgetting"], stderr=stderr(row, "forgetting"), n_seeds=row["seeds"],
                    lower_is_better=True, description=f"{row['model'].upper()}, {row['label']}: mean drop from each "
@@ -815,21 +870,24 @@ def make_record(config: ContinualConfig, rows: list[dict], train_seconds: float 
                       row["seconds"]] for row in rows],
                     f"{config.tasks} tasks, {config.epochs} epoch(s) per task, batch {config.batch_size} "
                     f"(+{config.replay_batch} replayed for rehearsal), {config.optimizer} lr {config.lr}; "
-                    f"means over {config.seeds} seed(s) from {config.seed}.")]
+                    f"means over {config.seeds} seed(s) from {config.seed}. Accuracies on {config.evaluation}.")]
     models = sorted({row["model"] for row in rows})
     if len(models) > 1:
         tables.append(Table("MLP vs CNN", ["method", *models],
                             [[label, *(next((row["average_accuracy"] for row in rows
                                              if row["model"] == m and row["label"] == label), None) for m in models)]
                              for label in dict.fromkeys(row["label"] for row in rows)],
-                            "Average accuracy after the last task."))
-    return Record("continual", "Continual learning on permuted MNIST", "§9", metrics=metrics, tables=tables,
+                            f"Average accuracy after the last task, on {config.evaluation}."))
+    title = "Continual learning on permuted MNIST" + (", scored on held-out training images" if config.validation
+                                                      else "")
+    return Record("continual", title, "§9", metrics=metrics, tables=tables,
                   figures=figures, train_seconds=train_seconds, extra={"table": rows, "reference": REFERENCE})
 
 
 def finish(run_dir: RunDir, config: ContinualConfig, results: list[dict], elapsed: float | None) -> list[dict]:
-    rows = write_outputs(run_dir, results, config.tasks)
-    run_dir.write_record(make_record(config, rows, elapsed, run_dir.figures(FIGURE_CAPTIONS)))
+    rows = write_outputs(run_dir, results, config.tasks, config.scored)
+    captions = {k: v.format(scored=config.scored) for k, v in FIGURE_CAPTIONS.items()}
+    run_dir.write_record(make_record(config, rows, elapsed, run_dir.figures(captions)))
     return rows
 
 
