@@ -3,7 +3,7 @@
 # The plain estimator alone, 3 seeds (42-44), 2,000 steps, under each setting below; each run's
 # summary.md has the final test accuracy per seed and mean ± std. Usage:
 #   scripts/reinforce_settings.sh OUT_DIR [SETTING ...]     (default: every setting)
-# Runs one training at a time with one thread, at the lowest priority.
+# Runs one training at a time with one thread, at the lowest priority (NICE=0 for the normal one).
 set -euo pipefail
 out=${1:?usage: scripts/reinforce_settings.sh OUT_DIR [SETTING ...]}
 shift
@@ -20,6 +20,6 @@ names=("$@")
 for name in "${names[@]}"; do
   [ -f "$out/$name/metrics.json" ] && continue
   # shellcheck disable=SC2086
-  OMP_NUM_THREADS=1 nice -n 19 python -m genlab run reinforce --task mnist-gt5 --estimator plain --no-supervised \
+  OMP_NUM_THREADS=1 nice -n "${NICE:-19}" python -m genlab run reinforce --task mnist-gt5 --estimator plain --no-supervised \
     --variance-every 0 ${SETTINGS[$name]} --out "$out/$name" --resume
 done

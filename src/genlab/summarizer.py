@@ -237,7 +237,7 @@ def train(run: Run, config: SummaryConfig, model: nn.Module, opt: torch.optim.Op
     bar = tqdm(total=steps, initial=step, unit="step", desc=run.experiment, dynamic_ncols=True,
                disable=None if run.is_main else True)
     model.train()
-    while epoch < config.epochs and step < steps and not patience_ran_out(run, config.patience):
+    while epoch < config.epochs and step < steps and not patience_ran_out(run, getattr(config, "patience", 0)):
         epoch_start = time.time()
         batches = rank_batches(lengths, config.batch_size, config.seed * 1000 + epoch, world)
         while batch < len(batches) and step < steps:
