@@ -10,13 +10,16 @@ shift
 declare -A SETTINGS=(
   [adam-mlp]="--optimizer adam --lr 1e-3 --hidden 64"        # genlab's default
   [sgd-mlp-lr1e-3]="--optimizer sgd --lr 1e-3 --hidden 64"   # plain SGD at Adam's learning rate
+  [sgd-mlp-lr3e-3]="--optimizer sgd --lr 3e-3 --hidden 64"
   [sgd-mlp-lr1e-2]="--optimizer sgd --lr 1e-2 --hidden 64"
   [sgd-mlp-lr1e-1]="--optimizer sgd --lr 1e-1 --hidden 64"
   [adam-logistic]="--optimizer adam --lr 1e-3 --hidden 0"    # logistic regression
+  [sgd-logistic-lr1e-3]="--optimizer sgd --lr 1e-3 --hidden 0"
   [sgd-logistic-lr1e-2]="--optimizer sgd --lr 1e-2 --hidden 0"
 )
 names=("$@")
-[ ${#names[@]} -eq 0 ] && names=(adam-mlp sgd-mlp-lr1e-3 sgd-mlp-lr1e-2 sgd-mlp-lr1e-1 adam-logistic sgd-logistic-lr1e-2)
+[ ${#names[@]} -eq 0 ] && names=(adam-mlp sgd-mlp-lr1e-3 sgd-mlp-lr3e-3 sgd-mlp-lr1e-2 sgd-mlp-lr1e-1 adam-logistic sgd-logistic-lr1e-3
+  sgd-logistic-lr1e-2)
 for name in "${names[@]}"; do
   [ -f "$out/$name/metrics.json" ] && continue
   # shellcheck disable=SC2086
