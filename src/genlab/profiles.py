@@ -99,7 +99,7 @@ PROFILES: dict[str, dict[str, list[str]]] = {
                   "--precision", "fp32", "--n-examples", "2"],
     },
     "t5-pretrain": {
-        "full": [],  # 3 epochs of span corruption on the non-test XSum and BBC News articles
+        "full": [],  # 2 epochs of span corruption on the non-test XSum and BBC News articles
         "quick": ["--epochs", "1", "--max-steps", "100"],
         "smoke": ["--epochs", "1", "--max-steps", "3", "--d-model", "32", "--d-ff", "64", "--d-kv", "8",
                   "--num-layers", "1", "--batch-size", "8", "--input-length", "32"],

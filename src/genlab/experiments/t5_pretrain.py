@@ -49,7 +49,7 @@ C4_TOKENS = 2 ** 35  # Raffel et al. 2020, §3.1.2: 2^19 steps x 2^16 tokens (ab
 class T5PretrainConfig(EpochsConfig):
     """Span-corruption pretraining of a small T5 (sizes in T5Config's terms)."""
 
-    epochs: int = 3
+    epochs: int = 2
     """Passes over the corpus pieces."""
     data_dir: Path | None = None
     """Shared data folder holding xsum/, bbc-news-summary/, t5-small-tokenizer/ (default: <repo>/../shared/data)."""
