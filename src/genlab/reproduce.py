@@ -219,8 +219,11 @@ def plan(names: list[str], profile: str, out: Path, device: str = "auto", thread
                 raise ConfigError(f"{name}'s {profile} profile reads the run of {need} ({out / need}), which is "
                                   f"neither asked for nor done there: add {need} to the experiments, or reproduce "
                                   f"it into {out} first")
-    # a run that reads another's output comes after it; otherwise the order given
-    ordered = sorted(names, key=lambda n: (len(profile_needs(n, profile)), names.index(n)))
+    def depth(name: str) -> int:  # 0 for a run that reads no other run's output
+        return max((1 + depth(need) for need in profile_needs(name, profile) if need in names), default=0)
+
+    # a run comes after every run whose output it reads; otherwise the order given
+    ordered = sorted(names, key=lambda n: (depth(n), names.index(n)))
     return [RunSpec(name, [a.replace(OUT_PLACEHOLDER, str(out)) for a in profile_args(name, profile)], out / name,
                     out / "logs" / f"{name}.log", device, threads, gpu_fraction, profile_needs(name, profile))
             for name in ordered]

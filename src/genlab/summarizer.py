@@ -107,6 +107,7 @@ class SummaryConfig(EpochsConfig):
         super().__post_init__()
         if self.beam_size < 1 or self.batch_size < 1:
             raise ConfigError("--beam-size and --batch-size must be >= 1")
+        self.require(0, "patience")
 
 
 def start(config: SummaryConfig) -> torch.device:
