@@ -14,6 +14,11 @@ from pathlib import Path
 
 if os.environ.get("GENLAB_TEST_CUDA") != "1":
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
+# Under pytest-xdist each worker has one core's share: one intra-op thread per worker (and per
+# `genlab` subprocess, which inherits the variable), since two 2-thread processes on 2 cores
+# oversubscribe them and run each step at less than half speed (docs/benchmarks.md, "the suite").
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -23,7 +28,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
+
+
+def pytest_itemcollected(item):
+    # a module-scoped fixture (a smoke run, a course) is built once per worker that needs it: the
+    # tests that share one go to one worker (--dist loadgroup reads the group), so it is built once
+    info = getattr(item, "_fixtureinfo", None)
+    if info and any(d[-1].scope == "module" for d in info.name2fixturedefs.values()):
+        item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 def pytest_collection_modifyitems(config, items):

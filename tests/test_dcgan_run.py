@@ -16,7 +16,7 @@ from genlab.errors import ConfigError
 from genlab.experiments import dcgan
 from genlab.record import Record
 
-SMALL = dict(subset=320, batch_size=64, fid_samples=0, log_every=1)  # 5 steps per epoch
+SMALL = dict(subset=160, batch_size=32, fid_samples=0, log_every=1)  # 5 steps per epoch
 
 
 @pytest.fixture(scope="module")

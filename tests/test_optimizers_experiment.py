@@ -61,8 +61,14 @@ def test_stacked_grid_equals_plain_loop_and_a_diverging_run_touches_no_other():
             if cell.optimizer == "sgd":  # lr 1e20: NaN in both, confined to its own slice
                 assert math.isnan(plain_loss) and math.isnan(losses[r].item())
                 continue
-            torch.testing.assert_close(grid.params[cell][0][s], model[0].weight.detach().T, rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(grid.params[cell][3][s, 0], model[2].bias.detach(), rtol=1e-5, atol=1e-6)
+            # The stacked and plain products sum in different orders (kernels chosen per shape and
+            # ISA), so gradients agree to float32 rounding. A normalising optimiser (Adagrad,
+            # RMSprop, Adam, AMSGrad) moves an entry by about lr whatever its gradient's size, so the
+            # rounding of a near-cancelling gradient shows up scaled to lr: allow 1e-4 of the total
+            # movement, steps x lr; a defect (another run's slice, batch or state) is off by O(lr).
+            atol = max(1e-6, 1e-4 * steps * cell.lr) if cell.optimizer != "momentum" else 1e-6
+            torch.testing.assert_close(grid.params[cell][0][s], model[0].weight.detach().T, rtol=1e-5, atol=atol)
+            torch.testing.assert_close(grid.params[cell][3][s, 0], model[2].bias.detach(), rtol=1e-5, atol=atol)
             assert losses[r].item() == pytest.approx(plain_loss, rel=1e-5)
     acc = grid.accuracy(x, y, chunk=100)
     assert acc.shape == (len(cells) * len(seeds),) and ((acc >= 0) & (acc <= 1)).all()
