@@ -81,6 +81,20 @@ def test_fast_dropout_gradient_and_modes():
         FastDropout(1.0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_dropout_keeps_x_scaled_once_in_its_dtype(dtype):
+    """A kept element is x times float32(1 / (1 - p)), computed in float32 (torch's opmath for a
+    bf16 tensor times a Python scalar) and rounded to x's dtype; a dropped one is a zero of x's
+    sign. These are the values of ``x * mask.to(dtype) * scale`` and ``x * scale * mask`` alike."""
+    torch.manual_seed(3)
+    x = torch.randn(64, 64, 14, 14).to(dtype)
+    y = fast_dropout(x, 0.3)
+    assert y.dtype == dtype
+    kept = y != 0
+    assert torch.equal(y[kept], (x[kept].float() * torch.tensor(1 / 0.7)).to(dtype))
+    assert torch.equal(torch.signbit(y[~kept]), torch.signbit(x[~kept]))
+
+
 @pytest.mark.parity
 def test_fast_dropout_matches_torch_distribution_on_bf16():
     torch.manual_seed(0)
