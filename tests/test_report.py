@@ -247,48 +247,6 @@ def test_browser_renders_embedded_figures(tmp_path):
     assert (pixels == (0x1A, 0x7F, 0x37)).all(axis=1).sum() > 50
 
 
-@pytest.fixture(scope="module")
-def smoke_course(tmp_path_factory):
-    """`genlab reproduce all --profile smoke`: every registered experiment, seconds each."""
-    out = tmp_path_factory.mktemp("course")
-    proc = genlab("reproduce", "all", "--profile", "smoke", "--out", str(out), check=False, timeout=900)
-    assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 1: some run failed or wrote no record (reported)
-    return out
-
-
-@pytest.mark.slow
-def test_smoke_course_report_in_the_browser(smoke_course, tmp_path):
-    from genlab import experiments
-
-    html = smoke_course / "report.html"
-    assert (smoke_course / "report.md").is_file()
-    page = Page(chromium(tmp_path, "--dump-dom", html.as_uri()))
-    names = list(experiments.REGISTRY)
-    assert [name for name, _ in page.rows] == names  # a row for every registered experiment
-    assert page.sections == names
-    # every figure of every record is embedded (a data: URI), none linked
-    figures = 0
-    for name in names:
-        try:
-            figures += len(Record.read(smoke_course / name).figures)
-        except (ValueError, FileNotFoundError):
-            pass
-    assert len(page.imgs) == figures and all(src.startswith("data:image/") for src in page.imgs)
-    # every row has a verdict word (or says why there is no record)
-    dom = chromium(tmp_path, "--dump-dom", html.as_uri())
-    overview = dom.split('id="overview"')[1].split("</table>")[0]
-    assert overview.count("badge verdict") >= len(names)
-    state = json.loads((smoke_course / "reproduce.json").read_text())["runs"]
-    for name, status in page.rows:
-        assert status in ("done", "failed", "no record")
-        assert status == "done" or state[name]["status"] == status
-    image = screenshot(tmp_path, html)
-    variance = np.asarray(image.convert("L"), dtype=np.float64).var()
-    assert variance > 100, f"blank screenshot (grey-level variance {variance:.1f})"
-    colours = np.unique(np.asarray(image).reshape(-1, 3), axis=0)
-    assert len(colours) > 20  # text, badges, rules: more than a couple of colours
-
-
 def test_two_runs_of_one_experiment_get_their_own_anchors(tmp_path):
     a = make_run(tmp_path / "a", "vae", [Metric("negative_elbo", 100.0, headline=True)])
     b = make_run(tmp_path / "b", "vae", [Metric("negative_elbo", 101.0, headline=True)])
