@@ -58,3 +58,49 @@ def test_to_uint8_maps_the_range():
     out = to_uint8(x)
     assert out.shape == (1, 1, 28, 28) and out.dtype == torch.uint8
     assert out.flatten()[:4].tolist() == [0, 128, 255, 255]
+
+
+class _Extractor(torch.nn.Module):
+    """torchmetrics' usual interface: uint8 images in, the classifier's features or logits out."""
+
+    def __init__(self, classifier, output):
+        super().__init__()
+        self.classifier, self.output = classifier.eval(), output
+
+    def forward(self, images):
+        x = images.float() / 127.5 - 1.0
+        with torch.no_grad():
+            return self.classifier.features(x).double() if self.output == "features" else self.classifier(x)
+
+    def train(self, mode=True):
+        return super().train(False)
+
+
+def test_features_computed_once_equal_torchmetrics_extracting_them_itself(test_images):
+    """image_quality runs each image through the classifier once and hands torchmetrics the features;
+    torchmetrics extracting them itself through a feature module gives the same FID, KID and IS."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.inception import InceptionScore
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    real = test_images[:1500]
+    fake = torch.from_numpy(load_split("fashion-mnist", "train")[0][:1200].copy()).unsqueeze(1)
+    ours = image_quality(fake, real, "fashion-mnist", batch_size=500, kid_subsets=5, kid_subset_size=400, seed=3)
+    classifier, _ = load_classifier("fashion-mnist")
+    fid = FrechetInceptionDistance(feature=_Extractor(classifier, "features"), input_img_size=(1, 28, 28))
+    kid = KernelInceptionDistance(feature=_Extractor(classifier, "features"), subsets=5, subset_size=400)
+    inception = InceptionScore(feature=_Extractor(classifier, "logits"), splits=10)
+    for start in range(0, 1500, 500):
+        fid.update(real[start:start + 500], real=True)
+        kid.update(real[start:start + 500], real=True)
+    for start in range(0, 1200, 500):
+        fid.update(fake[start:start + 500], real=False)
+        kid.update(fake[start:start + 500], real=False)
+        inception.update(fake[start:start + 500])
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        kid_mean, kid_std = kid.compute()
+        is_mean, is_std = inception.compute()
+    assert ours["fid"] == float(fid.compute()) and ours["kid_mean"] == float(kid_mean)
+    assert ours["kid_std"] == float(kid_std)
+    assert ours["inception_score"] == float(is_mean) and ours["inception_score_std"] == float(is_std)

@@ -24,7 +24,7 @@ from torch import nn
 
 from genlab.record import Metric
 
-__all__ = ["DomainClassifier", "FeatureExtractor", "load_classifier", "image_quality", "to_uint8"]
+__all__ = ["DomainClassifier", "classifier_outputs", "load_classifier", "image_quality", "to_uint8"]
 
 FEATURE_DIM = 128
 
@@ -52,31 +52,27 @@ class DomainClassifier(nn.Module):
         return self.head(self.body(x))
 
 
-class FeatureExtractor(nn.Module):
-    """Adapts :class:`DomainClassifier` to torchmetrics: uint8 (N, 1, 28, 28) in, (N, D) out.
+class _Precomputed(nn.Module):
+    """torchmetrics' feature extractor for features computed beforehand: the identity, so that
+    each image goes through the classifier once for FID, KID and the Inception Score together."""
 
-    Args:
-        classifier: a trained classifier (kept in eval mode).
-        output: ``"features"`` (N, 128) for FID/KID or ``"logits"`` (N, 10) for the IS.
-    """
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
-    def __init__(self, classifier: DomainClassifier, output: str = "features"):
-        super().__init__()
-        if output not in ("features", "logits"):
-            raise ValueError(f"output must be 'features' or 'logits', got {output!r}")
-        self.classifier = classifier.eval()
-        self.output = output
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 127.5 - 1.0
-        if x.dim() == 3:
-            x = x.unsqueeze(1)
-        with torch.no_grad():
-            out = self.classifier.features(x) if self.output == "features" else self.classifier(x)
-        return out.double() if self.output == "features" else out
-
-    def train(self, mode: bool = True):  # torchmetrics calls .train(); stay in eval mode
-        return super().train(False)
+def classifier_outputs(classifier: DomainClassifier, images: torch.Tensor, batch_size: int = 1000
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The features and logits of uint8 images (N, 1, 28, 28) in [0, 255], scaled to [-1, 1]
+    as in training: float64 (N, 128) penultimate activations (FID and KID sum them in float64)
+    and float32 (N, 10) logits, computed ``batch_size`` images at a time on the images' device."""
+    features, logits = [], []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = images[start:start + batch_size].float() / 127.5 - 1.0
+            f = classifier.features(x)
+            features.append(f.double())
+            logits.append(classifier.head(f))
+    return torch.cat(features), torch.cat(logits)
 
 
 def weights_path(dataset: str) -> Path:
@@ -132,23 +128,21 @@ def image_quality(fake: torch.Tensor, real: torch.Tensor, dataset: str, batch_si
 
     warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
     classifier, meta = load_classifier(dataset)
-    feats = FeatureExtractor(classifier, "features")
-    size = (1, 28, 28)
-    fid = FrechetInceptionDistance(feature=feats, input_img_size=size)  # sums and covariances in float64
+    classifier = classifier.to(device)
+    real_features, _ = classifier_outputs(classifier, real.to(device), batch_size)
+    fake_features, fake_logits = classifier_outputs(classifier, fake.to(device), batch_size)
+    fid = FrechetInceptionDistance(feature=_Precomputed(), input_img_size=(FEATURE_DIM,))  # float64 sums
     subset = min(kid_subset_size, len(fake), len(real))
-    kid = KernelInceptionDistance(feature=feats, subsets=kid_subsets, subset_size=subset)
-    inception = InceptionScore(feature=FeatureExtractor(classifier, "logits"), splits=10)
+    kid = KernelInceptionDistance(feature=_Precomputed(), subsets=kid_subsets, subset_size=subset)
+    inception = InceptionScore(feature=_Precomputed(), splits=10)
     fid, kid, inception = (metric.to(device) for metric in (fid, kid, inception))
-    real, fake = real.to(device), fake.to(device)
-    for start in range(0, len(real), batch_size):
-        batch = real[start:start + batch_size]
-        fid.update(batch, real=True)
-        kid.update(batch, real=True)
+    for start in range(0, len(real), batch_size):  # batch by batch, as the float64 sums always ran
+        fid.update(real_features[start:start + batch_size], real=True)
+        kid.update(real_features[start:start + batch_size], real=True)
     for start in range(0, len(fake), batch_size):
-        batch = fake[start:start + batch_size]
-        fid.update(batch, real=False)
-        kid.update(batch, real=False)
-        inception.update(batch)
+        fid.update(fake_features[start:start + batch_size], real=False)
+        kid.update(fake_features[start:start + batch_size], real=False)
+        inception.update(fake_logits[start:start + batch_size])
     # KID's subsets and the Inception Score's splits are random permutations: drawn from a fixed
     # seed, so the same images give the same numbers, without touching the caller's random stream
     with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
