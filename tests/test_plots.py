@@ -59,3 +59,20 @@ def test_save_writes_a_png_and_closes_the_figure(tmp_path):
     path = plots.save(fig, tmp_path / "f.png")
     assert path == tmp_path / "f.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not plots.plt.fignum_exists(fig.number)
+
+
+def test_seed_band_leaves_out_diverged_seeds_and_draws_range_or_sem(ax):
+    x = np.arange(3.0)
+    values = np.array([[1.0, 2.0, np.inf], [3.0, 6.0, 5.0], [5.0, 4.0, np.nan]])  # (S=3, T=3)
+    line = plots.seed_band(ax, x, values, "runs")
+    assert line.get_label() == "runs" and list(line.get_ydata()) == [3.0, 4.0, 5.0]  # nan/inf left out
+    ys = ax.collections[0].get_paths()[0].vertices[:, 1]
+    assert ys.min() == 1.0 and ys.max() == 6.0  # min to max
+    line = plots.seed_band(ax, x[:2], [[1.0, 2.0], [3.0, 8.0]], spread="sem")  # two seeds of two points
+    assert list(line.get_ydata()) == [2.0, 5.0]
+    ys = ax.collections[1].get_paths()[0].vertices[:, 1]  # sem = |a - b| / 2: 1 and 3
+    assert ys.min() == pytest.approx(1.0) and ys.max() == pytest.approx(8.0)
+    plots.seed_band(ax, x[:2], [[1.0, 2.0]], spread="sem")  # one seed: no band
+    assert np.ptp(ax.collections[2].get_paths()[0].vertices[:, 1]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="spread must be"):
+        plots.seed_band(ax, x, values, spread="std")

@@ -1,8 +1,10 @@
 import json
+import math
 
 import pytest
 
-from genlab.record import Figure, Metric, Record, RecordError, Reference, Table, default_tolerance, verdict
+from genlab.record import (Figure, Metric, Record, RecordError, Reference, Table, default_tolerance, mean_std,
+                           run_figures, verdict)
 
 
 def _vae_metric(value, stderr=0.31):
@@ -54,3 +56,19 @@ def test_a_foreign_or_broken_record_is_refused_naming_the_file(tmp_path):
         bad.write(tmp_path)
     with pytest.raises(RecordError, match="metric names repeat"):
         Record("x", "x", metrics=[Metric("a", 1.0), Metric("a", 2.0)]).validate()
+
+
+def test_mean_std_is_the_sample_std_over_seeds():
+    assert mean_std([1.0, 2.0, 6.0]) == (3.0, pytest.approx(math.sqrt(7.0)))  # ddof=1: (4 + 1 + 9) / 2
+    assert mean_std([0.25]) == (0.25, 0.0)
+    assert mean_std([]) == (None, None)
+
+
+def test_run_figures_lists_pngs_captioned_by_the_first_matching_prefix(tmp_path):
+    (tmp_path / "figures").mkdir()
+    for name in ("loss_lr0.01.png", "test_accuracy.png", "other.png", "notes.txt"):
+        (tmp_path / "figures" / name).write_bytes(b"")
+    captions = {"loss": "loss", "loss_lr": "never used: loss comes first", "test": "accuracy"}
+    assert run_figures(tmp_path, captions) == [Figure("figures/loss_lr0.01.png", "loss"),
+                                               Figure("figures/other.png", ""),
+                                               Figure("figures/test_accuracy.png", "accuracy")]

@@ -42,7 +42,7 @@ import torch
 
 from genlab import distributed
 from genlab.errors import ConfigError, GenlabError
-from genlab.record import Figure, Record
+from genlab.record import Figure, Record, run_figures
 
 __all__ = [
     "RunConfig",
@@ -477,11 +477,7 @@ class RunDir:
     def figures(self, captions: dict[str, str]) -> list[Figure]:
         """Every ``figures/*.png`` of the run, sorted by name, each captioned by the first entry of
         ``captions`` (file-name prefix -> caption) whose prefix its name starts with ("" if none)."""
-        out = []
-        for png in sorted((self.path / "figures").glob("*.png")):
-            caption = next((text for prefix, text in captions.items() if png.name.startswith(prefix)), "")
-            out.append(Figure(f"figures/{png.name}", caption))
-        return out
+        return run_figures(self.path, captions)
 
     def write_record(self, record: Record) -> Path:
         """Complete ``record`` with this run's config.json and env.json, then validate and write

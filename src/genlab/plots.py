@@ -12,6 +12,7 @@ An experiment's own figure is drawn with ``plt`` and finished with these helpers
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +22,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["tile_images", "save_image_grid", "plot_curves", "moving_average", "save", "decorate", "hline", "band", "save_axes"]
+__all__ = ["tile_images", "save_image_grid", "plot_curves", "moving_average", "save", "decorate", "hline", "band",
+           "save_axes", "seed_band"]
 
 
 def tile_images(images: np.ndarray, nrow: int, ncol: int, pad: int = 1) -> np.ndarray:
@@ -141,3 +143,29 @@ def save_axes(fig: plt.Figure, ax: plt.Axes, path: str | Path, xlabel: str, ylab
     """A one-axes figure's usual ending: :func:`decorate` ``ax`` (grid, legend) and :func:`save` ``fig``."""
     decorate(ax, xlabel, ylabel, title, title_size=title_size)
     return save(fig, path)
+
+
+def seed_band(ax, x: Sequence[float], values, label: str | None = None, spread: str = "range", alpha: float = 0.2,
+              **line_kwargs):
+    """The mean over seeds of ``values`` (S, T) against ``x`` (T,), over a :func:`band` of their
+    range (``spread="range"``: min to max) or of ±1 standard error (``"sem"``: std with ddof=1
+    over sqrt(S); no band for one seed). Non-finite values (a diverged seed) are left out, so a
+    seed's curve ends at its last finite point; a column with no finite value is not drawn.
+
+    Raises:
+        ValueError: ``spread`` is neither "range" nor "sem".
+    """
+    values = np.asarray(values, dtype=np.float64)
+    values = np.where(np.isfinite(values), values, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # columns where no seed is finite
+        mean = np.nanmean(values, 0)
+        if spread == "range":
+            low, high = np.nanmin(values, 0), np.nanmax(values, 0)
+        elif spread == "sem":
+            n = np.isfinite(values).sum(0)
+            sem = np.where(n > 1, np.nanstd(values, 0, ddof=1) / np.sqrt(np.maximum(n, 1)), 0.0)
+            low, high = mean - sem, mean + sem
+        else:
+            raise ValueError(f"spread must be 'range' or 'sem', got {spread!r}")
+    return band(ax, x, mean, low, high, label, alpha, **line_kwargs)

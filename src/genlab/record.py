@@ -24,10 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from genlab.errors import GenlabError
 
 __all__ = ["SCHEMA", "Reference", "Metric", "Table", "Figure", "Record", "RecordError", "verdict",
-           "default_tolerance", "render_markdown"]
+           "default_tolerance", "render_markdown", "mean_std", "run_figures"]
 
 SCHEMA = "genlab.record/1"
 VERDICTS = ("meets", "beats", "misses", "no reference")
@@ -334,3 +336,23 @@ def render_markdown(record: Record) -> str:
         lines += [f"![{f.caption or f.path}]({f.path})" + (f"  \n{f.caption}" if f.caption else "") + "\n"
                   for f in record.figures]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof=1) of per-seed values, for a metric's value and
+    its spread: (mean, 0.0) for one value, (None, None) for none (e.g. every seed diverged)."""
+    if not len(values):
+        return None, None
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def run_figures(run_path: str | Path, captions: dict[str, str]) -> list[Figure]:
+    """Every ``figures/*.png`` of the run directory ``run_path``, sorted by name, each captioned by
+    the first entry of ``captions`` (file-name prefix -> caption) whose prefix its name starts
+    with ("" if none)."""
+    out = []
+    for png in sorted((Path(run_path) / "figures").glob("*.png")):
+        caption = next((text for prefix, text in captions.items() if png.name.startswith(prefix)), "")
+        out.append(Figure(f"figures/{png.name}", caption))
+    return out

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from genlab.benchmarks.common import add_json_argument, machine_info, parser_for, report
-from genlab.experiments.optimizers import (Cell, OptimizersConfig, StackedGrid, epoch_order, load_mnist,
-                                           make_classifier)
+from genlab.data import load_flat
+from genlab.experiments.optimizers import DATASET, Cell, OptimizersConfig, StackedGrid, epoch_order, make_classifier
 from genlab.optim import OPTIMIZERS
 
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     steps_per_epoch = math.ceil(60000 / config.batch_size)
     steps = min(args.steps, steps_per_epoch - 1)
     device = torch.device("cpu")
-    x, y = load_mnist("train", None, None, device)
+    x, y = load_flat(DATASET, "train", None, None, device)
     order = epoch_order(config.seeds, len(x), 0, device)
     sides = {"plain": lambda: time_plain(config, x, y, order, steps), "grid": lambda: time_grid(config, x, y, order, steps)}
     if args.dataloader:

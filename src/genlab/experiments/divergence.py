@@ -19,8 +19,7 @@ Part 2, a Gaussian fitted to a bimodal P (a Gaussian mixture) by stochastic grad
   x = mean + std · eps, eps ~ N(0, 1) (Kingma and Welling 2014). It sits on one mode
   ("mode seeking"); its optimum is checked against L-BFGS on the quadrature objective.
 
-It reads no data and has no epochs (``--epochs`` and ``--data-dir`` are refused as unknown
-options); ``--max-steps`` caps ``--steps``; ``--resume`` runs it again (seconds, deterministic).
+It reads no data and has no epochs; ``--max-steps`` caps ``--steps``.
 
     genlab run divergence
     genlab run divergence --modes -3 1 4 --mode-stds 0.5 1 0.3 --weights 0.3 0.3 0.4
@@ -79,10 +78,6 @@ class DivergenceConfig(RunConfig):
         self.require(0, "lr", "init_std", above=True)
 
 
-# ---------------------------------------------------------------------------------------
-# Part 1: KL between two uniforms
-# ---------------------------------------------------------------------------------------
-
 def uniform_kl(p_low: float = 0.0, p_high: float = 1.0, q_low: float = -2.0, q_high: float = 2.0,
                mc_samples: int = 100_000, seed: int = 0) -> dict:
     """KL(P‖Q) and KL(Q‖P) for P = U[p_low, p_high] ⊂ Q = U[q_low, q_high], three ways.
@@ -95,8 +90,8 @@ def uniform_kl(p_low: float = 0.0, p_high: float = 1.0, q_low: float = -2.0, q_h
             least squares; q_mass_outside: Q(p = 0), the predicted slope;
         mc_pq, mc_qp: Monte-Carlo means of log p - log q under P and of log q - log p under Q.
     """
-    P = Uniform(torch.tensor(p_low, dtype=torch.float64), torch.tensor(p_high, dtype=torch.float64), validate_args=False)
-    Q = Uniform(torch.tensor(q_low, dtype=torch.float64), torch.tensor(q_high, dtype=torch.float64), validate_args=False)
+    P = Uniform(*torch.tensor([p_low, p_high], dtype=torch.float64), validate_args=False)
+    Q = Uniform(*torch.tensor([q_low, q_high], dtype=torch.float64), validate_args=False)
     p_density, q_density = 1 / (p_high - p_low), 1 / (q_high - q_low)
 
     def p_pdf(x: float) -> float:
@@ -111,8 +106,7 @@ def uniform_kl(p_low: float = 0.0, p_high: float = 1.0, q_low: float = -2.0, q_h
 
     epsilons = [10.0 ** -e for e in range(1, 301, 3)]
     quad_qp = {eps: floored(eps) for eps in epsilons}
-    log_inv = np.log(1 / np.array(epsilons))
-    slope = float(np.polyfit(log_inv, np.array(list(quad_qp.values())), 1)[0])
+    slope = float(np.polyfit(np.log(1 / np.array(epsilons)), np.array(list(quad_qp.values())), 1)[0])
     generator = torch.Generator().manual_seed(seed)
     xp = p_low + (p_high - p_low) * torch.rand(mc_samples, dtype=torch.float64, generator=generator)
     xq = q_low + (q_high - q_low) * torch.rand(mc_samples, dtype=torch.float64, generator=generator)
@@ -125,10 +119,6 @@ def uniform_kl(p_low: float = 0.0, p_high: float = 1.0, q_low: float = -2.0, q_h
         "log4": math.log(4),
     }
 
-
-# ---------------------------------------------------------------------------------------
-# Part 2: a Gaussian fitted to a mixture
-# ---------------------------------------------------------------------------------------
 
 def mixture(config: DivergenceConfig) -> MixtureSameFamily:
     """P: the Gaussian mixture of the config (float64)."""
@@ -165,21 +155,14 @@ def kl_quadrature(p: MixtureSameFamily, mean: float, std: float) -> tuple[float,
     lo = min(comps.mean.min().item() - 12 * comps.stddev.max().item(), mean - 12 * std)
     hi = max(comps.mean.max().item() + 12 * comps.stddev.max().item(), mean + 12 * std)
 
-    def log_densities(x: float) -> tuple[float, float]:
+    def integrand(x: float, reverse: bool) -> float:  # p log(p/q), or q log(q/p) with ``reverse``
         t = torch.tensor(x, dtype=torch.float64)
-        return p.log_prob(t).item(), q.log_prob(t).item()
+        lp, lq = p.log_prob(t).item(), q.log_prob(t).item()
+        return math.exp(lq) * (lq - lp) if reverse else math.exp(lp) * (lp - lq)
 
-    def forward(x: float) -> float:
-        lp, lq = log_densities(x)
-        return math.exp(lp) * (lp - lq)
-
-    def reverse(x: float) -> float:
-        lp, lq = log_densities(x)
-        return math.exp(lq) * (lq - lp)
-
-    points = [*comps.mean.tolist(), mean]
-    return (integrate.quad(forward, lo, hi, points=points, limit=200)[0],
-            integrate.quad(reverse, lo, hi, points=points, limit=200)[0])
+    kl_pq, kl_qp = (integrate.quad(integrand, lo, hi, args=(reverse,), points=[*comps.mean.tolist(), mean],
+                                   limit=200)[0] for reverse in (False, True))
+    return kl_pq, kl_qp
 
 
 def reverse_kl_reference(p: MixtureSameFamily, init_mean: float, init_std: float) -> tuple[float, float]:
@@ -216,10 +199,6 @@ def fit(kind: str, config: DivergenceConfig, p: MixtureSameFamily, data: torch.T
         rows.append({"fit": kind, "step": step, "mean": mean.item(), "std": log_std.exp().item(), "loss": loss.item()})
     return rows
 
-
-# ---------------------------------------------------------------------------------------
-# Figures
-# ---------------------------------------------------------------------------------------
 
 def plot_uniform(u: dict, path: Path) -> Path:
     """Left: the densities of P = U[0, 1] and Q = U[-2, 2]; right: KL(Q‖P) with p floored at
@@ -276,10 +255,6 @@ def plot_training(rows: list[dict], targets: dict[str, tuple[float, float]], pat
     return plots.save(fig, path)
 
 
-# ---------------------------------------------------------------------------------------
-# The record
-# ---------------------------------------------------------------------------------------
-
 def make_record(m: dict) -> Record:
     """The run's record: KL(P‖Q) of the uniforms against its closed form log 4 (SPEC §11), and
     the KL the two Gaussian fits reach against their optima computed in this run (moment matching
@@ -306,13 +281,12 @@ def make_record(m: dict) -> Record:
                      ["KL(Q‖P)", "∞", str(u["torch_qp"]),
                       f"≥ {fmt(floor)} at eps = 1e-298, slope {u['floor_slope']:.4f} "
                       f"(closed form {u['q_mass_outside']:.4f})", str(u["mc_qp"])]], "Nats.")
-    columns = ("mean", "std", "kl_pq", "kl_qp")
     fits = Table(f"Gaussian Q fitted to P = {m['p']}", ["fit", "mean", "std", "KL(P‖Q) nats", "KL(Q‖P) nats"],
-                 [["forward KL (Adam on samples)", *(g["forward"][k] for k in columns)],
-                  ["moment matching (closed form)", *(g["moment_matching"][k] for k in columns)],
-                  ["sample moments of the data", g["sample_moments"]["mean"], g["sample_moments"]["std"], None, None],
-                  ["reverse KL (Adam, reparameterised)", *(g["reverse"][k] for k in columns)],
-                  ["reverse KL (L-BFGS on quadrature)", *(g["reverse_reference"][k] for k in columns)]])
+                 [[label, *(g[key].get(k) for k in ("mean", "std", "kl_pq", "kl_qp"))] for key, label in (
+                     ("forward", "forward KL (Adam on samples)"), ("moment_matching", "moment matching (closed form)"),
+                     ("sample_moments", "sample moments of the data"),  # no KL: None
+                     ("reverse", "reverse KL (Adam, reparameterised)"),
+                     ("reverse_reference", "reverse KL (L-BFGS on quadrature)"))])
     return Record("divergence", "Forward vs reverse KL", "§11", metrics=metrics, tables=[uniform, fits], extra=m)
 
 

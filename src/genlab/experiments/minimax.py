@@ -23,9 +23,8 @@ assignment the rates are known in closed form (:func:`closed_form_rate`):
 
 Any other smooth f can be given as a Python expression in x and y (``--functions
 "x**3 - 3*x + y**2"``); it is parsed and evaluated with torch functions only, see
-:func:`parse_function`. The experiment reads no data and has no epochs (``--epochs`` and
-``--data-dir`` are refused as unknown options); ``--max-steps`` caps ``--iterations`` and
-``--sweep-iterations``; ``--resume`` runs it again (a run takes seconds and is deterministic).
+:func:`parse_function`. It reads no data and has no epochs; ``--max-steps`` caps
+``--iterations`` and ``--sweep-iterations``.
 
     genlab run minimax                                   # f1 and f2, all five methods
     genlab run minimax --functions f1 --eta-x 0.1 --eta-y 0.2
@@ -112,20 +111,12 @@ class MinimaxConfig(RunConfig):
         for method in (*self.methods, self.sweep_method):
             if method not in METHODS:
                 raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-        if self.iterations < 2 or self.sweep_iterations < 2:
-            raise ConfigError(f"--iterations and --sweep-iterations must be >= 2, got {self.iterations}, "
-                             f"{self.sweep_iterations}")
-        if self.sweep_points < 0 or self.sweep_max <= 0:
-            raise ConfigError("--sweep-points must be >= 0 and --sweep-max > 0")
-        if self.box <= 0:
-            raise ConfigError(f"--box must be > 0, got {self.box}")
+        self.require(2, "iterations", "sweep_iterations")
+        self.require(0, "sweep_points")
+        self.require(0, "sweep_max", "box", above=True)
         if not 0 <= self.marginal < 1:
             raise ConfigError(f"--marginal must be in [0, 1), got {self.marginal}")
 
-
-# ---------------------------------------------------------------------------------------
-# The function: a name or a safely evaluated expression
-# ---------------------------------------------------------------------------------------
 
 class _FloatConstants(ast.NodeTransformer):
     """Integer literals become floats, so that 9**9**9 overflows at once instead of building
@@ -156,22 +147,20 @@ def parse_function(text: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Te
         tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as err:
         raise ConfigError(f"{where} is not a Python expression: {err.msg}") from None
-    allowed_names = {"x", "y", *SAFE_NAMESPACE}
+    names = ", ".join(sorted(SAFE_NAMESPACE))
     nodes = list(ast.walk(tree))
     for node in nodes:  # (1) only arithmetic, names and calls
         if not isinstance(node, _ALLOWED_NODES):
-            raise ConfigError(f"{where}: {type(node).__name__} is not allowed; use x, y, numbers, + - * / ** and "
-                              f"{', '.join(sorted(SAFE_NAMESPACE))}")
+            raise ConfigError(f"{where}: {type(node).__name__} is not allowed; use x, y, numbers, + - * / ** "
+                              f"and {names}")
     for node in nodes:  # (2) only known names
-        if isinstance(node, ast.Name) and node.id not in allowed_names:
-            raise ConfigError(f"{where}: unknown name {node.id!r}; allowed: x, y, "
-                              f"{', '.join(sorted(SAFE_NAMESPACE))}")
+        if isinstance(node, ast.Name) and node.id not in {"x", "y", *SAFE_NAMESPACE}:
+            raise ConfigError(f"{where}: unknown name {node.id!r}; allowed: x, y, {names}")
     for node in nodes:  # (3) calls of a safe function by name, one positional argument
-        if isinstance(node, ast.Call):
-            if (not isinstance(node.func, ast.Name) or not callable(SAFE_NAMESPACE.get(node.func.id))
-                    or node.keywords or len(node.args) != 1):
-                raise ConfigError(f"{where}: only one-argument calls of "
-                                  f"{', '.join(k for k, v in SAFE_NAMESPACE.items() if callable(v))} are allowed")
+        if isinstance(node, ast.Call) and (not isinstance(node.func, ast.Name) or node.keywords or len(node.args) != 1
+                                           or not callable(SAFE_NAMESPACE.get(node.func.id))):
+            raise ConfigError(f"{where}: only one-argument calls of "
+                              f"{', '.join(k for k, v in SAFE_NAMESPACE.items() if callable(v))} are allowed")
     try:
         tree = ast.fix_missing_locations(_FloatConstants().visit(tree))
     except ValueError as err:
@@ -181,9 +170,8 @@ def parse_function(text: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Te
     def f(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return eval(code, {"__builtins__": {}}, {**SAFE_NAMESPACE, "x": x, "y": y})  # noqa: S307 (checked above)
 
-    probe_x, probe_y = torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.7, dtype=torch.float64)
     try:
-        value = f(probe_x, probe_y)
+        value = f(torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.7, dtype=torch.float64))
     except (ArithmeticError, TypeError, RuntimeError) as err:
         raise ConfigError(f"{where} cannot be evaluated: {type(err).__name__}: {err}") from None
     if not isinstance(value, torch.Tensor):
@@ -197,10 +185,6 @@ def scalar_field(f: Callable) -> Callable[[torch.Tensor], torch.Tensor]:
     """f as a function of one point z (2,) -> scalar, for torch.func."""
     return lambda z: f(z[0], z[1])
 
-
-# ---------------------------------------------------------------------------------------
-# Stationary points: gradient and Hessian by autograd
-# ---------------------------------------------------------------------------------------
 
 def classify(eigenvalues: torch.Tensor, tol: float = 1e-8) -> str:
     """The type of a stationary point from its Hessian's eigenvalues (2,)."""
@@ -258,10 +242,6 @@ def target_point(points: list[dict], start: tuple[float, float], where: str) -> 
     saddles = [p for p in points if p["type"] == "saddle"] or points
     return min(saddles, key=lambda p: math.hypot(p["x"] - start[0], p["y"] - start[1]))
 
-
-# ---------------------------------------------------------------------------------------
-# The five methods, as maps of the state s = (x_k, y_k, x_{k-1}, y_{k-1})
-# ---------------------------------------------------------------------------------------
 
 def make_step(f: Callable, method: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """One iteration of ``method`` on f: (state (4,), eta (2,) = (eta_x, eta_y)) -> state (4,).
@@ -384,26 +364,24 @@ def closed_form_rate(name: str, method: str, eta_x: float, eta_y: float) -> floa
         return float(np.abs(np.roots(coefficients)).max())
 
     if name == "f1":
-        rates = {
+        return {
             "simultaneous": max(abs(1 - a), abs(1 - b)),
             "alternating": max(abs(1 - a), abs(1 - b)),
             "descent": max(abs(1 - a), abs(1 + b)),
             "extragradient": max(abs(1 - a + a * a), abs(1 - b + b * b)),
             # x_{k+1} = (1 - 2c) x_k + c x_{k-1}: λ² - (1 - 2c) λ - c = 0
             "optimistic": max(roots_radius([1, -(1 - 2 * c), -c]) for c in (a, b)),
-        }
-        return rates[method]
+        }[method]
     if name == "f2" and eta_x >= 0 and eta_y >= 0:
         trace = 2 - g2  # alternating: M = [[1, -eta_x], [eta_y, 1 - eta_x eta_y]], det 1
-        rates = {
+        return {
             "simultaneous": math.sqrt(1 + g2),
             "alternating": 1.0 if abs(trace) <= 2 else (abs(trace) + math.sqrt(trace * trace - 4)) / 2,
             "descent": 1 + g,
             "extragradient": math.sqrt((1 - g2) ** 2 + g2),
             # w = u + i v (rescaled): w_{k+1} = (1 + 2ig) w_k - ig w_{k-1}
             "optimistic": roots_radius([1, -(1 + 2j * g), 1j * g]),
-        }
-        return rates[method]
+        }[method]
     return None
 
 
@@ -421,10 +399,6 @@ def sweep(f: Callable, method: str, point: torch.Tensor, start: torch.Tensor, et
     predicted = linearised_rate(f, method, point, pairs).reshape(eta_x.shape)
     return {"eta_x": eta_x, "eta_y": eta_y, "observed": observed, "predicted": predicted}
 
-
-# ---------------------------------------------------------------------------------------
-# Figures
-# ---------------------------------------------------------------------------------------
 
 def plot_trajectories(f: Callable, title: str, paths: dict[str, np.ndarray], point: dict, path: Path) -> Path:
     """The iterates of every method (``paths``: method -> (K+1, 2)) over the contours of f,
@@ -501,10 +475,6 @@ def plot_sweep(title: str, result: dict[str, torch.Tensor], name: str, marginal:
     return plots.save(fig, path)
 
 
-# ---------------------------------------------------------------------------------------
-# The run: every method on every function, then the step-size sweep
-# ---------------------------------------------------------------------------------------
-
 def run_methods(f: Callable, name: str, label: str, config: MinimaxConfig, out: Path, trajectory_rows: list
                 ) -> dict:
     """Every method on one function (``label`` names its files and rows): the rates, the
@@ -535,9 +505,8 @@ def run_methods(f: Callable, name: str, label: str, config: MinimaxConfig, out: 
             "predicted": BEHAVIOURS[behaviour(rates[method], config.marginal)],
         }
         paths[method], distances[method] = path.numpy(), dist.numpy()
-        for k in range(iterations + 1):
-            trajectory_rows.append({"function": label, "method": method, "k": k, "x": path[k, 0].item(),
-                                    "y": path[k, 1].item(), "distance": dist[k].item(), "f": values[k].item()})
+        trajectory_rows += [{"function": label, "method": method, "k": k, "x": x, "y": y, "distance": d, "f": v}
+                            for k, ((x, y), d, v) in enumerate(zip(path.tolist(), dist.tolist(), values.tolist()))]
     steps = f"eta_x = {eta_x:g}, eta_y = {eta_y:g}"
     plot_trajectories(f, f"{label}: f = {expression}; {steps}", paths, target, out / f"{label}_trajectories.png")
     plot_distances(f"{label}: distance to ({target['x']:.3g}, {target['y']:.3g}); dashed: "
@@ -559,21 +528,17 @@ def run_sweep(f: Callable, name: str, label: str, config: MinimaxConfig, target:
     grid = sweep(f, config.sweep_method, point, start, etas, iterations)
     observed_class = behaviour(grid["observed"], config.marginal)
     predicted_class = behaviour(grid["predicted"], config.marginal)
+    n = len(etas)
+    eta_x, eta_y = grid["eta_x"].flatten().tolist(), grid["eta_y"].flatten().tolist()
     closed_class = None
     if name in FUNCTIONS:
-        closed_class = behaviour(torch.tensor([[closed_form_rate(name, config.sweep_method, ex, ey)
-                                                for ex, ey in zip(row_x.tolist(), row_y.tolist())]
-                                               for row_x, row_y in zip(grid["eta_x"], grid["eta_y"])]),
-                                 config.marginal)
-    n = len(etas)
-    for i in range(n):
-        for j in range(n):
-            sweep_rows.append({"function": label, "method": config.sweep_method,
-                               "eta_x": grid["eta_x"][i, j].item(), "eta_y": grid["eta_y"][i, j].item(),
-                               "observed_rate": grid["observed"][i, j].item(),
-                               "linearised_rate": grid["predicted"][i, j].item(),
-                               "observed": BEHAVIOURS[observed_class[i, j]],
-                               "predicted": BEHAVIOURS[predicted_class[i, j]]})
+        closed = torch.tensor([closed_form_rate(name, config.sweep_method, ex, ey) for ex, ey in zip(eta_x, eta_y)])
+        closed_class = behaviour(closed.reshape(n, n), config.marginal)
+    columns = zip(eta_x, eta_y, grid["observed"].flatten().tolist(), grid["predicted"].flatten().tolist(),
+                  observed_class.flatten().tolist(), predicted_class.flatten().tolist())
+    sweep_rows += [{"function": label, "method": config.sweep_method, "eta_x": ex, "eta_y": ey, "observed_rate": rate,
+                    "linearised_rate": linear, "observed": BEHAVIOURS[seen], "predicted": BEHAVIOURS[predicted]}
+                   for ex, ey, rate, linear, seen, predicted in columns]
     plot_sweep(f"{label}: {config.sweep_method}, {iterations} iterations from ({config.x0:g}, {config.y0:g})",
                grid, name, config.marginal, out / f"{label}_sweep.png")
     return {
@@ -588,10 +553,6 @@ def run_sweep(f: Callable, name: str, label: str, config: MinimaxConfig, target:
                       "linearised_rate": grid["predicted"][i, i].item()} for i in range(n)],
     }
 
-
-# ---------------------------------------------------------------------------------------
-# The record
-# ---------------------------------------------------------------------------------------
 
 def make_record(results: dict) -> Record:
     """The run's record: per function and method the observed contraction rate of the distance

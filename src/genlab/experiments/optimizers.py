@@ -2,9 +2,10 @@
 
 The grid is every optimiser x learning rate (0.5, 1e-2, 1e-5) x 3 seeds, 15 epochs each,
 on one fixed classifier: an MLP 784-50-10 with a ReLU (39,760 parameters; small so that
-the 54 runs fit a shared CPU), minibatches of 128, mean cross-entropy, pixels scaled to [0, 1], PyTorch's default ``nn.Linear``
-initialisation. Runs with the same seed share their initial weights and their minibatch
-order (common random numbers), so the optimisers are compared on the same draws.
+the 54 runs fit a shared CPU), minibatches of 128, mean cross-entropy, pixels scaled to
+[0, 1], PyTorch's default ``nn.Linear`` initialisation. Runs with the same seed share their
+initial weights and their minibatch order (common random numbers), so the optimisers are
+compared on the same draws.
 
 All runs of the grid train together as one stacked model (:class:`StackedGrid`): run r's
 weights are slice r of tensors of shape (R, fan_in, fan_out) and the forward pass is a
@@ -42,7 +43,7 @@ from genlab.engine import EpochsConfig, Run, read_csv, resolve_device
 from genlab.errors import ConfigError
 from genlab.experiments import Experiment
 from genlab.optim import OPTIMIZERS
-from genlab.record import Figure, Metric, Record, Table
+from genlab.record import Metric, Record, Table, mean_std, run_figures
 
 DATASET = "mnist"
 IMAGE_DIM = 28 * 28
@@ -106,34 +107,22 @@ class OptimizersConfig(EpochsConfig):
                 }.get(name, {})
 
 
-# ---------------------------------------------------------------------------------------
-# The classifier, plain and stacked
-# ---------------------------------------------------------------------------------------
-
 def make_classifier(hidden: tuple[int, ...] = (50,)) -> nn.Sequential:
     """The fixed MNIST classifier: images (N, 784) float -> logits (N, 10).
 
     784-50-10 with the default ``hidden``: 39,250 + 510 = 39,760 parameters.
     """
     widths = [IMAGE_DIM, *hidden, N_CLASSES]
-    layers: list[nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(nn.Linear(fan_in, fan_out))
-        if i < len(widths) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+    layers = [layer for fan_in, fan_out in zip(widths, widths[1:]) for layer in (nn.Linear(fan_in, fan_out), nn.ReLU())]
+    return nn.Sequential(*layers[:-1])  # no ReLU after the output layer
 
 
 def initial_weights(seed: int, hidden: tuple[int, ...]) -> list[torch.Tensor]:
     """The weights :func:`make_classifier` draws after ``torch.manual_seed(seed)``, in the
     stacked layout: per layer W (fan_in, fan_out) and b (1, fan_out), float32."""
     torch.manual_seed(seed)
-    model = make_classifier(hidden)
-    out = []
-    for layer in model:
-        if isinstance(layer, nn.Linear):
-            out += [layer.weight.detach().T.contiguous(), layer.bias.detach()[None]]
-    return out
+    linears = [layer for layer in make_classifier(hidden) if isinstance(layer, nn.Linear)]
+    return [t for layer in linears for t in (layer.weight.detach().T.contiguous(), layer.bias.detach()[None])]
 
 
 @dataclass(frozen=True)
@@ -240,15 +229,6 @@ def epoch_order(seeds: list[int], n: int, epoch: int, device: torch.device) -> t
                         for seed in seeds]).to(device)
 
 
-def load_mnist(split: str, data_dir: Path | None, limit: int | None, device: torch.device):
-    """MNIST ``split`` as images float32 (N, 784) in [0, 1] and labels int64 (N,) on ``device``."""
-    return load_flat(DATASET, split, data_dir, limit, device)
-
-
-# ---------------------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------------------
-
 def run(config: OptimizersConfig) -> Path:
     """Train the whole grid; returns the run directory. See the module docstring.
 
@@ -259,8 +239,8 @@ def run(config: OptimizersConfig) -> Path:
     """
     device = resolve_device(config.device)
     with Run("optimizers", config, device) as run:
-        x_train, y_train = load_mnist("train", config.data_dir, config.subset, device)  # (60000, 784), (60000,)
-        x_test, y_test = load_mnist("test", config.data_dir, config.test_subset, device)  # (10000, 784), (10000,)
+        x_train, y_train = load_flat(DATASET, "train", config.data_dir, config.subset, device)  # (N, 784), (N,)
+        x_test, y_test = load_flat(DATASET, "test", config.data_dir, config.test_subset, device)
         n_train, seeds = len(x_train), config.seeds
         steps_per_epoch = math.ceil(n_train / config.batch_size)
         cells = [Cell(name, lr) for name in config.optimizers for lr in config.lrs]
@@ -268,20 +248,19 @@ def run(config: OptimizersConfig) -> Path:
                            device)
         run.hold(grid=grid)
         labels, n_runs = grid.run_labels(), grid.n_runs
-        sums = torch.zeros(2, n_runs, dtype=torch.float64, device=device)  # loss sums of the epoch, of the block
         pos = run.resume() or {
-            "step": 0, "epoch": 0, "batch": 0, "block": 0, "sums": sums,
+            "step": 0, "epoch": 0, "batch": 0, "block": 0,
+            "sums": torch.zeros(2, n_runs, dtype=torch.float64, device=device),  # loss sums: epoch, block
             "last_finite": torch.full((n_runs,), math.nan, device=device),  # last finite minibatch loss of each run
             "diverged_at": torch.full((n_runs,), -1, dtype=torch.int64, device=device)}  # first non-finite step, or -1
         step, epoch, batch, block = pos["step"], pos["epoch"], pos["batch"], pos["block"]
         sums, last_finite, diverged_at = pos["sums"], pos["last_finite"], pos["diverged_at"]
 
         def progress() -> dict:
-            return {"batch": batch, "block": block, "sums": sums, "last_finite": last_finite, "diverged_at": diverged_at}
+            return {"batch": batch, "block": block, "sums": sums, "last_finite": last_finite,
+                    "diverged_at": diverged_at}
 
-        total_steps = config.epochs * steps_per_epoch
-        if config.max_steps is not None:
-            total_steps = min(total_steps, config.max_steps)
+        total_steps = min(config.epochs * steps_per_epoch, config.max_steps or math.inf)
         print(f"optimizers: {n_runs} runs ({len(config.optimizers)} optimisers x {len(config.lrs)} learning rates x "
               f"{len(seeds)} seeds), {config.epochs} epochs of {steps_per_epoch} steps, trained as one stacked model")
         while epoch < config.epochs and step < total_steps:
@@ -308,9 +287,8 @@ def run(config: OptimizersConfig) -> Path:
             bar.close()
             # End of epoch: test accuracy of every run; a diverged run has none.
             epoch += 1
-            accuracy = grid.accuracy(x_test, y_test)
             diverged = (diverged_at >= 0).tolist()
-            train_loss, acc = (sums[0] / batch).tolist(), accuracy.tolist()
+            train_loss, acc = (sums[0] / batch).tolist(), grid.accuracy(x_test, y_test).tolist()
             last, at = last_finite.tolist(), diverged_at.tolist()
             run.log_rows("runs.csv", [
                 {"epoch": epoch, "optimizer": o, "lr": lr, "seed": s, "train_loss": train_loss[r],
@@ -328,10 +306,6 @@ def run(config: OptimizersConfig) -> Path:
     return run.path
 
 
-# ---------------------------------------------------------------------------------------
-# Outputs
-# ---------------------------------------------------------------------------------------
-
 def final_table(runs: list[dict]) -> dict[str, dict[str, dict]]:
     """optimiser -> lr (as written in the CSV) -> final-epoch statistics over the seeds.
 
@@ -339,9 +313,7 @@ def final_table(runs: list[dict]) -> dict[str, dict[str, dict]]:
     accuracy of the runs that did not diverge (None if all did), ``n`` runs, ``diverged``
     runs, their ``last_finite_loss`` and ``diverged_at_step``, and ``accuracies`` per seed.
     """
-    if not runs:
-        return {}
-    last_epoch = max(int(r["epoch"]) for r in runs)
+    last_epoch = max((int(r["epoch"]) for r in runs), default=0)
     table: dict[str, dict[str, dict]] = {}
     for r in runs:
         if int(r["epoch"]) != last_epoch:
@@ -355,11 +327,8 @@ def final_table(runs: list[dict]) -> dict[str, dict[str, dict]]:
             entry["diverged_at_step"][r["seed"]] = int(r["diverged_at_step"])
         else:
             entry["accuracies"][r["seed"]] = float(r["test_accuracy"])
-    for per_lr in table.values():
-        for entry in per_lr.values():
-            acc = np.array(list(entry["accuracies"].values()))
-            entry["mean"] = float(acc.mean()) if len(acc) else None
-            entry["std"] = float(acc.std(ddof=1)) if len(acc) > 1 else (0.0 if len(acc) else None)
+    for entry in (entry for per_lr in table.values() for entry in per_lr.values()):
+        entry["mean"], entry["std"] = mean_std(list(entry["accuracies"].values()))
     return table
 
 
@@ -399,7 +368,7 @@ def accuracy_metrics(table: dict) -> list[Metric]:
     return out
 
 
-def plot_losses(steps: list[dict], runs: list[dict], figures: Path) -> list[Path]:
+def plot_losses(steps: list[dict], figures: Path) -> list[Path]:
     """figures/loss_lr{lr}.png: training loss against epoch, one line per optimiser (mean over
     seeds, min-max band), a cross where a run diverged."""
     out = []
@@ -407,19 +376,14 @@ def plot_losses(steps: list[dict], runs: list[dict], figures: Path) -> list[Path
         fig, ax = plt.subplots(figsize=(6.4, 4.0))
         for name in dict.fromkeys(r["optimizer"] for r in steps):
             rows = [r for r in steps if r["optimizer"] == name and f"{float(r['lr']):g}" == lr]
-            by_seed: dict[str, list[tuple[float, float]]] = {}
-            for r in rows:
-                by_seed.setdefault(r["seed"], []).append((float(r["epoch"]), float(r["train_loss"])))
-            x = np.array([e for e, _ in next(iter(by_seed.values()))])
-            y = np.array([[v for _, v in series] for series in by_seed.values()])  # (S, T)
-            y = np.where(np.isfinite(y), y, np.nan)  # a diverged run's curve ends at its last finite point
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # columns where every seed has diverged
-                line = plots.band(ax, x, np.nanmean(y, 0), np.nanmin(y, 0), np.nanmax(y, 0), name)
+            seeds = list(dict.fromkeys(r["seed"] for r in rows))
+            x = np.array([float(r["epoch"]) for r in rows if r["seed"] == seeds[0]])
+            y = np.array([[float(r["train_loss"]) for r in rows if r["seed"] == seed] for seed in seeds])  # (S, T)
+            line = plots.seed_band(ax, x, y, name)
             for series in y:  # mark each diverged run at its last finite point
-                bad = ~np.isfinite(series)
-                if bad.any() and (~bad).any():
-                    last = np.flatnonzero(~bad)[-1]
+                finite = np.isfinite(series)
+                if finite.any() and not finite.all():
+                    last = np.flatnonzero(finite)[-1]
                     ax.scatter(x[last], series[last], marker="x", color=line.get_color(), zorder=3)
         ax.set_yscale("log")
         plots.hline(ax, math.log(N_CLASSES), "chance: ln 10", x=x[0])
@@ -456,23 +420,23 @@ def summarise(path: Path) -> dict:
     lrs = [f"{float(lr):g}" for lr in config["lrs"]]
     n_params = sum(p.numel() for p in make_classifier(tuple(config["hidden"])).parameters())
     done = max((int(r["epoch"]) for r in runs), default=0)
-    metrics = {"epochs_done": done, "epochs": config["epochs"], "seconds": float(epochs[-1]["seconds"]) if epochs else None,
+    widths = "-".join(map(str, [IMAGE_DIM, *config["hidden"], N_CLASSES]))
+    metrics = {"epochs_done": done, "epochs": config["epochs"],
+               "seconds": float(epochs[-1]["seconds"]) if epochs else None,
                "runs": len({(r["optimizer"], r["lr"], r["seed"]) for r in runs}),
-               "classifier": f"MLP {'-'.join(map(str, [IMAGE_DIM, *config['hidden'], N_CLASSES]))}, {n_params} parameters",
+               "classifier": f"MLP {widths}, {n_params} parameters",
                "final_test_accuracy": table}
     figures = path / "figures"
     figures.mkdir(exist_ok=True)
     if steps:
-        plot_losses(steps, runs, figures)
+        plot_losses(steps, figures)
     if runs:
         plot_accuracy(runs, figures)
     captions = {"loss_lr": "training loss per epoch at one learning rate: mean over seeds, min-max band, "
                            "x = diverged",
                 "test_accuracy": "test accuracy per epoch, one panel per learning rate"}
     Record("optimizers", "Optimisers on MNIST", "§6", metrics=accuracy_metrics(table),
-           tables=[accuracy_table(table, lrs, config["repeats"])],
-           figures=[Figure(f"figures/{p.name}", next(c for k, c in captions.items() if p.name.startswith(k)))
-                    for p in sorted(figures.glob("*.png"))],
+           tables=[accuracy_table(table, lrs, config["repeats"])], figures=run_figures(path, captions),
            train_seconds=metrics["seconds"], config=config, environment=json.loads((path / "env.json").read_text()),
            notes=[f"{metrics['classifier']}; batch {config['batch_size']}; {done} of {config['epochs']} epochs."],
            extra=metrics).write(path)
