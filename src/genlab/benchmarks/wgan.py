@@ -51,11 +51,8 @@ def time_reference(config: wgan.WGANConfig, method: str, iterations: int, warmup
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_generator, betas=config.betas)
     opt_c = torch.optim.Adam(critic.parameters(), lr=config.lr_critic, betas=config.betas)
     b = config.batch_size
-    start = None
-    for k in range(warmup + iterations):
-        if k == warmup:
-            start = time.perf_counter()
-        real = data[torch.randint(len(data), (b,), device=device)]
+
+    def iteration(real: torch.Tensor, k: int) -> None:
         fake = generator(latent.sample((b,))).detach()
         loss = critic(fake).mean() - critic(real).mean()
         if method == "gradient-penalty":
@@ -75,22 +72,31 @@ def time_reference(config: wgan.WGANConfig, method: str, iterations: int, warmup
             opt_g.zero_grad()
             loss_g.backward()
             opt_g.step()
-    return iterations / (time.perf_counter() - start)
+
+    return _iterations_per_second(iteration, data, b, iterations, warmup)
 
 
 def time_genlab(config: wgan.WGANConfig, method: str, iterations: int, warmup: int, device: torch.device) -> float:
     """Critic iterations per second of genlab's steps."""
     data, latent = _setup(config, device)
     generator, critic, opt_g, opt_c, normalizer = wgan.build(config, method, device)
-    b = config.batch_size
+
+    def iteration(real: torch.Tensor, k: int) -> None:
+        wgan.critic_step(generator, critic, opt_c, normalizer, real, latent, method, config)
+        if k % config.n_critic == 0:
+            wgan.generator_step(generator, critic, opt_g, latent, config.batch_size)
+
+    return _iterations_per_second(iteration, data, config.batch_size, iterations, warmup)
+
+
+def _iterations_per_second(iteration, data: torch.Tensor, batch_size: int, iterations: int, warmup: int) -> float:
+    """Runs ``iteration(real, k)`` for k < warmup + iterations on batches drawn with replacement
+    from ``data`` and returns the timed iterations (those after ``warmup``) per second."""
     start = None
     for k in range(warmup + iterations):
         if k == warmup:
             start = time.perf_counter()
-        real = data[torch.randint(len(data), (b,), device=device)]
-        wgan.critic_step(generator, critic, opt_c, normalizer, real, latent, method, config)
-        if k % config.n_critic == 0:
-            wgan.generator_step(generator, critic, opt_g, latent, b)
+        iteration(data[torch.randint(len(data), (batch_size,), device=data.device)], k)
     return iterations / (time.perf_counter() - start)
 
 
