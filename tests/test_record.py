@@ -1,8 +1,11 @@
 import json
+import math
 
+import numpy as np
 import pytest
 
-from genlab.record import Figure, Metric, Record, RecordError, Reference, Table, default_tolerance, verdict
+from genlab.record import (Figure, Metric, Record, RecordError, Reference, Table, default_tolerance, mean_and_stderr,
+                           verdict)
 
 
 def _vae_metric(value, stderr=0.31):
@@ -54,3 +57,12 @@ def test_a_foreign_or_broken_record_is_refused_naming_the_file(tmp_path):
         bad.write(tmp_path)
     with pytest.raises(RecordError, match="metric names repeat"):
         Record("x", "x", metrics=[Metric("a", 1.0), Metric("a", 2.0)]).validate()
+
+
+def test_mean_and_stderr_over_seeds():
+    mean, se = mean_and_stderr([1.0, 2.0, 3.0])  # std(ddof=1) = 1
+    assert mean == 2.0 and se == pytest.approx(1.0 / math.sqrt(3), rel=1e-15)
+    assert mean_and_stderr([5.0]) == (5.0, 0.0)
+    assert isinstance(mean_and_stderr(np.array([1, 2]))[1], float)
+    with pytest.raises(ValueError, match="no values"):
+        mean_and_stderr([])

@@ -141,3 +141,30 @@ def save_axes(fig: plt.Figure, ax: plt.Axes, path: str | Path, xlabel: str, ylab
     """A one-axes figure's usual ending: :func:`decorate` ``ax`` (grid, legend) and :func:`save` ``fig``."""
     decorate(ax, xlabel, ylabel, title, title_size=title_size)
     return save(fig, path)
+
+
+def seed_band(ax, x: Sequence[float], values: np.ndarray, label: str | None = None, spread: str = "sem",
+              seed_lines: bool = False, alpha: float = 0.2, **line_kwargs):
+    """The mean over seeds of ``values`` (seeds, points) against ``x`` (points,), over a shaded band
+    (:func:`band`): ±1 standard error of the mean, std(ddof=1) / sqrt(seeds) (``spread="sem"``; no
+    width for one seed), or the min-max range over the seeds (``spread="range"``). With
+    ``seed_lines`` each seed's own curve is drawn as well, thin, in the mean's colour.
+    ``line_kwargs`` go to the mean's ``ax.plot``. Returns the mean's line.
+
+    Raises:
+        ValueError: ``spread`` is neither ``"sem"`` nor ``"range"``.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    mean = values.mean(0)
+    if spread == "range":
+        low, high = values.min(0), values.max(0)
+    elif spread == "sem":
+        sem = values.std(0, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else np.zeros_like(mean)
+        low, high = mean - sem, mean + sem
+    else:
+        raise ValueError(f"spread must be 'sem' or 'range', got {spread!r}")
+    line = band(ax, x, mean, low, high, label, alpha=alpha, **line_kwargs)
+    if seed_lines:
+        for seed_values in values:
+            ax.plot(x, seed_values, color=line.get_color(), lw=0.5, alpha=0.35)
+    return line

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from genlab.errors import GenlabError
 
 __all__ = ["SCHEMA", "Reference", "Metric", "Table", "Figure", "Record", "RecordError", "verdict",
@@ -334,3 +336,16 @@ def render_markdown(record: Record) -> str:
         lines += [f"![{f.caption or f.path}]({f.path})" + (f"  \n{f.caption}" if f.caption else "") + "\n"
                   for f in record.figures]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def mean_and_stderr(values: Any) -> tuple[float, float]:
+    """The mean over seeds of per-seed ``values`` and its standard error std(ddof=1) / sqrt(n)
+    (0.0 for a single value), as Python floats for :class:`Metric` ``value`` and ``stderr``.
+
+    Raises:
+        ValueError: ``values`` is empty.
+    """
+    a = np.asarray(values, dtype=np.float64)
+    if a.size == 0:
+        raise ValueError("no values to average")
+    return float(a.mean()), float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else 0.0
