@@ -122,16 +122,12 @@ class ReinforceConfig(DataConfig):
 # ---------------------------------------------------------------------------------------
 
 class ZeroOneLoss:
-    """The black box: L(x, y) = 1[y != t(x)], the 0-1 loss of label y for input x.
-
-    It only sees numbers: inputs and labels are copied to NumPy, the loss is computed there
-    and handed back as a fresh tensor with no autograd history, so no gradient can flow
-    through it into x or into whatever produced y.
+    """The black box: L(x, y) = 1[y != t(x)], the 0-1 loss of label y for input x, computed in
+    NumPy and handed back as a fresh tensor, so no gradient can flow through it into x or y.
 
     Args:
-        target: t, NumPy inputs (N, d) float32 -> true labels (N,) int. For MNIST it looks
-            each image up (by its bytes) in the labelled set it was built from, the way a
-            human labeller would answer; for the toy it is the rule x > 5.
+        target: t, NumPy inputs (N, d) float32 -> true labels (N,) int: a :class:`LabelLookup`
+            for MNIST (the way a human labeller would answer), :func:`threshold_target` for the toy.
     """
 
     def __init__(self, target: Callable[[np.ndarray], np.ndarray]):
@@ -155,8 +151,7 @@ class LabelLookup:
     def __init__(self, images: np.ndarray, labels: np.ndarray):
         self.table: dict[bytes, int] = {}
         for row, label in zip(np.ascontiguousarray(images, dtype=np.float32), labels.tolist()):
-            key = row.tobytes()
-            if self.table.setdefault(key, label) != label:
+            if self.table.setdefault(row.tobytes(), label) != label:
                 raise ValueError("two identical inputs carry different labels; the 0-1 loss is ill-defined")
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -249,7 +244,7 @@ def score_function_surrogate(logits: torch.Tensor, labels: torch.Tensor, losses:
         losses: float (K, N), the black box's L(x_i, y_ik); treated as constants.
         baseline: b, which must not depend on these samples (0 gives the plain estimator).
 
-    Returns: a scalar (float32, or float64 for float64 logits). Its value is not the loss; only its gradient is meaningful.
+    Returns: a scalar (float32, or float64 for float64 logits) whose value is not the loss; only its gradient is.
     """
     log_p = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # (N, 2)
     log_p_y = log_p.gather(1, labels.T).T  # (K, N): log p_w(y_ik | x_i)
@@ -417,7 +412,7 @@ def train(method: str, seed: int, task: Task, config: ReinforceConfig, device: t
 
 
 def run(config: ReinforceConfig) -> Path:
-    """Train every method for every seed; returns the run directory. See the module docstring.
+    """Train every method for every seed; returns the run directory.
 
     The run's step counts optimiser steps over the (method, seed) trainings in order (training
     i's step s is step i * steps + s), its epoch the trainings finished. The checkpoint holds the

@@ -235,7 +235,8 @@ class VAE(nn.Module):
         """z (S, B, latent_dim) -> Bernoulli logits of p(x|z), (S, B, 784), z's dtype under autocast too."""
         return self.decoder(z).to(z.dtype)
 
-    def negative_elbo_bound(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def negative_elbo_bound(self, x: torch.Tensor, eps: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The negative ELBO and its two terms, each averaged over the batch (nats per image).
 
         nelbo = kl + rec with kl = KL(q(z|x) || N(0, I)) analytic and rec = -log p(x|z) at one
@@ -444,7 +445,8 @@ class BatchStream:
         self.orders, self.position = state["orders"], state["position"]
 
 
-def draw_noise(generators: list[torch.Generator], batch_size: int, latent_dim: int, device: torch.device) -> torch.Tensor:
+def draw_noise(generators: list[torch.Generator], batch_size: int, latent_dim: int,
+               device: torch.device) -> torch.Tensor:
     """eps ~ N(0, I) of shape (S, B, latent_dim), model i's slice from generator i."""
     return torch.stack([torch.randn(batch_size, latent_dim, generator=g, device=device) for g in generators])
 
