@@ -76,3 +76,21 @@ def test_seed_band_leaves_out_diverged_seeds_and_draws_range_or_sem(ax):
     assert np.ptp(ax.collections[2].get_paths()[0].vertices[:, 1]) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="spread must be"):
         plots.seed_band(ax, x, values, spread="std")
+
+
+@pytest.mark.parametrize("spread, low, high", [("sem", 2 - 2 / 3 ** 0.5, 2 + 2 / 3 ** 0.5), ("range", 0.0, 4.0)])
+def test_seed_band_draws_the_mean_over_seeds_with_its_spread(ax, spread, low, high):
+    values = np.array([[0.0, 4.0], [2.0, 2.0], [4.0, 0.0]])  # (seeds, points): mean 2, std(ddof=1) 2 at each point
+    line = plots.seed_band(ax, [0.0, 1.0], values, "mean", spread=spread, seed_lines=True, color="tab:blue")
+    assert list(line.get_ydata()) == [2.0, 2.0] and line.get_label() == "mean"
+    ys = ax.collections[0].get_paths()[0].vertices[:, 1]
+    assert ys.min() == pytest.approx(low) and ys.max() == pytest.approx(high)
+    assert len(ax.lines) == 4 and all(seed.get_color() == line.get_color() for seed in ax.lines[1:])
+    with pytest.raises(ValueError, match="spread"):
+        plots.seed_band(ax, [0.0, 1.0], values, spread="std")
+
+
+def test_seed_band_of_one_seed_has_no_width(ax):
+    plots.seed_band(ax, [0.0, 1.0, 2.0], [[1.0, 3.0, 2.0]])
+    ys = ax.collections[0].get_paths()[0].vertices[:, 1]
+    assert set(ys.round(12)) == {1.0, 2.0, 3.0}

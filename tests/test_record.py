@@ -1,10 +1,11 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
-from genlab.record import (Figure, Metric, Record, RecordError, Reference, Table, default_tolerance, mean_std,
-                           run_figures, verdict)
+from genlab.record import (Figure, Metric, Record, RecordError, Reference, Table, default_tolerance, mean_and_stderr,
+                           mean_std, run_figures, verdict)
 
 
 def _vae_metric(value, stderr=0.31):
@@ -72,3 +73,12 @@ def test_run_figures_lists_pngs_captioned_by_the_first_matching_prefix(tmp_path)
     assert run_figures(tmp_path, captions) == [Figure("figures/loss_lr0.01.png", "loss"),
                                                Figure("figures/other.png", ""),
                                                Figure("figures/test_accuracy.png", "accuracy")]
+
+
+def test_mean_and_stderr_over_seeds():
+    mean, se = mean_and_stderr([1.0, 2.0, 3.0])  # std(ddof=1) = 1
+    assert mean == 2.0 and se == pytest.approx(1.0 / math.sqrt(3), rel=1e-15)
+    assert mean_and_stderr([5.0]) == (5.0, 0.0)
+    assert isinstance(mean_and_stderr(np.array([1, 2]))[1], float)
+    with pytest.raises(ValueError, match="no values"):
+        mean_and_stderr([])

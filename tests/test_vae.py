@@ -271,11 +271,6 @@ def test_iwae_bound_tightens_with_k(tiny_model_and_test):
     assert elbo == pytest.approx(bounds[0], abs=5.0)
 
 
-def test_mean_and_standard_error():
-    assert vae.mean_and_standard_error([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1.0 / math.sqrt(3)))
-    assert vae.mean_and_standard_error([5.0]) == (5.0, 0.0)
-
-
 def test_config_validation():
     with pytest.raises(ValueError, match="--seeds"):
         vae.VAEConfig(seeds=0)

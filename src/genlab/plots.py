@@ -145,12 +145,14 @@ def save_axes(fig: plt.Figure, ax: plt.Axes, path: str | Path, xlabel: str, ylab
     return save(fig, path)
 
 
-def seed_band(ax, x: Sequence[float], values, label: str | None = None, spread: str = "range", alpha: float = 0.2,
-              **line_kwargs):
+def seed_band(ax, x: Sequence[float], values, label: str | None = None, spread: str = "range",
+              seed_lines: bool = False, alpha: float = 0.2, **line_kwargs):
     """The mean over seeds of ``values`` (S, T) against ``x`` (T,), over a :func:`band` of their
     range (``spread="range"``: min to max) or of ±1 standard error (``"sem"``: std with ddof=1
-    over sqrt(S); no band for one seed). Non-finite values (a diverged seed) are left out, so a
-    seed's curve ends at its last finite point; a column with no finite value is not drawn.
+    over sqrt(S); no width for one seed). Non-finite values (a diverged seed) are left out, so a
+    seed's curve ends at its last finite point; a column with no finite value is not drawn. With
+    ``seed_lines`` each seed's own curve is drawn as well, thin, in the mean's colour.
+    ``line_kwargs`` go to the mean's ``ax.plot``. Returns the mean's line.
 
     Raises:
         ValueError: ``spread`` is neither "range" nor "sem".
@@ -168,4 +170,8 @@ def seed_band(ax, x: Sequence[float], values, label: str | None = None, spread: 
             low, high = mean - sem, mean + sem
         else:
             raise ValueError(f"spread must be 'range' or 'sem', got {spread!r}")
-    return band(ax, x, mean, low, high, label, alpha, **line_kwargs)
+    line = band(ax, x, mean, low, high, label, alpha, **line_kwargs)
+    if seed_lines:
+        for seed_values in values:
+            ax.plot(x, seed_values, color=line.get_color(), lw=0.5, alpha=0.35)
+    return line

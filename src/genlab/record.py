@@ -29,7 +29,7 @@ import numpy as np
 from genlab.errors import GenlabError
 
 __all__ = ["SCHEMA", "Reference", "Metric", "Table", "Figure", "Record", "RecordError", "verdict",
-           "default_tolerance", "render_markdown", "mean_std", "run_figures"]
+           "default_tolerance", "render_markdown", "mean_std", "mean_and_stderr", "run_figures"]
 
 SCHEMA = "genlab.record/1"
 VERDICTS = ("meets", "beats", "misses", "no reference")
@@ -356,3 +356,16 @@ def run_figures(run_path: str | Path, captions: dict[str, str]) -> list[Figure]:
         caption = next((text for prefix, text in captions.items() if png.name.startswith(prefix)), "")
         out.append(Figure(f"figures/{png.name}", caption))
     return out
+
+
+def mean_and_stderr(values: Any) -> tuple[float, float]:
+    """The mean over seeds of per-seed ``values`` and its standard error std(ddof=1) / sqrt(n)
+    (0.0 for a single value), as Python floats for :class:`Metric` ``value`` and ``stderr``.
+
+    Raises:
+        ValueError: ``values`` is empty.
+    """
+    a = np.asarray(values, dtype=np.float64)
+    if a.size == 0:
+        raise ValueError("no values to average")
+    return float(a.mean()), float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else 0.0

@@ -122,16 +122,12 @@ class ReinforceConfig(DataConfig):
 # ---------------------------------------------------------------------------------------
 
 class ZeroOneLoss:
-    """The black box: L(x, y) = 1[y != t(x)], the 0-1 loss of label y for input x.
-
-    It only sees numbers: inputs and labels are copied to NumPy, the loss is computed there
-    and handed back as a fresh tensor with no autograd history, so no gradient can flow
-    through it into x or into whatever produced y.
+    """The black box: L(x, y) = 1[y != t(x)], the 0-1 loss of label y for input x, computed in
+    NumPy and handed back as a fresh tensor, so no gradient can flow through it into x or y.
 
     Args:
-        target: t, NumPy inputs (N, d) float32 -> true labels (N,) int. For MNIST it looks
-            each image up (by its bytes) in the labelled set it was built from, the way a
-            human labeller would answer; for the toy it is the rule x > 5.
+        target: t, NumPy inputs (N, d) float32 -> true labels (N,) int: a :class:`LabelLookup`
+            for MNIST (the way a human labeller would answer), :func:`threshold_target` for the toy.
     """
 
     def __init__(self, target: Callable[[np.ndarray], np.ndarray]):
@@ -155,8 +151,7 @@ class LabelLookup:
     def __init__(self, images: np.ndarray, labels: np.ndarray):
         self.table: dict[bytes, int] = {}
         for row, label in zip(np.ascontiguousarray(images, dtype=np.float32), labels.tolist()):
-            key = row.tobytes()
-            if self.table.setdefault(key, label) != label:
+            if self.table.setdefault(row.tobytes(), label) != label:
                 raise ValueError("two identical inputs carry different labels; the 0-1 loss is ill-defined")
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -194,20 +189,15 @@ class Task:
 def load_task(name: str, data_dir: Path | None = None, subset: int | None = None) -> Task:
     """The data of ``--task`` on the CPU. MNIST pixels are scaled to [0, 1] and flattened."""
     if name == "mnist-gt5":
-        split = {}
-        for s in ("train", "test"):
-            x, digits = load_flat("mnist", s, data_dir)  # (N, 784) in [0, 1], (N,)
-            split[s] = (x, (digits > 5).long())
-        x_train, t_train = split["train"][0][:subset], split["train"][1][:subset]
+        (x_train, d_train), (x_test, d_test) = (load_flat("mnist", s, data_dir) for s in ("train", "test"))
+        x_train, t_train = x_train[:subset], (d_train[:subset] > 5).long()  # (N, 784) in [0, 1], (N,)
         loss = ZeroOneLoss(LabelLookup(x_train.numpy(), t_train.numpy()))
-        return Task(name, x_train, t_train, *split["test"], loss)
+        return Task(name, x_train, t_train, x_test, (d_test > 5).long(), loss)
     if name == "threshold":
         gen = torch.Generator().manual_seed(TOY_DATA_SEED)
-        x_train = torch.rand(TOY_SIZES["train"], 1, generator=gen) * 10  # (N, 1), U[0, 10]
-        x_test = torch.rand(TOY_SIZES["test"], 1, generator=gen) * 10
+        x_train, x_test = (torch.rand(TOY_SIZES[s], 1, generator=gen) * 10 for s in ("train", "test"))  # U[0, 10]
         x_train = x_train[:subset]
-        t_train = torch.from_numpy(threshold_target(x_train.numpy()))
-        t_test = torch.from_numpy(threshold_target(x_test.numpy()))
+        t_train, t_test = (torch.from_numpy(threshold_target(x.numpy())) for x in (x_train, x_test))
         return Task(name, x_train, t_train, x_test, t_test, ZeroOneLoss(threshold_target))
     raise ValueError(f"unknown task {name!r}; known: mnist-gt5, threshold")
 
@@ -254,7 +244,7 @@ def score_function_surrogate(logits: torch.Tensor, labels: torch.Tensor, losses:
         losses: float (K, N), the black box's L(x_i, y_ik); treated as constants.
         baseline: b, which must not depend on these samples (0 gives the plain estimator).
 
-    Returns: a scalar (float32, or float64 for float64 logits). Its value is not the loss; only its gradient is meaningful.
+    Returns: a scalar (float32, or float64 for float64 logits) whose value is not the loss; only its gradient is.
     """
     log_p = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # (N, 2)
     log_p_y = log_p.gather(1, labels.T).T  # (K, N): log p_w(y_ik | x_i)
@@ -360,7 +350,7 @@ def train(method: str, seed: int, task: Task, config: ReinforceConfig, device: t
           x_train: torch.Tensor, t_train: torch.Tensor, x_test: torch.Tensor, t_test: torch.Tensor,
           unit: CurrentUnit | None = None, step_done: Callable[[int], None] = lambda step: None,
           log: Callable[[dict], None] = lambda row: None) -> dict:
-    """Train one method with one seed; returns its curve (a list of rows) and final weights.
+    """Train one method with one seed; returns {"method", "seed", "curve": its rows}.
 
     The seed fixes the initialisation, the minibatch order and the variance probes, so all
     methods of one seed start from the same weights and see the same minibatches. ``unit`` holds
@@ -418,12 +408,11 @@ def train(method: str, seed: int, task: Task, config: ReinforceConfig, device: t
             record(step)
         state["step"] = step
         step_done(step)
-    return {"method": method, "seed": seed, "curve": curve,
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    return {"method": method, "seed": seed, "curve": curve}
 
 
 def run(config: ReinforceConfig) -> Path:
-    """Train every method for every seed; returns the run directory. See the module docstring.
+    """Train every method for every seed; returns the run directory.
 
     The run's step counts optimiser steps over the (method, seed) trainings in order (training
     i's step s is step i * steps + s), its epoch the trainings finished. The checkpoint holds the
@@ -471,7 +460,6 @@ def run(config: ReinforceConfig) -> Path:
 # Outputs
 # ---------------------------------------------------------------------------------------
 
-
 def steps_to_reach(curve: list[dict], target: float) -> int | None:
     """First evaluated step whose test accuracy is >= target (None if never)."""
     return next((row["step"] for row in curve if row["test_accuracy"] >= target), None)
@@ -506,28 +494,33 @@ def summarise(results: list[dict], target: float) -> dict[str, dict]:
 
 
 COLORS = {"reinforce-plain": "tab:red", "reinforce-baseline": "tab:blue", "supervised": "tab:green"}
+FIGURES = {  # file name: (curve key, y label, caption (also the title), log scale)
+    "accuracy": ("test_accuracy", "test accuracy", "test accuracy per method (band: min-max over seeds)", False),
+    "objective": ("train_objective", "E[0-1 loss] = mean 1 - p(t | x)",
+                  f"expected 0-1 loss of the policy on {OBJECTIVE_SIZE:,} training inputs", True),
+    "grad_variance": ("grad_var", "tr Cov(g) (squared gradient units)",
+                      "variance of the minibatch gradient estimate (dashed: labels only)", True),
+}
 
 
 def plot_bands(results: list[dict], key: str, path: Path, ylabel: str, title: str, logy: bool = False,
-               hlines: dict[str, float] | None = None, reference: dict[str, float] | None = None,
-               dashed_key: str | None = None) -> Path:
+               hlines: dict[str, float] | None = None, reference: dict[str, float] | None = None) -> Path:
     """Mean over seeds (line), min-max over seeds (band) and each seed (thin lines) of ``key``
-    against the step, one colour per method; ``reference``: method -> value at the last step."""
+    against the step, one colour per method; ``reference``: method -> value at the last step.
+    For ``grad_var`` the labels-only part (``grad_var_labels``, mean over seeds) is drawn dashed."""
     fig, ax = plots.plt.subplots(figsize=(7.0, 4.2))
     for method in dict.fromkeys(r["method"] for r in results):
-        runs = [r for r in results if r["method"] == method]
-        rows = [[row for row in r["curve"] if not math.isnan(row.get(key, math.nan))] for r in runs]
+        rows = [[row for row in r["curve"] if not math.isnan(row.get(key, math.nan))]
+                for r in results if r["method"] == method]  # per seed
         if not rows[0]:
             continue
         steps = np.array([row["step"] for row in rows[0]])
-        values = np.array([[row[key] for row in rr] for rr in rows])  # (seeds, points)
+        values = np.array([[row[key] for row in seed_rows] for seed_rows in rows])  # (seeds, points)
         color = COLORS.get(method)
-        for v in values:
-            ax.plot(steps, v, color=color, lw=0.5, alpha=0.35)
-        plots.band(ax, steps, values.mean(0), values.min(0), values.max(0), f"{method} (mean of {len(runs)} seeds)",
-                   alpha=0.15, color=color, lw=1.8)
-        if dashed_key:
-            dashed = np.array([[row[dashed_key] for row in rr] for rr in rows]).mean(0)
+        plots.seed_band(ax, steps, values, f"{method} (mean of {len(rows)} seeds)", spread="range", seed_lines=True,
+                        alpha=0.15, color=color, lw=1.8)
+        if key == "grad_var":
+            dashed = np.array([[row["grad_var_labels"] for row in seed_rows] for seed_rows in rows]).mean(0)
             if dashed.any():
                 ax.plot(steps, dashed, color=color, lw=1.2, ls="--", label=f"{method}, labels only")
         if reference and method in reference:
@@ -542,7 +535,6 @@ def plot_bands(results: list[dict], key: str, path: Path, ylabel: str, title: st
 
 def methods_table(summary: dict[str, dict], target: float) -> Table:
     """Per method: final accuracy, steps to ``target``, gradient-estimate variance."""
-    pct = round(100 * target)
     rows = [[method, f"{100 * s['final_accuracy_mean']:.2f} ± {100 * s['final_accuracy_std']:.2f} %",
              ", ".join(f"{100 * a:.2f}" for a in s["final_accuracy"]),
              ("n/a" if s["steps_to_target_mean"] is None else f"{s['steps_to_target_mean']:.0f}") + "; "
@@ -550,34 +542,27 @@ def methods_table(summary: dict[str, dict], target: float) -> Table:
              s["grad_var_mean"], s["grad_var_start"], s["grad_var_end"], s["grad_var_labels_mean"],
              s["grad_sq_norm_mean"]] for method, s in summary.items()]
     return Table("methods", ["method", "final test accuracy (mean ± std)", "per seed",
-                             f"steps to {pct} % (mean; per seed)", "tr Cov(g), mean over training", "at step 0",
-                             "at the end", "labels only, mean", "‖E g‖², mean"], rows)
+                             f"steps to {round(100 * target)} % (mean; per seed)", "tr Cov(g), mean over training",
+                             "at step 0", "at the end", "labels only, mean", "‖E g‖², mean"], rows)
 
 
 def finish(run_dir: RunDir, config: ReinforceConfig, task: Task, results: list[dict], elapsed: float) -> dict:
     """Figures, metrics.json and summary.md."""
-    figs = run_dir.path / "figures"
-    pct = round(100 * config.target_accuracy)
     label = {"mnist-gt5": "MNIST, digit > 5", "threshold": "x ~ U[0, 10], x > 5"}[config.task]
-    reference = REFERENCE_FINAL_ACCURACY if config.task == "mnist-gt5" else None
-    plot_bands(results, "test_accuracy", figs / "accuracy.png", "test accuracy",
-               f"{label}: test accuracy (band: min-max over seeds)",
-               hlines={f"{pct} %": config.target_accuracy, "majority label": task.majority_accuracy},
-               reference=reference)
-    plot_bands(results, "train_objective", figs / "objective.png", "E[0-1 loss] = mean 1 - p(t | x)",
-               f"{label}: expected 0-1 loss of the policy on 2,000 training inputs", logy=True)
-    if config.variance_every:
-        plot_bands(results, "grad_var", figs / "grad_variance.png", "tr Cov(g) (squared gradient units)",
-                   f"{label}: variance of the minibatch gradient estimate (dashed: labels only)", logy=True,
-                   dashed_key="grad_var_labels")
+    reference = REFERENCE_FINAL_ACCURACY if config.task == "mnist-gt5" else {}
+    hlines = {f"{round(100 * config.target_accuracy)} %": config.target_accuracy,
+              "majority label": task.majority_accuracy}
+    for name, (key, ylabel, caption, logy) in FIGURES.items():
+        if key != "grad_var" or config.variance_every:
+            plot_bands(results, key, run_dir.path / "figures" / f"{name}.png", ylabel, f"{label}: {caption}", logy,
+                       hlines=hlines if key == "test_accuracy" else None,
+                       reference=reference if key == "test_accuracy" else None)
     summary = summarise(results, config.target_accuracy)
     metrics = {"task": config.task, "methods": summary, "majority_accuracy": task.majority_accuracy,
-               "steps": results[0]["curve"][-1]["step"],
-               "reference": {"final_accuracy": REFERENCE_FINAL_ACCURACY if reference else None}}
+               "steps": results[0]["curve"][-1]["step"], "reference": {"final_accuracy": reference or None}}
     out = []
     for method, m in summary.items():
-        n = len(m["final_accuracy"])
-        ref = reference.get(method) if reference else None
+        n, ref = len(m["final_accuracy"]), reference.get(method)
         out.append(Metric(f"final_accuracy_{method}", 100 * m["final_accuracy_mean"], "%",
                           stderr=100 * m["final_accuracy_std"] / math.sqrt(n) if n > 1 else None, n_seeds=n,
                           lower_is_better=False, headline=method == next(iter(summary)),
@@ -589,9 +574,7 @@ def finish(run_dir: RunDir, config: ReinforceConfig, task: Task, results: list[d
              f"batch {config.batch_size}, {config.samples_per_input} label(s) per input, {config.optimizer} "
              f"lr {config.lr}, hidden {config.hidden}.",
              f"Always answering the majority label scores {100 * task.majority_accuracy:.2f} % on the test set."]
-    captions = {"accuracy": "test accuracy per method (band: min-max over seeds)",
-                "objective": "expected 0-1 loss of the policy on 2,000 training inputs",
-                "grad_variance": "variance of the minibatch gradient estimate (dashed: labels only)"}
+    captions = {name: caption for name, (_, _, caption, _) in FIGURES.items()}
     run_dir.write_record(Record("reinforce", f"REINFORCE vs supervised, {label}", "§8", metrics=out,
                                 tables=[methods_table(summary, config.target_accuracy)],
                                 figures=run_dir.figures(captions), train_seconds=elapsed, notes=notes,

@@ -42,7 +42,7 @@ from genlab.engine import (DataConfig, GeneratorStates, Run, RunDir, check_check
                            config_from_dict, load_checkpoint, resolve_device, seed_everything)
 from genlab.errors import ConfigError
 from genlab.experiments import Experiment
-from genlab.record import Figure, Metric, Record, Reference, Table
+from genlab.record import Metric, Record, Reference, Table, mean_and_stderr
 
 DATASET = "mnist"
 PIXELS = 28 * 28
@@ -56,7 +56,7 @@ TERMS = ("nelbo", "kl", "rec")
 IWAE_ROWS = 5000
 """Decoder rows (models x samples x images) per chunk of the IWAE bound, so that its (rows, 784)
 float32 activations stay cache-sized (~16 MB; chunk sizes timed in docs/benchmarks.md, vae)."""
-TERM_NAMES = {"nelbo": "negative ELBO", "kl": "KL", "rec": "reconstruction"}
+TERM_NAMES = {"nelbo": "negative ELBO", "kl": "KL", "rec": "reconstruction", "iwae_nll": "IWAE NLL bound"}
 
 
 @dataclass
@@ -125,19 +125,11 @@ class VAEConfig(DataConfig):
 # Distributions (nats)
 # ---------------------------------------------------------------------------------------
 
-def sample_gaussian(m: torch.Tensor, v: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
-    """The reparameterisation trick (Kingma & Welling 2014, §2.4): z = m + sqrt(v) * eps.
+def sample_gaussian(m: torch.Tensor, v: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """The reparameterisation trick (Kingma & Welling 2014, §2.4): z = m + sqrt(v) * eps ~ N(m, diag v).
 
-    Args:
-        m: means, any shape (..., D), float.
-        v: variances, the shape of ``m``, > 0.
-        eps: standard normal noise of that shape; drawn from the global torch RNG if None.
-
-    Returns:
-        z ~ N(m, diag v), the shape of ``m``, differentiable in ``m`` and ``v``.
+    m, v > 0 and the standard normal noise eps broadcast to (..., D); z is differentiable in m and v.
     """
-    if eps is None:
-        eps = torch.randn_like(m)
     return m + v.sqrt() * eps
 
 
@@ -158,7 +150,7 @@ def kl_normal(qm: torch.Tensor, qv: torch.Tensor, pm: torch.Tensor, pv: torch.Te
 def log_bernoulli_with_logits(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """log p(x | logits) = sum_j x_j log sigmoid(l_j) + (1 - x_j) log sigmoid(-l_j), over the last dim.
 
-    Args: x in {0, 1} (or [0, 1]) and logits, broadcastable (..., 784). Returns shape (...), nats.
+    x in {0, 1} (or [0, 1]) and logits broadcast to (..., 784); returns shape (...), nats.
     """
     return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
 
@@ -243,7 +235,7 @@ class VAE(nn.Module):
         """z (S, B, latent_dim) -> Bernoulli logits of p(x|z), (S, B, 784), z's dtype under autocast too."""
         return self.decoder(z).to(z.dtype)
 
-    def negative_elbo_bound(self, x: torch.Tensor, eps: torch.Tensor | None = None
+    def negative_elbo_bound(self, x: torch.Tensor, eps: torch.Tensor
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The negative ELBO and its two terms, each averaged over the batch (nats per image).
 
@@ -252,11 +244,10 @@ class VAE(nn.Module):
 
         Args:
             x: binary images (S, B, 784), one batch per model, or (B, 784) shared by all.
-            eps: the N(0, I) noise of z, (S, B, latent_dim); drawn from the global RNG if None.
+            eps: the N(0, I) noise of z, (S, B, latent_dim).
 
         Returns:
-            (nelbo, kl, rec), float tensors of shape (S,): one value per model. Their sum over
-            models is the training loss.
+            (nelbo, kl, rec), float tensors of shape (S,), one value per model; the training loss is their sum.
         """
         x = self._per_model(x)
         m, v = self.encode(x)  # (S, B, z)
@@ -275,9 +266,8 @@ class VAE(nn.Module):
         logsumexp. k = 1 is an unbiased estimate of the negative ELBO; the bound tightens as k grows.
 
         Args:
-            x: binary images (B, 784), shared by all models (keep B * k * S modest: memory
-               is about 3 KB per (image, sample, model)).
-            k: importance samples per image, >= 1.
+            x: binary images (B, 784), shared by all models (memory ~ 3 KB per (image, sample, model)).
+            k: importance samples per image, >= 1 (ValueError otherwise).
             generator: for the noise (on x's device); None uses the global RNG.
 
         Returns:
@@ -353,15 +343,11 @@ def negative_elbo_and_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, 
     """The training loss sum_i nelbo_i of the S stacked models and its gradients, with the
     backward pass written out (the training step's fast path; autograd is not involved).
 
-    The same maths as :meth:`VAE.negative_elbo_bound`: KL(q || N(0, I)) = 1/2 sum(v - log v +
-    m^2 - 1) and -log p(x|z) at z = m + sqrt(v) eps, each averaged over the batch (Kingma &
-    Welling 2014, eq. 10). The four wide matrix products run in ``dtype`` (bf16 or float32); the
-    two latent-width ones (300 -> 20 and 10 -> 300, faster unconverted) and everything else run
-    in x's dtype. Autocast plus autograd spend ~60 casts and ~250 small ops on the same step;
-    here each weight is cast once and the cast reused in the backward pass, and the autograd
-    engine is skipped (``genlab bench vae`` times both; docs/benchmarks.md). The plain version is
-    autograd through :meth:`VAE.negative_elbo_bound`; tests check that the two agree (float64:
-    to 1e-10; float32: 1e-5; bf16: 3e-2).
+    The same maths as :meth:`VAE.negative_elbo_bound` (the plain version, through autograd; tests
+    check that the two agree): KL(q || N(0, I)) = 1/2 sum(v - log v + m^2 - 1) and -log p(x|z) at
+    z = m + sqrt(v) eps, each averaged over the batch (Kingma & Welling 2014, eq. 10). The four wide
+    matrix products run in ``dtype``; the two latent-width ones and everything else in x's dtype.
+    Each weight is cast once and the cast reused in the backward pass.
 
     Args:
         model: the S stacked VAEs (their parameters are read, not changed).
@@ -394,8 +380,7 @@ def negative_elbo_and_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor, 
 
 
 # ---------------------------------------------------------------------------------------
-# Data (MNIST from genlab.data: the training intensities, binarised per batch by BatchStream;
-# the test set binarised once, with TEST_BINARIZATION_SEED)
+# Data: the training intensities, binarised per batch by BatchStream; the test set binarised once
 # ---------------------------------------------------------------------------------------
 
 def load_test(config: VAEConfig, device: torch.device) -> torch.Tensor:
@@ -460,18 +445,16 @@ class BatchStream:
         self.orders, self.position = state["orders"], state["position"]
 
 
-def draw_noise(generators: list[torch.Generator], batch_size: int, latent_dim: int, device: torch.device) -> torch.Tensor:
+def draw_noise(generators: list[torch.Generator], batch_size: int, latent_dim: int,
+               device: torch.device) -> torch.Tensor:
     """eps ~ N(0, I) of shape (S, B, latent_dim), model i's slice from generator i."""
     return torch.stack([torch.randn(batch_size, latent_dim, generator=g, device=device) for g in generators])
 
 
 def train_step(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, eps: torch.Tensor,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """One Adam step on every model: minimise sum_i nelbo_i on x (S, B, 784) with noise eps (S, B, z).
-
-    The loss and its gradients come from :func:`negative_elbo_and_gradients` with the matrix
-    products in ``dtype`` (:func:`genlab.engine.compute_dtype` of ``--precision``); the loss
-    terms, the parameters and Adam are float32 either way.
+    """One Adam step on every model: minimise sum_i nelbo_i on x (S, B, 784) with noise eps (S, B, z),
+    gradients from :func:`negative_elbo_and_gradients` with the wide matrix products in ``dtype``.
 
     Returns the (3, S) float32 tensor of (nelbo, kl, rec) per model, nats per image.
     """
@@ -540,12 +523,6 @@ def run(config: VAEConfig) -> Path:
             return {"step": step, **{f"{prefix}{term}_seed{s}": v for t, term in enumerate(TERMS)
                                      for s, v in zip(config.seed_list, terms[t].tolist())}}
 
-        def flush() -> None:
-            if pending:
-                logged = row("", torch.stack(pending).mean(0))  # means over the logged iterations
-                pending.clear()
-                run.log_steps([logged], check=tuple(logged))
-
         dtype = compute_dtype(device, config.precision)
         bar = tqdm(total=total, initial=step, unit="it", desc=f"vae x{config.seeds}", dynamic_ncols=True,
                    disable=None)
@@ -560,7 +537,9 @@ def run(config: VAEConfig) -> Path:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             train_seconds += time.perf_counter() - start
-            flush()
+            logged = row("", torch.stack(pending).mean(0))  # means over the logged iterations
+            pending.clear()
+            run.log_steps([logged], check=tuple(logged))
             bar.update(chunk_end - bar.n)
             if step % config.eval_every == 0 or step == total:
                 run.log_rows("eval.jsonl", [row("test_", evaluate_terms(model, test, config.seed_list))])
@@ -576,12 +555,6 @@ def run(config: VAEConfig) -> Path:
 # Outputs
 # ---------------------------------------------------------------------------------------
 
-def mean_and_standard_error(values: list[float]) -> tuple[float, float]:
-    """Mean and standard error std(ddof=1) / sqrt(n) of the per-seed values (0 for one seed)."""
-    a = np.asarray(values, dtype=np.float64)
-    return float(a.mean()), float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else 0.0
-
-
 @torch.no_grad()
 def bernoulli_means(model: VAE, z: torch.Tensor, index: int = 0) -> np.ndarray:
     """uint8 (N, 28, 28): model ``index``'s decoder means sigmoid(logits) at z (N, latent_dim), x 255."""
@@ -589,68 +562,30 @@ def bernoulli_means(model: VAE, z: torch.Tensor, index: int = 0) -> np.ndarray:
     return (torch.sigmoid(logits) * 255).round().to(torch.uint8).view(-1, 28, 28).cpu().numpy()
 
 
-def plot_run(run_dir: RunDir, config: VAEConfig, model: VAE, test: torch.Tensor, device: torch.device) -> list[Path]:
+def plot_run(run_dir: RunDir, config: VAEConfig, model: VAE, test: torch.Tensor, device: torch.device) -> None:
     """samples_seed*.png (10 x 20), reconstructions.png, training_curves.png, test_curves.png."""
     figs = run_dir.path / "figures"
-    out = []
     for i, s in enumerate(config.seed_list):
         z = torch.randn(200, model.latent_dim, generator=torch.Generator().manual_seed(s)).to(device)
-        out.append(plots.save_image_grid(bernoulli_means(model, z, i), figs / f"samples_seed{s}.png", 10, 20,
-                                         title=f"VAE samples (decoder Bernoulli means), seed {s}"))
+        plots.save_image_grid(bernoulli_means(model, z, i), figs / f"samples_seed{s}.png", 10, 20,
+                              title=f"VAE samples (decoder Bernoulli means), seed {s}")
     x = test[:50]  # (50, 784)
-    m, _ = model.encode(x)  # (S, 50, z)
-    recon = bernoulli_means(model, m[0])  # decoded at the posterior mean of model 0
+    recon = bernoulli_means(model, model.encode(x)[0][0])  # decoded at the posterior mean of model 0
     originals = (x * 255).to(torch.uint8).view(-1, 28, 28).cpu().numpy()
     rows = [block for r in range(5) for block in (originals[r * 10:(r + 1) * 10], recon[r * 10:(r + 1) * 10])]
-    out.append(plots.save_image_grid(np.concatenate(rows), figs / "reconstructions.png", 10, 10,
-                                     title=f"test digits (odd rows) and reconstructions (even rows), seed {config.seed}"))
+    plots.save_image_grid(np.concatenate(rows), figs / "reconstructions.png", 10, 10,
+                          title=f"test digits (odd rows) and reconstructions (even rows), seed {config.seed}")
     ref = {TERM_NAMES[t]: {config.iterations: REFERENCE[t][0]} for t in TERMS}
     seeds = f"mean of {config.seeds} seed(s)"
-    for name, prefix, png, what in (("steps", "", "training_curves", f"training terms ({seeds}, {config.log_every}-"
-                                                                     f"iteration averages)"),
-                                    ("eval", "test_", "test_curves", f"test terms ({seeds})")):
+    for name, prefix, what in (("steps", "", f"training terms ({seeds}, {config.log_every}-iteration averages)"),
+                               ("eval", "test_", f"test terms ({seeds})")):
         rows = run_dir.read_rows(f"{name}.jsonl")
         if rows:
             series = {TERM_NAMES[t]: [float(np.mean([r[f"{prefix}{t}_seed{s}"] for s in config.seed_list]))
                                       for r in rows] for t in TERMS}
-            out.append(plots.plot_curves([r["step"] for r in rows], series, figs / f"{png}.png", "iteration",
-                                         "nats per image", f"VAE {what}", reference=ref))
-    return out
-
-
-def finish(run_dir: RunDir, config: VAEConfig, model: VAE, test: torch.Tensor, device: torch.device,
-           train_seconds: float | None) -> dict:
-    """Test metrics (three terms and the IWAE bound per seed, mean +/- s.e.), figures,
-    metrics.json and summary.md (also used by ``genlab eval``)."""
-    model.eval()
-    terms = evaluate_terms(model, test, config.seed_list)  # (3, S)
-    per_seed = {s: {t: terms[j, i].item() for j, t in enumerate(TERMS)} for i, s in enumerate(config.seed_list)}
-    iwae_seconds = None
-    if config.iw_samples > 0:
-        start = time.perf_counter()
-        nll = evaluate_iwae(model, test[:config.iw_test_subset], config.iw_samples, config.seed, config.iw_batch)
-        iwae_seconds = time.perf_counter() - start
-        for i, s in enumerate(config.seed_list):
-            per_seed[s]["iwae_nll"] = nll[i].item()
-    keys = list(TERMS) + (["iwae_nll"] if config.iw_samples > 0 else [])
-    summary = {k: mean_and_standard_error([per_seed[s][k] for s in config.seed_list]) for k in keys}
-    metrics = {
-        "test": {k: {"mean": m, "standard_error": se} for k, (m, se) in summary.items()},
-        "per_seed": {str(s): v for s, v in per_seed.items()},
-        "seeds": config.seed_list,
-        "n_test": len(test),
-        "iw_samples": config.iw_samples,
-        "n_test_iwae": len(test[:config.iw_test_subset]) if config.iw_samples > 0 else 0,
-        "iterations": config.iterations,
-        "train_seconds": train_seconds,
-        "train_seconds_per_seed": train_seconds / config.seeds if train_seconds else None,
-        "iwae_seconds": iwae_seconds,
-        "reference": {t: {"mean": m, "standard_error": se} for t, (m, se) in REFERENCE.items()},
-        "units": "nats per image",
-    }
-    plot_run(run_dir, config, model, test, device)
-    run_dir.write_record(make_record(metrics, run_dir.figures(FIGURE_CAPTIONS), iwae_seconds))
-    return metrics
+            png = figs / ("training_curves.png" if name == "steps" else "test_curves.png")
+            plots.plot_curves([r["step"] for r in rows], series, png, "iteration", "nats per image", f"VAE {what}",
+                              reference=ref)
 
 
 FIGURE_CAPTIONS = {
@@ -661,30 +596,59 @@ FIGURE_CAPTIONS = {
 }
 
 
-def make_record(metrics: dict, figures: list[Figure], iwae_seconds: float | None) -> Record:
-    """The run's record from :func:`finish`'s metrics: the three test terms against the SPEC §4
-    reference (mean +/- standard error over the seeds), the IWAE bound, and the per-seed table."""
-    test, n = metrics["test"], len(metrics["seeds"])
+def finish(run_dir: RunDir, config: VAEConfig, model: VAE, test: torch.Tensor, device: torch.device,
+           train_seconds: float | None) -> dict:
+    """Test metrics (three terms and the IWAE bound per seed, mean +/- s.e. over the seeds against the
+    SPEC §4 reference), figures, metrics.json and summary.md (also used by ``genlab eval``)."""
+    model.eval()
+    terms = evaluate_terms(model, test, config.seed_list)  # (3, S)
+    per_seed = {s: dict(zip(TERMS, terms[:, i].tolist())) for i, s in enumerate(config.seed_list)}
+    keys, iwae_seconds, n_iwae = list(TERMS), None, 0
+    if config.iw_samples > 0:
+        start = time.perf_counter()
+        iw_test = test[:config.iw_test_subset]
+        nll = evaluate_iwae(model, iw_test, config.iw_samples, config.seed, config.iw_batch)
+        iwae_seconds, n_iwae = time.perf_counter() - start, len(iw_test)
+        for s, value in zip(config.seed_list, nll.tolist()):
+            per_seed[s]["iwae_nll"] = value
+        keys.append("iwae_nll")
+    summary = {k: mean_and_stderr([per_seed[s][k] for s in config.seed_list]) for k in keys}
+    metrics = {
+        "test": {k: {"mean": m, "standard_error": se} for k, (m, se) in summary.items()},
+        "per_seed": {str(s): v for s, v in per_seed.items()},
+        "seeds": config.seed_list,
+        "n_test": len(test),
+        "iw_samples": config.iw_samples,
+        "n_test_iwae": n_iwae,
+        "iterations": config.iterations,
+        "train_seconds": train_seconds,
+        "train_seconds_per_seed": train_seconds / config.seeds if train_seconds else None,
+        "iwae_seconds": iwae_seconds,
+        "reference": {t: {"mean": m, "standard_error": se} for t, (m, se) in REFERENCE.items()},
+        "units": "nats per image",
+    }
+    plot_run(run_dir, config, model, test, device)
+    n = config.seeds
     directions = {"nelbo": True, "kl": None, "rec": True}
     names = {"nelbo": "negative_elbo", "kl": "kl", "rec": "reconstruction"}
-    out = [Metric(names[t], test[t]["mean"], "nats", stderr=test[t]["standard_error"], n_seeds=n,
-                  lower_is_better=directions[t], headline=t == "nelbo",
-                  reference=Reference(*REFERENCE[t], section="§4"),
-                  description=f"test {TERM_NAMES[t]} per image, {metrics['n_test']:,} images binarised with seed "
+    out = [Metric(names[t], summary[t][0], "nats", stderr=summary[t][1], n_seeds=n, lower_is_better=directions[t],
+                  headline=t == "nelbo", reference=Reference(*REFERENCE[t], section="§4"),
+                  description=f"test {TERM_NAMES[t]} per image, {len(test):,} images binarised with seed "
                               f"{TEST_BINARIZATION_SEED}, one reparameterised sample")
            for t in TERMS]
-    if "iwae_nll" in test:
-        out.append(Metric("iwae_nll", test["iwae_nll"]["mean"], "nats", stderr=test["iwae_nll"]["standard_error"],
-                          n_seeds=n, lower_is_better=True,
-                          description=f"importance-weighted bound on the test NLL, k = {metrics['iw_samples']:,}, "
-                                      f"{metrics['n_test_iwae']:,} test images (Burda et al. 2016, eq. 8)"))
-    keys = [k for k in (*TERMS, "iwae_nll") if k in test]
-    table = Table("per seed", ["seed", *(TERM_NAMES.get(k, "IWAE NLL bound") for k in keys)],
-                  [[int(s), *(v[k] for k in keys)] for s, v in metrics["per_seed"].items()], "Test set, nats per image.")
-    notes = [f"{n} model(s) trained together for {metrics['iterations']:,} iterations each"
-             + (f", {metrics['train_seconds_per_seed']:.1f} s of training per seed." if metrics["train_seconds"] else ".")]
-    return Record("vae", "VAE on binarised MNIST", "§4", metrics=out, tables=[table], figures=figures,
-                  train_seconds=metrics["train_seconds"], eval_seconds=iwae_seconds, notes=notes, extra=metrics)
+    if config.iw_samples > 0:
+        out.append(Metric("iwae_nll", summary["iwae_nll"][0], "nats", stderr=summary["iwae_nll"][1], n_seeds=n,
+                          lower_is_better=True,
+                          description=f"importance-weighted bound on the test NLL, k = {config.iw_samples:,}, "
+                                      f"{n_iwae:,} test images (Burda et al. 2016, eq. 8)"))
+    table = Table("per seed", ["seed", *(TERM_NAMES[k] for k in keys)],
+                  [[s, *(v[k] for k in keys)] for s, v in per_seed.items()], "Test set, nats per image.")
+    notes = [f"{n} model(s) trained together for {config.iterations:,} iterations each"
+             + (f", {train_seconds / n:.1f} s of training per seed." if train_seconds else ".")]
+    run_dir.write_record(Record("vae", "VAE on binarised MNIST", "§4", metrics=out, tables=[table],
+                                figures=run_dir.figures(FIGURE_CAPTIONS), train_seconds=train_seconds,
+                                eval_seconds=iwae_seconds, notes=notes, extra=metrics))
+    return metrics
 
 
 def _restore(run_path: Path, device: torch.device) -> tuple[VAEConfig, VAE]:
