@@ -12,7 +12,7 @@ An experiment's own figure is drawn with ``plt`` and finished with these helpers
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -21,7 +21,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["tile_images", "save_image_grid", "plot_curves", "moving_average", "save", "decorate", "hline", "band", "save_axes"]
+__all__ = ["tile_images", "save_image_grid", "plot_curves", "moving_average", "save", "decorate", "hline", "band", "save_axes",
+           "heatmap", "mean_band"]
 
 
 def tile_images(images: np.ndarray, nrow: int, ncol: int, pad: int = 1) -> np.ndarray:
@@ -141,3 +142,41 @@ def save_axes(fig: plt.Figure, ax: plt.Axes, path: str | Path, xlabel: str, ylab
     """A one-axes figure's usual ending: :func:`decorate` ``ax`` (grid, legend) and :func:`save` ``fig``."""
     decorate(ax, xlabel, ylabel, title, title_size=title_size)
     return save(fig, path)
+
+
+def heatmap(ax, matrix: np.ndarray, label: str, vmin: float = 0.0, vmax: float = 1.0,
+            text: Callable[[float], str] = "{:.2f}".format, cmap: str = "viridis") -> None:
+    """Draw ``matrix`` (R, C) on ``ax`` as a heat map: row i from the top, column j from the left,
+    ticks numbered from 1, each finite value printed in its cell (by ``text``; white on the lower 60 %
+    of the colour range, black above), NaN cells left blank, and a colour bar from ``vmin`` to ``vmax``
+    labelled ``label``. The caller labels the axes (:func:`decorate` with ``grid=None, legend=False``)."""
+    rows, cols = matrix.shape
+    image = ax.imshow(np.ma.masked_invalid(matrix), vmin=vmin, vmax=vmax, cmap=cmap)
+    for (i, j), value in np.ndenumerate(matrix):
+        if not np.isnan(value):
+            ax.text(j, i, text(value), ha="center", va="center", fontsize=7 if max(rows, cols) > 6 else 9,
+                    color="white" if value < vmin + 0.6 * (vmax - vmin) else "black")
+    ax.set_xticks(range(cols), [str(j + 1) for j in range(cols)])
+    ax.set_yticks(range(rows), [str(i + 1) for i in range(rows)])
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=label)
+
+
+def mean_band(ax, x: Sequence[float], runs: np.ndarray, label: str | None = None, spread: str = "stderr",
+              **line_kwargs):
+    """The mean over runs (seeds) of ``runs`` (S, T), against ``x`` (T,), over a shaded band (:func:`band`):
+    ±1 standard error of the mean, std(ddof=1) / sqrt(S), with ``spread="stderr"`` (no band for one run), or
+    the runs' min to max with ``spread="range"``. Returns the line.
+
+    Raises:
+        ValueError: an unknown ``spread``.
+    """
+    runs = np.asarray(runs, dtype=np.float64)
+    mean = runs.mean(0)
+    if spread == "range":
+        low, high = runs.min(0), runs.max(0)
+    elif spread == "stderr":
+        sem = runs.std(0, ddof=1) / np.sqrt(len(runs)) if len(runs) > 1 else np.zeros_like(mean)
+        low, high = mean - sem, mean + sem
+    else:
+        raise ValueError(f"unknown spread {spread!r}; choose 'stderr' or 'range'")
+    return band(ax, x, mean, low, high, label, **line_kwargs)

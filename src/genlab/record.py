@@ -20,14 +20,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from genlab.errors import GenlabError
 
 __all__ = ["SCHEMA", "Reference", "Metric", "Table", "Figure", "Record", "RecordError", "verdict",
-           "default_tolerance", "render_markdown"]
+           "default_tolerance", "render_markdown", "mean_std", "seed_metric"]
 
 SCHEMA = "genlab.record/1"
 VERDICTS = ("meets", "beats", "misses", "no reference")
@@ -334,3 +337,17 @@ def render_markdown(record: Record) -> str:
         lines += [f"![{f.caption or f.path}]({f.path})" + (f"  \n{f.caption}" if f.caption else "") + "\n"
                   for f in record.figures]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, sample standard deviation with ddof=1) of per-seed values, as floats; the standard
+    deviation of a single value is 0.0. NumPy's ``mean`` and ``std``, so the bits match theirs."""
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def seed_metric(name: str, mean: float, std: float, n_seeds: int, unit: str = "", **fields: Any) -> Metric:
+    """A :class:`Metric` whose ``value`` is a mean over ``n_seeds`` seeds: its ``stderr`` is the standard
+    error of that mean, ``std / sqrt(n_seeds)`` from the seeds' sample standard deviation ``std`` (ddof=1),
+    and None for one seed. ``fields``: the other :class:`Metric` fields (``lower_is_better``, ...)."""
+    return Metric(name, mean, unit, stderr=std / math.sqrt(n_seeds) if n_seeds > 1 else None, n_seeds=n_seeds,
+                  **fields)

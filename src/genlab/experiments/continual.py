@@ -53,11 +53,11 @@ from tqdm.auto import tqdm
 
 from genlab import plots
 from genlab.data import load_flat
-from genlab.engine import (CurrentUnit, EpochsConfig, GeneratorStates, Run, RunDir, append_csv, config_from_dict,
-                           resolve_device)
+from genlab.engine import CurrentUnit, EpochsConfig, GeneratorStates, Run, RunDir, config_from_dict, resolve_device
 from genlab.errors import ConfigError
 from genlab.experiments import Experiment
-from genlab.record import Figure, Metric, Record, Reference, Table
+from genlab.record import Figure, Record, Reference, Table, mean_std, seed_metric
+from genlab.tables import write_csv
 
 Method = Literal["naive", "ewc", "rehearsal"]
 ModelName = Literal["mlp", "cnn"]
@@ -523,6 +523,10 @@ def plasticity(r: np.ndarray) -> float:
     return float(np.mean(np.diag(r)))
 
 
+MEASURES = {"average_accuracy": average_accuracy, "backward_transfer": backward_transfer, "forgetting": forgetting,
+            "plasticity": plasticity}
+
+
 # ---------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------
@@ -677,8 +681,7 @@ def run_job(job: Job, config: ContinualConfig, data: dict, run: Run, unit: Curre
     return {"job": job.name, "model": job.model, "method": job.method, "label": job.label, "lambda": job.lam,
             "seed": job.seed, "r": [[None if np.isnan(v) else float(v) for v in row] for row in r],  # NaN: unseen
             "probes": probes, "steps": step, "seconds": run.elapsed_s - job_start,
-            "average_accuracy": average_accuracy(r), "backward_transfer": backward_transfer(r),
-            "forgetting": forgetting(r), "plasticity": plasticity(r)}
+            **{key: measure(r) for key, measure in MEASURES.items()}}
 
 
 def run(config: ContinualConfig) -> Path:
@@ -708,64 +711,35 @@ def run(config: ContinualConfig) -> Path:
 # Outputs
 # ---------------------------------------------------------------------------------------
 
-def _group(results: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    """(model, label) -> results over seeds, in run order."""
-    out: dict[tuple[str, str], list[dict]] = {}
-    for res in results:
-        out.setdefault((res["model"], res["label"]), []).append(res)
-    return out
-
-
-def _matrix(result: dict) -> np.ndarray:
-    """float64 (T, T) accuracy matrix of a result, NaN for tasks not yet seen."""
-    return np.array(result["r"], dtype=np.float64)
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
-def plot_matrix(r: np.ndarray, path: Path, title: str, scored: str = "test") -> Path:
-    """Heat map of an accuracy matrix (T, T), entries printed; ``scored``: the split measured on."""
-    t = r.shape[0]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * t, 0.8 + 0.45 * t))
-    masked = np.ma.masked_invalid(r)  # tasks not yet seen are blank
-    im = ax.imshow(masked, vmin=0, vmax=1, cmap="viridis")
-    for i in range(t):
-        for j in range(t):
-            if not np.isnan(r[i, j]):
-                ax.text(j, i, f"{r[i, j]:.2f}"[1:] if r[i, j] < 1 else "1.0", ha="center", va="center",
-                        fontsize=7 if t > 6 else 9, color="white" if r[i, j] < 0.6 else "black")
-    ax.set_xticks(range(t), [str(j + 1) for j in range(t)])
-    ax.set_yticks(range(t), [str(i + 1) for i in range(t)])
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=f"{scored} accuracy")
-    plots.decorate(ax, "evaluated on task j", "after training task i", title, title_size=9, grid=None, legend=False)
-    return plots.save(fig, path)
-
-
 def write_outputs(run_dir: RunDir, results: list[dict], tasks: int, scored: str = "test") -> list[dict]:
     """Accuracy CSVs, heat maps, task-1 and λ-sweep figures, their accuracies labelled as measured on the
-    ``scored`` split ("test" or "validation"); returns one table row per (model, label)."""
+    ``scored`` split ("test" or "validation"); returns one table row per (model, label), means over seeds."""
     figs, metrics = run_dir.path / "figures", run_dir.path / "metrics"
+    groups: dict[tuple[str, str], list[dict]] = {}  # (model, label) -> results over seeds, in run order
+    for res in results:
+        groups.setdefault((res["model"], res["label"]), []).append(res)
+    means = {key: np.mean([np.array(g["r"], dtype=np.float64) for g in group], axis=0)  # (T, T); NaN: unseen
+             for key, group in groups.items()}
     rows = []
-    for (model, label), group in _group(results).items():
-        r = np.mean([_matrix(g) for g in group], axis=0)  # (T, T), mean over seeds
+    for (model, label), group in groups.items():
+        r, n = means[model, label], len(group)
         np.savetxt(metrics / f"accuracy_{model}_{label}.csv", r, delimiter=",", fmt="%.4f",
                    header=",".join(f"task{j + 1}" for j in range(tasks)), comments="")
-        n = len(group)
-        plot_matrix(r, figs / f"accuracy_{model}_{label}.png",
-                    f"{model.upper()}, {label}: R[i, j]" + (f" (mean of {n} seeds)" if n > 1 else ""), scored)
+        fig, ax = plt.subplots(figsize=(1.0 + 0.5 * tasks, 0.8 + 0.45 * tasks))
+        plots.heatmap(ax, r, f"{scored} accuracy", text=lambda v: f"{v:.2f}".removeprefix("0"))
+        title = f"{model.upper()}, {label}: R[i, j]" + (f" (mean of {n} seeds)" if n > 1 else "")
+        plots.decorate(ax, "evaluated on task j", "after training task i", title, title_size=9, grid=None,
+                       legend=False)
+        plots.save(fig, figs / f"accuracy_{model}_{label}.png")
         row = {"model": model, "method": group[0]["method"], "label": label, "lambda": group[0]["lambda"],
                "seeds": n, "steps": group[0]["steps"], "seconds": float(np.mean([g["seconds"] for g in group]))}
-        for key in ("average_accuracy", "backward_transfer", "forgetting", "plasticity"):
-            row[key], row[key + "_std"] = _mean_std([g[key] for g in group])
-        row["task1_final"] = float(r[-1, 0])
-        rows.append(row)
-    (metrics / "summary.csv").unlink(missing_ok=True)
-    append_csv(metrics / "summary.csv", rows)
+        for key in MEASURES:
+            row[key], row[key + "_std"] = mean_std([g[key] for g in group])
+        rows.append({**row, "task1_final": float(r[-1, 0])})
+    write_csv(metrics / "summary.csv", rows)
     for model in sorted({row["model"] for row in rows}):
-        _plot_task1(results, model, figs / f"task1_accuracy_{model}.png", scored)
-        _plot_average(results, model, tasks, figs / f"average_accuracy_{model}.png", scored)
+        _plot_curves({label: group for (m, label), group in groups.items() if m == model}, means, model, tasks,
+                     figs, scored)
         sweep = sorted((row for row in rows if row["model"] == model and row["method"] == "ewc"),
                        key=lambda row: row["lambda"])
         if len(sweep) > 1:
@@ -773,42 +747,37 @@ def write_outputs(run_dir: RunDir, results: list[dict], tasks: int, scored: str 
     return rows
 
 
-def _plot_task1(results: list[dict], model: str, path: Path, scored: str) -> None:
+def _plot_curves(groups: dict[str, list[dict]], means: dict[tuple[str, str], np.ndarray], model: str, tasks: int,
+                 figs: Path, scored: str) -> None:
+    """One model's task-1 accuracy over the optimiser steps and average accuracy over the tasks learnt,
+    one line per label (``groups``: label -> results over seeds), means over seeds."""
     fig, ax = plt.subplots(figsize=(7.0, 4.0))
-    for (m, label), group in _group(results).items():
-        if m != model:
-            continue
-        probes = group[0]["probes"]  # first seed: the step grid is the same for every seed
-        steps = [p["step"] for p in probes]
+    for label, group in groups.items():
+        steps = [p["step"] for p in group[0]["probes"]]  # first seed: the step grid is the same for every seed
         acc = np.mean([[p["task1_accuracy"] for p in g["probes"]] for g in group], axis=0)
         ax.plot(steps, acc, label=label, lw=1.2)
-    steps_per_task = results[0]["steps"] / max(1, len(results[0]["r"]))
-    for t in range(1, len(results[0]["r"])):
+    steps_per_task = next(iter(groups.values()))[0]["steps"] / tasks
+    for t in range(1, tasks):
         ax.axvline(t * steps_per_task, color="gray", lw=0.5, ls=":")
-    plots.save_axes(fig, ax, path, "optimiser step (dotted: task boundaries)", f"{scored} accuracy on task 1",
-                    f"{model.upper()}: task-1 accuracy while tasks 2.. are learnt")
-
-
-def _plot_average(results: list[dict], model: str, tasks: int, path: Path, scored: str) -> None:
+    plots.save_axes(fig, ax, figs / f"task1_accuracy_{model}.png", "optimiser step (dotted: task boundaries)",
+                    f"{scored} accuracy on task 1", f"{model.upper()}: task-1 accuracy while tasks 2.. are learnt")
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for (m, label), group in _group(results).items():
-        if m != model:
-            continue
-        r = np.mean([_matrix(g) for g in group], axis=0)
+    for label in groups:
+        r = means[model, label]
         ax.plot(range(1, tasks + 1), [r[i, :i + 1].mean() for i in range(tasks)], marker="o", ms=3, label=label)
     plots.hline(ax, REFERENCE["ewc_average_accuracy_public_baseline"], "EWC public baseline (10 tasks)", x=1)
-    plots.save_axes(fig, ax, path, "tasks learnt", f"mean {scored} accuracy over the tasks seen",
+    plots.save_axes(fig, ax, figs / f"average_accuracy_{model}.png", "tasks learnt",
+                    f"mean {scored} accuracy over the tasks seen",
                     f"{model.upper()}: average accuracy along the sequence")
 
 
 def plot_lambda_sweep(sweep: list[dict], rows: list[dict], model: str, path: Path) -> None:
-    """The EWC λ sweep of one model as a PNG at ``path``: average accuracy, plasticity and
-    forgetting (each in [0, 1], with their seed std as error bars) against λ on a log axis, and
-    the average accuracy of every other method of ``rows`` (naive, rehearsal) as a dashed line.
+    """The EWC λ sweep of one model as a PNG at ``path``: average accuracy, plasticity and forgetting
+    (in [0, 1], seed std as error bars) against λ on a log axis, and the average accuracy of the other
+    methods of ``rows`` as dashed lines.
 
-    Args: ``sweep``: the EWC summary rows (keys ``lambda``, ``average_accuracy``, ``plasticity``,
-    ``forgetting`` and their ``*_std``), in λ order; ``rows``: all summary rows (keys ``model``,
-    ``method``, ``label``, ``average_accuracy``); ``model``: ``"mlp"`` or ``"cnn"``.
+    Args: ``sweep``: the EWC summary rows (:func:`write_outputs`), in λ order; ``rows``: all summary rows;
+    ``model``: ``"mlp"`` or ``"cnn"``.
     """
     lams = [max(row["lambda"], 1e-3) for row in sweep]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -839,10 +808,7 @@ def make_record(config: ContinualConfig, rows: list[dict], train_seconds: float 
     on 10 tasks, unless scored on --validation images; the best EWC λ of each model is the headline)
     and the forgetting, mean and standard error over the seeds; the summary table and the MLP-vs-CNN
     table. Descriptions, captions and, with --validation, the title name the split scored."""
-    def stderr(row: dict, key: str) -> float | None:
-        return row[key + "_std"] / math.sqrt(row["seeds"]) if row["seeds"] > 1 else None
-
-    best_ewc = {}
+    best_ewc = {}  # model -> (average accuracy, label) of its best EWC λ, the first of equals
     for row in rows:
         if row["method"] == "ewc" and row["average_accuracy"] > best_ewc.get(row["model"], (-1.0,))[0]:
             best_ewc[row["model"]] = (row["average_accuracy"], row["label"])
@@ -851,32 +817,30 @@ def make_record(config: ContinualConfig, rows: list[dict], train_seconds: float 
                             f"{REFERENCE['ewc_average_accuracy_paper']})")
     metrics = []
     for row in rows:
-        name = f"{row['model']}_{row['label']}"
+        name, what, n = f"{row['model']}_{row['label']}", f"{row['model'].upper()}, {row['label']}", row["seeds"]
         is_ewc = row["method"] == "ewc"
         metrics += [
-            Metric(f"average_accuracy_{name}", row["average_accuracy"], stderr=stderr(row, "average_accuracy"),
-                   n_seeds=row["seeds"], lower_is_better=False,
-                   reference=anchor if is_ewc and config.tasks == 10 and not config.validation else None,
-                   headline=is_ewc and best_ewc[row["model"]][1] == row["label"],
-                   description=f"{row['model'].upper()}, {row['label']}: mean {config.scored} accuracy over the "
-                               f"{config.tasks} tasks after the last one"),
-            Metric(f"forgetting_{name}", row["forgetting"], stderr=stderr(row, "forgetting"), n_seeds=row["seeds"],
-                   lower_is_better=True, description=f"{row['model'].upper()}, {row['label']}: mean drop from each "
-                                                     f"task's best accuracy to its final one (Chaudhry et al. 2018)")]
-    keys = ("average_accuracy", "backward_transfer", "forgetting", "plasticity")
+            seed_metric(f"average_accuracy_{name}", row["average_accuracy"], row["average_accuracy_std"], n,
+                        lower_is_better=False, headline=is_ewc and best_ewc[row["model"]][1] == row["label"],
+                        reference=anchor if is_ewc and config.tasks == 10 and not config.validation else None,
+                        description=f"{what}: mean {config.scored} accuracy over the {config.tasks} tasks after "
+                                    f"the last one"),
+            seed_metric(f"forgetting_{name}", row["forgetting"], row["forgetting_std"], n, lower_is_better=True,
+                        description=f"{what}: mean drop from each task's best accuracy to its final one "
+                                    f"(Chaudhry et al. 2018)")]
     tables = [Table("methods", ["model", "method", "average accuracy", "backward transfer", "forgetting",
                                 "plasticity", "task 1 at end", "steps", "s"],
-                    [[row["model"], row["label"], *(row[k] for k in keys), row["task1_final"], row["steps"],
+                    [[row["model"], row["label"], *(row[k] for k in MEASURES), row["task1_final"], row["steps"],
                       row["seconds"]] for row in rows],
                     f"{config.tasks} tasks, {config.epochs} epoch(s) per task, batch {config.batch_size} "
                     f"(+{config.replay_batch} replayed for rehearsal), {config.optimizer} lr {config.lr}; "
                     f"means over {config.seeds} seed(s) from {config.seed}. Accuracies on {config.evaluation}.")]
     models = sorted({row["model"] for row in rows})
     if len(models) > 1:
+        average = {(row["model"], row["label"]): row["average_accuracy"] for row in rows}
         tables.append(Table("MLP vs CNN", ["method", *models],
-                            [[label, *(next((row["average_accuracy"] for row in rows
-                                             if row["model"] == m and row["label"] == label), None) for m in models)]
-                             for label in dict.fromkeys(row["label"] for row in rows)],
+                            [[label, *(average.get((m, label)) for m in models)] for label in dict.fromkeys(
+                                row["label"] for row in rows)],
                             f"Average accuracy after the last task, on {config.evaluation}."))
     title = "Continual learning on permuted MNIST" + (", scored on held-out training images" if config.validation
                                                       else "")
@@ -893,11 +857,10 @@ def finish(run_dir: RunDir, config: ContinualConfig, results: list[dict], elapse
 
 def evaluate(run_path: Path) -> dict:
     """``genlab eval RUN_DIR``: rebuild figures, table and summary from metrics/results.jsonl."""
-    run_path = Path(run_path)
-    config = config_from_dict(ContinualConfig, json.loads((run_path / "config.json").read_text()),
-                              tuple_keys=("methods", "model", "ewc_lambdas"), out=run_path, resume=True)
-    results = [json.loads(line) for line in (run_path / "metrics" / "results.jsonl").read_text().splitlines() if line]
-    return {"table": finish(RunDir("continual", config, torch.device("cpu")), config, results, None)}
+    config = config_from_dict(ContinualConfig, json.loads((Path(run_path) / "config.json").read_text()),
+                              tuple_keys=("methods", "model", "ewc_lambdas"), out=Path(run_path), resume=True)
+    run_dir = RunDir("continual", config, torch.device("cpu"))
+    return {"table": finish(run_dir, config, run_dir.read_rows("results.jsonl"), None)}
 
 
 EXPERIMENT = Experiment(
