@@ -59,3 +59,32 @@ def test_save_writes_a_png_and_closes_the_figure(tmp_path):
     path = plots.save(fig, tmp_path / "f.png")
     assert path == tmp_path / "f.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not plots.plt.fignum_exists(fig.number)
+
+
+def test_heatmap_prints_finite_cells_and_leaves_nan_blank(ax):
+    matrix = np.array([[0.9, np.nan], [0.3, 1.0]])
+    plots.heatmap(ax, matrix, "accuracy", text=lambda v: f"{v:.1f}")
+    texts = {(t.get_position(), t.get_text(), t.get_color()) for t in ax.texts}
+    assert texts == {((0, 0), "0.9", "black"), ((0, 1), "0.3", "white"), ((1, 1), "1.0", "black")}
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2"]
+    assert ax.images[0].get_clim() == (0.0, 1.0) and np.ma.is_masked(ax.images[0].get_array()[0, 1])
+
+
+@pytest.mark.parametrize("spread, low, high", [("stderr", [3 - 3 ** 0.5, 0.0], [3 + 3 ** 0.5, 4.0]),
+                                               ("range", [0.0, 0.0], [6.0, 6.0])])
+def test_mean_band_is_the_mean_over_runs_with_its_band(ax, spread, low, high):
+    runs = np.array([[0.0, 0.0], [3.0, 6.0], [6.0, 0.0]])  # (S=3, T=2): std (ddof=1) 3 and sqrt(12)
+    line = plots.mean_band(ax, [0, 1], runs, "m", spread=spread)
+    np.testing.assert_allclose(line.get_ydata(), [3.0, 2.0])
+    vertices = ax.collections[0].get_paths()[0].vertices  # the band's outline
+    for x in (0, 1):
+        ys = vertices[vertices[:, 0] == x, 1]
+        np.testing.assert_allclose([ys.min(), ys.max()], [low[x], high[x]], rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="spread"):
+        plots.mean_band(ax, [0, 1], runs, spread="std")
+
+
+def test_mean_band_of_one_run_has_no_width(ax):
+    plots.mean_band(ax, [0, 1], np.array([[0.5, 0.7]]))
+    vertices = ax.collections[0].get_paths()[0].vertices
+    np.testing.assert_allclose(np.sort(np.unique(vertices[:, 1])), [0.5, 0.7])

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from genlab.data import load_split
-from genlab.experiments.classifier import accuracy
-from genlab.quality import image_quality, load_classifier, to_uint8
+from genlab.quality import image_quality, load_classifier, to_uint8, top1_accuracy
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +21,7 @@ def test_shipped_classifiers_meet_the_spec_on_the_real_test_sets(dataset, spec):
     model, meta = load_classifier(dataset)
     images, labels = load_split(dataset, "test")
     x = torch.from_numpy(images.copy()).unsqueeze(1).float() / 127.5 - 1
-    acc = accuracy(model, x, torch.from_numpy(labels))
+    acc = top1_accuracy(model, x, torch.from_numpy(labels))
     assert acc >= spec and acc == pytest.approx(meta["test_accuracy"], abs=1e-4)
 
 
@@ -58,3 +57,14 @@ def test_to_uint8_maps_the_range():
     out = to_uint8(x)
     assert out.shape == (1, 1, 28, 28) and out.dtype == torch.uint8
     assert out.flatten()[:4].tolist() == [0, 128, 255, 255]
+
+
+def test_top1_accuracy_counts_the_argmax_hits_over_ragged_batches():
+    from torch import nn
+
+    model = nn.Linear(3, 3, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(3))  # the logits are the inputs: the label is the largest coordinate
+    x = torch.tensor([[1.0, 0, 0], [0, 2, 0], [0, 0, 3], [5, 0, 0], [0, 1, 0]])
+    y = torch.tensor([0, 1, 0, 0, 2])  # hits at rows 0, 1, 3
+    assert top1_accuracy(model, x, y, batch_size=2) == 3 / 5 == top1_accuracy(model, x, y)

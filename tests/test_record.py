@@ -54,3 +54,20 @@ def test_a_foreign_or_broken_record_is_refused_naming_the_file(tmp_path):
         bad.write(tmp_path)
     with pytest.raises(RecordError, match="metric names repeat"):
         Record("x", "x", metrics=[Metric("a", 1.0), Metric("a", 2.0)]).validate()
+
+
+def test_mean_std_is_numpys_sample_std_and_zero_for_one_seed():
+    from genlab.record import mean_std
+
+    assert mean_std([1.0, 2.0, 6.0]) == (3.0, pytest.approx(((4 + 1 + 9) / 2) ** 0.5, rel=1e-15))
+    assert mean_std([0.25]) == (0.25, 0.0)
+
+
+def test_seed_metric_has_the_standard_error_of_the_mean_over_seeds():
+    from genlab.record import seed_metric
+
+    m = seed_metric("fid", 12.0, 2.0, 4, "nats", lower_is_better=True, headline=True)
+    assert (m.value, m.unit, m.stderr, m.n_seeds) == (12.0, "nats", 1.0, 4)  # 2 / sqrt(4)
+    assert m.lower_is_better and m.headline
+    single = seed_metric("fid", 12.0, 0.0, 1)
+    assert single.stderr is None and single.n_seeds == 1

@@ -18,18 +18,9 @@ A sequence of T tasks, each MNIST under its own fixed pixel permutation (Goodfel
 Outputs: per method the accuracy matrix R[i, j] (test accuracy on task j after training
 task i) as CSV and heat map, average accuracy and backward transfer (Lopez-Paz & Ranzato
 2017, eq. 2-3) and forgetting (Chaudhry et al. 2018) after the last task, task-1 accuracy
-over the sequence, the λ sweep, and an MLP vs CNN table when both models run.
-
-Choosing λ and the width without the test set: ``--validation N`` holds out N of the 60,000
-training images (one fixed draw, the same for every ``--seed``; :func:`validation_split`),
-trains, estimates the Fisher and fills the replay memory on the other 60,000 − N, and measures
-every accuracy on the held-out images under each task's permutation; the record and the log
-say which split was scored. Sweep λ at each width there, then run the chosen (λ, width) on the
-test set, every method with 3 seeds:
-
-    genlab run continual --validation 10000 --methods ewc --ewc-lambdas 1 3 10 30 100 --hidden 1000
-    genlab run continual --validation 10000 --methods ewc --ewc-lambdas 1 3 10 30 100 --hidden 256
-    genlab run continual --ewc-lambda LAMBDA --hidden WIDTH --seeds 3
+over the sequence, the λ sweep, and an MLP vs CNN table when both models run. λ and the width
+are chosen on ``--validation N`` held-out training images, not the test set (the recipe is in
+docs/results/continual.md).
 
     genlab run continual                                     # 10 tasks, MLP, all methods
     genlab run continual --model mlp cnn --ewc-lambdas 10 100 1000
@@ -56,6 +47,7 @@ from genlab.data import load_flat
 from genlab.engine import CurrentUnit, EpochsConfig, GeneratorStates, Run, RunDir, config_from_dict, resolve_device
 from genlab.errors import ConfigError
 from genlab.experiments import Experiment
+from genlab.quality import top1_accuracy
 from genlab.record import Figure, Record, Reference, Table, mean_std, seed_metric
 from genlab.tables import write_csv
 
@@ -219,14 +211,6 @@ class CNN(nn.Module):
         return self.head(self.features(x.view(-1, 1, 28, 28)))  # (N, 10)
 
 
-def build_model(name: str, hidden: int) -> nn.Module:
-    if name == "mlp":
-        return MLP(hidden)
-    if name == "cnn":
-        return CNN()
-    raise ValueError(f"unknown model {name!r}; choose mlp or cnn")
-
-
 # ---------------------------------------------------------------------------------------
 # EWC (Kirkpatrick et al. 2017)
 # ---------------------------------------------------------------------------------------
@@ -238,17 +222,14 @@ def fisher_diagonal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_si
     - ``kind="empirical"``: F_i = (1/N) Σ_n (∂ log p(y_n | x_n, θ) / ∂θ_i)² at the true labels,
       as in the EWC paper's permuted-MNIST experiments (Kirkpatrick et al. 2017, eq. 3 and §2.1).
     - ``kind="exact"``: F_i = (1/N) Σ_n Σ_c p(c | x_n, θ) (∂ log p(c | x_n, θ) / ∂θ_i)², the
-      expectation over the model's own predictive distribution (the Fisher proper; Martens 2020,
-      "New insights and perspectives on the natural gradient method"; Kunstner et al. 2019,
-      "Limitations of the empirical Fisher approximation", on why the empirical one can differ). ``y`` is then unused. C times the cost of "empirical".
+      expectation over the model's own predictive distribution (Martens 2020, "New insights and
+      perspectives on the natural gradient method"; Kunstner et al. 2019, "Limitations of the
+      empirical Fisher approximation"); ``y`` is unused and it costs C times "empirical".
 
-    Models whose every parameter belongs to an ``nn.Linear`` applied once to (N, fan_in)
-    inputs (the MLP) use the per-layer closed form: the per-example gradient of a Linear
-    weight is the outer product δ_n a_nᵀ of the output gradient and the input, so
-    Σ_n (δ_n a_nᵀ)² = (δ²)ᵀ (a²), one GEMM per layer and one batched backward pass per chunk
+    An all-``nn.Linear`` model (the MLP) takes the per-layer closed form: a Linear weight's
+    per-example gradient is δ_n a_nᵀ, so Σ_n (δ_n a_nᵀ)² = (δ²)ᵀ (a²), one GEMM per layer
     (Goodfellow 2015, "Efficient per-example gradient computations"). Other models (the CNN)
-    take per-example gradients with ``torch.func.vmap(grad(...))``. Both are evaluated in the
-    model's current mode.
+    take per-example gradients with ``torch.func.vmap(grad(...))``. The model's mode is kept.
 
     Args:
         model: maps float (N, ...) inputs to logits (N, C); no layer may mix examples (no batch norm).
@@ -560,14 +541,9 @@ def jobs_of(config: ContinualConfig) -> list[Job]:
 def evaluate_tasks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, perms: torch.Tensor,
                    batch_size: int = 2000) -> np.ndarray:
     """float64 (T,): accuracy on images x (N, 784), labels y (N,), under each of the permutations (T, 784)."""
-    model.eval()
-    acc = []
-    for perm in perms:
-        correct = sum(int((model(x[i:i + batch_size][:, perm]).argmax(1) == y[i:i + batch_size]).sum())
-                      for i in range(0, len(x), batch_size))
-        acc.append(correct / len(x))
+    acc = np.array([top1_accuracy(model.eval(), x[:, perm], y, batch_size) for perm in perms])
     model.train()
-    return np.array(acc)
+    return acc
 
 
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
@@ -603,7 +579,7 @@ def run_job(job: Job, config: ContinualConfig, data: dict, run: Run, unit: Curre
     probe_x, probe_y = data["eval_x"][:1000], data["eval_y"][:1000]
     perms = permutations(tasks, job.seed).to(device)  # (T, 784)
     torch.manual_seed(job.seed)
-    model = build_model(job.model, config.hidden).to(device)
+    model = (MLP(config.hidden) if job.model == "mlp" else CNN()).to(device)
     opt = (torch.optim.Adam(model.parameters(), lr=config.lr) if config.optimizer == "adam"
            else torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum))
     gen = torch.Generator().manual_seed(job.seed + 7919)  # data order, memory, replay and Fisher samples
@@ -685,13 +661,9 @@ def run_job(job: Job, config: ContinualConfig, data: dict, run: Run, unit: Curre
 
 
 def run(config: ContinualConfig) -> Path:
-    """Run every (model, seed, method, λ) job in turn; returns the run directory.
-
-    The checkpoint (:class:`genlab.engine.Run`) is written at every task end, every few minutes
-    and on Ctrl-C or SIGTERM. It holds, as progress, the finished jobs' results and, as a
-    :class:`genlab.engine.CurrentUnit`, the current job's objects and position, so that a resumed
-    run continues exactly.
-    """
+    """Run every (model, seed, method, λ) job in turn; returns the run directory. The checkpoint
+    (also at every task end) holds the finished jobs' results and, as a :class:`genlab.engine.CurrentUnit`,
+    the current job's objects and position."""
     device = resolve_device(config.device)
     unit = CurrentUnit()
     with Run("continual", config, device, job=unit) as run:
