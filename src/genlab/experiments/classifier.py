@@ -121,8 +121,5 @@ def run(config: ClassifierConfig) -> Path:
 
 
 EXPERIMENT = Experiment(
-    name="classifier",
-    summary="the domain classifier (CNN) behind FID/KID/IS, per dataset; --export writes the shipped weights",
-    config=ClassifierConfig,
-    run=run,
-)
+    name="classifier", config=ClassifierConfig, run=run,
+    summary="the domain classifier (CNN) behind FID/KID/IS, per dataset; --export writes the shipped weights")

@@ -428,8 +428,8 @@ class ReplayMemory:
     def __init__(self, per_task: int, device: torch.device | str = "cpu"):
         self.per_task = per_task
         self.device = torch.device(device)
-        self.indices: list[torch.Tensor] = []  # one int64 (per_task,) per finished task
-        self._stored: torch.Tensor | None = None  # (T, per_task) on the CPU, where the draws are made
+        self.indices: list[torch.Tensor] = []  # one int64 (per_task,) per finished task, on the CPU where the
+        # draws are made, so that no draw waits for the device
 
     def __len__(self) -> int:
         return sum(len(i) for i in self.indices)
@@ -441,8 +441,7 @@ class ReplayMemory:
     def add_task(self, n_train: int, generator: torch.Generator) -> None:
         """Keep ``per_task`` training examples of the task just finished, uniformly without replacement."""
         kept = torch.randperm(n_train, generator=generator)[:self.per_task]
-        self.indices.append(kept.to(self.device))
-        self._stored = None
+        self.indices.append(kept)
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` examples spread evenly over the stored tasks.
@@ -462,17 +461,15 @@ class ReplayMemory:
         counts = torch.full((t,), n // t, dtype=torch.int64)
         counts[torch.randperm(t, generator=generator)[:n % t]] += 1
         task_ids = torch.repeat_interleave(torch.arange(t), counts)  # (n,)
-        if self._stored is None:  # a CPU copy, so that no draw waits for the device
-            self._stored = torch.stack(self.indices).cpu()  # (T, per_task)
-        slot = torch.randint(self._stored.shape[1], (n,), generator=generator)
-        return task_ids.to(self.device), self._stored[task_ids, slot].to(self.device)
+        stored = torch.stack(self.indices)  # (T, per_task)
+        slot = torch.randint(stored.shape[1], (n,), generator=generator)
+        return task_ids.to(self.device), stored[task_ids, slot].to(self.device)
 
     def state_dict(self) -> dict:
-        return {"indices": [i.cpu() for i in self.indices]}
+        return {"indices": list(self.indices)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.indices = [i.to(self.device) for i in state["indices"]]
-        self._stored = None
+        self.indices = [i.cpu() for i in state["indices"]]
 
 
 # ---------------------------------------------------------------------------------------
@@ -836,9 +833,5 @@ def evaluate(run_path: Path) -> dict:
 
 
 EXPERIMENT = Experiment(
-    name="continual",
-    summary="SPEC §9: catastrophic forgetting on permuted MNIST: naive, EWC (λ sweep), rehearsal; MLP and CNN",
-    config=ContinualConfig,
-    run=run,
-    evaluate=evaluate,
-)
+    name="continual", config=ContinualConfig, run=run, evaluate=evaluate,
+    summary="SPEC §9: catastrophic forgetting on permuted MNIST: naive, EWC (λ sweep), rehearsal; MLP and CNN")
