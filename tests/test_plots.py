@@ -94,3 +94,12 @@ def test_seed_band_of_one_seed_has_no_width(ax):
     plots.seed_band(ax, [0.0, 1.0, 2.0], [[1.0, 3.0, 2.0]])
     ys = ax.collections[0].get_paths()[0].vertices[:, 1]
     assert set(ys.round(12)) == {1.0, 2.0, 3.0}
+
+
+def test_heatmap_prints_finite_cells_and_leaves_nan_blank(ax):
+    matrix = np.array([[0.9, np.nan], [0.3, 1.0]])
+    plots.heatmap(ax, matrix, "accuracy", text=lambda v: f"{v:.1f}")
+    texts = {(t.get_position(), t.get_text(), t.get_color()) for t in ax.texts}
+    assert texts == {((0, 0), "0.9", "black"), ((0, 1), "0.3", "white"), ((1, 1), "1.0", "black")}
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2"]
+    assert ax.images[0].get_clim() == (0.0, 1.0) and np.ma.is_masked(ax.images[0].get_array()[0, 1])

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from genlab.data import load_split
-from genlab.experiments.classifier import accuracy
-from genlab.quality import image_quality, load_classifier, to_uint8
+from genlab.quality import image_quality, load_classifier, to_uint8, top1_accuracy
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +21,7 @@ def test_shipped_classifiers_meet_the_spec_on_the_real_test_sets(dataset, spec):
     model, meta = load_classifier(dataset)
     images, labels = load_split(dataset, "test")
     x = torch.from_numpy(images.copy()).unsqueeze(1).float() / 127.5 - 1
-    acc = accuracy(model, x, torch.from_numpy(labels))
+    acc = top1_accuracy(model, x, torch.from_numpy(labels))
     assert acc >= spec and acc == pytest.approx(meta["test_accuracy"], abs=1e-4)
 
 
@@ -104,3 +103,14 @@ def test_features_computed_once_equal_torchmetrics_extracting_them_itself(test_i
     assert ours["fid"] == float(fid.compute()) and ours["kid_mean"] == float(kid_mean)
     assert ours["kid_std"] == float(kid_std)
     assert ours["inception_score"] == float(is_mean) and ours["inception_score_std"] == float(is_std)
+
+
+def test_top1_accuracy_counts_the_argmax_hits_over_ragged_batches():
+    from torch import nn
+
+    model = nn.Linear(3, 3, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(3))  # the logits are the inputs: the label is the largest coordinate
+    x = torch.tensor([[1.0, 0, 0], [0, 2, 0], [0, 0, 3], [5, 0, 0], [0, 1, 0]])
+    y = torch.tensor([0, 1, 0, 0, 2])  # hits at rows 0, 1, 3
+    assert top1_accuracy(model, x, y, batch_size=2) == 3 / 5 == top1_accuracy(model, x, y)

@@ -82,3 +82,13 @@ def test_mean_and_stderr_over_seeds():
     assert isinstance(mean_and_stderr(np.array([1, 2]))[1], float)
     with pytest.raises(ValueError, match="no values"):
         mean_and_stderr([])
+
+
+def test_seed_metric_has_the_standard_error_of_the_mean_over_seeds():
+    from genlab.record import seed_metric
+
+    m = seed_metric("fid", 12.0, 2.0, 4, "nats", lower_is_better=True, headline=True)
+    assert (m.value, m.unit, m.stderr, m.n_seeds) == (12.0, "nats", 1.0, 4)  # 2 / sqrt(4)
+    assert m.lower_is_better and m.headline
+    single = seed_metric("fid", 12.0, 0.0, 1)
+    assert single.stderr is None and single.n_seeds == 1

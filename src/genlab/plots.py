@@ -13,7 +13,7 @@ An experiment's own figure is drawn with ``plt`` and finished with these helpers
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 __all__ = ["tile_images", "save_image_grid", "plot_curves", "moving_average", "save", "decorate", "hline", "band",
-           "save_axes", "seed_band"]
+           "save_axes", "seed_band", "heatmap"]
 
 
 def tile_images(images: np.ndarray, nrow: int, ncol: int, pad: int = 1) -> np.ndarray:
@@ -175,3 +175,20 @@ def seed_band(ax, x: Sequence[float], values, label: str | None = None, spread: 
         for seed_values in values:
             ax.plot(x, seed_values, color=line.get_color(), lw=0.5, alpha=0.35)
     return line
+
+
+def heatmap(ax, matrix: np.ndarray, label: str, vmin: float = 0.0, vmax: float = 1.0,
+            text: Callable[[float], str] = "{:.2f}".format, cmap: str = "viridis") -> None:
+    """Draw ``matrix`` (R, C) on ``ax`` as a heat map: row i from the top, column j from the left,
+    ticks numbered from 1, each finite value printed in its cell (by ``text``; white on the lower 60 %
+    of the colour range, black above), NaN cells left blank, and a colour bar from ``vmin`` to ``vmax``
+    labelled ``label``. The caller labels the axes (:func:`decorate` with ``grid=None, legend=False``)."""
+    rows, cols = matrix.shape
+    image = ax.imshow(np.ma.masked_invalid(matrix), vmin=vmin, vmax=vmax, cmap=cmap)
+    for (i, j), value in np.ndenumerate(matrix):
+        if not np.isnan(value):
+            ax.text(j, i, text(value), ha="center", va="center", fontsize=7 if max(rows, cols) > 6 else 9,
+                    color="white" if value < vmin + 0.6 * (vmax - vmin) else "black")
+    ax.set_xticks(range(cols), [str(j + 1) for j in range(cols)])
+    ax.set_yticks(range(rows), [str(i + 1) for i in range(rows)])
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=label)

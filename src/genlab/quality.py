@@ -24,7 +24,8 @@ from torch import nn
 
 from genlab.record import Metric
 
-__all__ = ["DomainClassifier", "classifier_outputs", "load_classifier", "image_quality", "to_uint8"]
+__all__ = ["DomainClassifier", "classifier_outputs", "load_classifier", "image_quality", "to_uint8",
+           "top1_accuracy"]
 
 FEATURE_DIM = 128
 
@@ -174,3 +175,13 @@ def quality_metrics(quality: dict, headline: bool = True) -> list[Metric]:
                description=f"classifier-based Inception Score, mean over 10 splits "
                            f"(std {quality['inception_score_std']:.3f})"),
     ]
+
+
+@torch.no_grad()
+def top1_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> float:
+    """Fraction in [0, 1] of the inputs x (N, ...) whose largest logit under ``model`` ((B, ...) -> (B, C))
+    is their label y (int64 (N,)), in batches of ``batch_size``, in the model's current mode (pass
+    ``model.eval()`` where it has dropout or batch norm)."""
+    correct = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+                  for i in range(0, len(x), batch_size))
+    return correct / len(x)

@@ -29,7 +29,7 @@ import numpy as np
 from genlab.errors import GenlabError
 
 __all__ = ["SCHEMA", "Reference", "Metric", "Table", "Figure", "Record", "RecordError", "verdict",
-           "default_tolerance", "render_markdown", "mean_std", "mean_and_stderr", "run_figures"]
+           "default_tolerance", "render_markdown", "mean_std", "mean_and_stderr", "run_figures", "seed_metric"]
 
 SCHEMA = "genlab.record/1"
 VERDICTS = ("meets", "beats", "misses", "no reference")
@@ -369,3 +369,11 @@ def mean_and_stderr(values: Any) -> tuple[float, float]:
     if a.size == 0:
         raise ValueError("no values to average")
     return float(a.mean()), float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else 0.0
+
+
+def seed_metric(name: str, mean: float, std: float, n_seeds: int, unit: str = "", **fields: Any) -> Metric:
+    """A :class:`Metric` whose ``value`` is a mean over ``n_seeds`` seeds: its ``stderr`` is the standard
+    error of that mean, ``std / sqrt(n_seeds)`` from the seeds' sample standard deviation ``std`` (ddof=1),
+    and None for one seed. ``fields``: the other :class:`Metric` fields (``lower_is_better``, ...)."""
+    return Metric(name, mean, unit, stderr=std / math.sqrt(n_seeds) if n_seeds > 1 else None, n_seeds=n_seeds,
+                  **fields)

@@ -37,7 +37,7 @@ from genlab import plots
 from genlab.engine import RunConfig
 from genlab.errors import ConfigError
 from genlab.experiments import one_shot
-from genlab.record import Metric, Record, Table
+from genlab.record import Metric, Record, Table, seed_metric
 from genlab.tables import fmt, write_csv
 
 VARIANTS = ("constant", "decaying", "baseline", "adam")
@@ -72,9 +72,9 @@ class BanditConfig(RunConfig):
         super().__post_init__()
         if len(self.rewards) < 2:
             raise ConfigError(f"--rewards needs at least 2 arms, got {len(self.rewards)}")
-        for variant in self.variants:
-            if variant not in VARIANTS:
-                raise ConfigError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+        unknown = [variant for variant in self.variants if variant not in VARIANTS]
+        if unknown:
+            raise ConfigError(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
         self.require(1, "steps", "seeds")
         self.require(0, "lr", "adam_lr", "decay_steps", above=True)
         if not 0 <= self.baseline_momentum < 1:
@@ -100,8 +100,6 @@ def score(theta: torch.Tensor, arm: torch.Tensor) -> torch.Tensor:
 def reinforce_update(theta: torch.Tensor, arm: torch.Tensor, reward: torch.Tensor, eta: float | torch.Tensor
                      ) -> torch.Tensor:
     """The REINFORCE step Δtheta = eta R ∇ log pi(arm) (Williams 1992, eq. 11, one sample).
-
-    Coordinate ``arm`` is eta R (1 - pi(arm)); every other coordinate j is -eta R pi(j).
 
     Args: theta (..., k); arm (...) int64; reward (...) (use R - b for a baseline); eta a
     scalar or broadcastable to (...).
@@ -232,9 +230,8 @@ def plot_p_best(results: dict[str, dict], config: BanditConfig, path: Path) -> P
     fig, axes = plots.plt.subplots(1, 2, figsize=(11.0, 4.2))
     for variant, r in results.items():
         p = r["p_best"].numpy()  # (T+1, S)
-        t, mean = np.arange(len(p)), p.mean(1)
-        sem = p.std(1, ddof=1) / math.sqrt(p.shape[1]) if p.shape[1] > 1 else np.zeros_like(mean)
-        line = plots.band(axes[0], t, mean, mean - sem, mean + sem, variant, lw=1.6)
+        t = np.arange(len(p))
+        line = plots.seed_band(axes[0], t, p.T, variant, spread="sem", lw=1.6)
         axes[1].plot(t, (p > 0.9).mean(1), lw=1.6, color=line.get_color(), label=f"{variant}: on the best arm")
         axes[1].plot(t, (worse_arm_mass(r["pi"], best) > 0.9).double().mean(1).numpy(), "--", lw=1.2,
                      color=line.get_color(), label=f"{variant}: locked on a worse arm")
@@ -270,9 +267,9 @@ def make_record(config: BanditConfig, metrics: dict) -> Record:
     error over the seeds; SPEC §7 has no reference numbers), the closed-form checks as metrics,
     the variants table and P(best) at a few steps."""
     m, n = metrics["maths"], config.seeds
-    out = [Metric(f"final_p_best_{variant}", v["final_p_best_mean"], n_seeds=n, lower_is_better=False,
-                  stderr=v["final_p_best_std"] / math.sqrt(n) if n > 1 else None, headline=True,
-                  description=f"{variant}: probability of the best arm after {metrics['steps']} steps")
+    out = [seed_metric(f"final_p_best_{variant}", v["final_p_best_mean"], v["final_p_best_std"], n,
+                       lower_is_better=False, headline=True,
+                       description=f"{variant}: probability of the best arm after {metrics['steps']} steps")
            for variant, v in metrics["variants"].items()]
     out += [Metric("update_vs_autograd_max_abs_error", m["update_vs_autograd_max_abs_error"], lower_is_better=True,
                    description="REINFORCE update eta R (e_i - pi) against autograd of eta R log pi(a_i)"),
@@ -308,20 +305,19 @@ def compute(config: BanditConfig, out: Path) -> Record:
     for variant in config.variants:
         r = results[variant] = train(variant, config, steps)
         p = r["p_best"]  # (T+1, S)
-        for t in range(steps + 1):
-            rows.append({"variant": variant, "step": t, "p_best_mean": p[t].mean().item(),
-                         "p_best_std": p[t].std().item() if config.seeds > 1 else 0.0,
-                         "p_best_q10": p[t].quantile(0.1).item(), "p_best_q90": p[t].quantile(0.9).item(),
-                         "expected_reward_mean": r["expected_reward"][t].mean().item()})
+        curve = [{"variant": variant, "step": t, "p_best_mean": p[t].mean().item(),
+                  "p_best_std": p[t].std().item() if config.seeds > 1 else 0.0,
+                  "p_best_q10": p[t].quantile(0.1).item(), "p_best_q90": p[t].quantile(0.9).item(),
+                  "expected_reward_mean": r["expected_reward"][t].mean().item()} for t in range(steps + 1)]
+        rows += curve
         per_variant[variant] = {
-            "final_p_best_mean": p[-1].mean().item(),
-            "final_p_best_std": p[-1].std().item() if config.seeds > 1 else 0.0,
+            "final_p_best_mean": curve[-1]["p_best_mean"], "final_p_best_std": curve[-1]["p_best_std"],
             "seeds_converged_to_best": int((p[-1] > 0.9).sum()),
             "seeds_locked_on_worse_arm": int((worse_arm_mass(r["final_pi"], best) > 0.9).sum()),
-            "final_expected_reward_mean": r["expected_reward"][-1].mean().item(),
+            "final_expected_reward_mean": curve[-1]["expected_reward_mean"],
             "mean_expected_reward": r["expected_reward"].mean().item(),
             "best_arm_pulls": float((r["arms"] == best).double().mean()),
-            "p_best_at": [p[t].mean().item() for t in checkpoints],
+            "p_best_at": [curve[t]["p_best_mean"] for t in checkpoints],
             "theta_first_seed_final": r["theta"][-1].tolist(),
         }
     write_csv(out / "metrics" / "p_best.csv", rows)

@@ -20,7 +20,7 @@ from genlab.data import load_split
 from genlab.engine import EpochsConfig, Run, resolve_device, save_checkpoint, seed_everything
 from genlab.errors import ConfigError, GenlabError
 from genlab.experiments import Experiment
-from genlab.quality import DomainClassifier
+from genlab.quality import DomainClassifier, top1_accuracy
 from genlab.record import Metric, Record, Reference
 
 MIN_ACCURACY = {"fashion-mnist": 0.90, "mnist": 0.99}  # SPEC "Quality metrics"
@@ -49,21 +49,10 @@ def _tensor(images) -> torch.Tensor:
     return torch.from_numpy(images.copy()).unsqueeze(1).float().div_(127.5).sub_(1.0)  # (N, 1, 28, 28)
 
 
-@torch.no_grad()
-def accuracy(model: DomainClassifier, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> float:
-    """Top-1 accuracy in [0, 1] of ``model`` (eval mode) on images x (N, 1, 28, 28), labels y (N,)."""
-    model.eval()
-    correct = sum((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
-                  for i in range(0, len(x), batch_size))
-    return correct / len(x)
-
-
 def run(config: ClassifierConfig) -> Path:
     """Train the classifier, write its record and, with ``--export``, its weights; returns the run directory.
-
-    The checkpoint (:class:`genlab.engine.Run`) is written at every epoch end, every few minutes
-    and on Ctrl-C or SIGTERM; it holds the model, Adam and the one-cycle schedule and, as
-    progress, the epoch's batch order, position and loss sum, so that a resumed run continues exactly.
+    The checkpoint (also at every epoch end) holds the model, Adam, the one-cycle schedule and the epoch's
+    batch order, position and loss sum.
 
     Raises:
         GenlabError: ``--export`` of a classifier below the accuracy SPEC asks of it.
@@ -108,12 +97,12 @@ def run(config: ClassifierConfig) -> Path:
                 bar.update()
                 run.step_done(step, epoch, progress)
             bar.close()
-            acc = accuracy(model, x_test, y_test)
+            acc = top1_accuracy(model.eval(), x_test, y_test)
             run.dir.log_epoch({"epoch": epoch + 1, "train_loss": total / batch, "test_accuracy": acc})
             print(f"epoch {epoch + 1}: train loss {total / batch:.4f}, test accuracy {acc:.4f}")
             epoch, batch, total = epoch + 1, 0, 0.0
             run.checkpoint(step, epoch, progress())
-        acc = accuracy(model, x_test, y_test)
+        acc = top1_accuracy(model.eval(), x_test, y_test)
         meta = {"dataset": config.dataset, "test_accuracy": acc, "epochs": epoch, "seed": config.seed}
         minimum = Reference(100 * MIN_ACCURACY[config.dataset], section="Quality metrics for images",
                             note="the least test accuracy SPEC asks of the feature extractor")
@@ -121,7 +110,7 @@ def run(config: ClassifierConfig) -> Path:
             "classifier", f"Domain classifier, {config.dataset}", "",
             metrics=[Metric("test_accuracy", 100 * acc, "%", lower_is_better=False, reference=minimum, tolerance=0.0,
                             headline=True, description=f"{config.dataset} test set, after {epoch} epoch(s)")],
-            figures=[], train_seconds=run.elapsed_s, extra=meta))
+            train_seconds=run.elapsed_s, extra=meta))
         if config.export:
             if acc < MIN_ACCURACY[config.dataset]:
                 raise GenlabError(f"test accuracy {acc:.4f} is below the required {MIN_ACCURACY[config.dataset]}; "
@@ -132,8 +121,5 @@ def run(config: ClassifierConfig) -> Path:
 
 
 EXPERIMENT = Experiment(
-    name="classifier",
-    summary="the domain classifier (CNN) behind FID/KID/IS, per dataset; --export writes the shipped weights",
-    config=ClassifierConfig,
-    run=run,
-)
+    name="classifier", config=ClassifierConfig, run=run,
+    summary="the domain classifier (CNN) behind FID/KID/IS, per dataset; --export writes the shipped weights")

@@ -18,18 +18,9 @@ A sequence of T tasks, each MNIST under its own fixed pixel permutation (Goodfel
 Outputs: per method the accuracy matrix R[i, j] (test accuracy on task j after training
 task i) as CSV and heat map, average accuracy and backward transfer (Lopez-Paz & Ranzato
 2017, eq. 2-3) and forgetting (Chaudhry et al. 2018) after the last task, task-1 accuracy
-over the sequence, the λ sweep, and an MLP vs CNN table when both models run.
-
-Choosing λ and the width without the test set: ``--validation N`` holds out N of the 60,000
-training images (one fixed draw, the same for every ``--seed``; :func:`validation_split`),
-trains, estimates the Fisher and fills the replay memory on the other 60,000 − N, and measures
-every accuracy on the held-out images under each task's permutation; the record and the log
-say which split was scored. Sweep λ at each width there, then run the chosen (λ, width) on the
-test set, every method with 3 seeds:
-
-    genlab run continual --validation 10000 --methods ewc --ewc-lambdas 1 3 10 30 100 --hidden 1000
-    genlab run continual --validation 10000 --methods ewc --ewc-lambdas 1 3 10 30 100 --hidden 256
-    genlab run continual --ewc-lambda LAMBDA --hidden WIDTH --seeds 3
+over the sequence, the λ sweep, and an MLP vs CNN table when both models run. λ and the width
+are chosen on ``--validation N`` held-out training images, not the test set (the recipe is in
+docs/results/continual.md).
 
     genlab run continual                                     # 10 tasks, MLP, all methods
     genlab run continual --model mlp cnn --ewc-lambdas 10 100 1000
@@ -53,11 +44,12 @@ from tqdm.auto import tqdm
 
 from genlab import plots
 from genlab.data import load_flat
-from genlab.engine import (CurrentUnit, EpochsConfig, GeneratorStates, Run, RunDir, append_csv, config_from_dict,
-                           resolve_device)
+from genlab.engine import CurrentUnit, EpochsConfig, GeneratorStates, Run, RunDir, config_from_dict, resolve_device
 from genlab.errors import ConfigError
 from genlab.experiments import Experiment
-from genlab.record import Figure, Metric, Record, Reference, Table
+from genlab.quality import top1_accuracy
+from genlab.record import Figure, Record, Reference, Table, mean_std, seed_metric
+from genlab.tables import write_csv
 
 Method = Literal["naive", "ewc", "rehearsal"]
 ModelName = Literal["mlp", "cnn"]
@@ -219,14 +211,6 @@ class CNN(nn.Module):
         return self.head(self.features(x.view(-1, 1, 28, 28)))  # (N, 10)
 
 
-def build_model(name: str, hidden: int) -> nn.Module:
-    if name == "mlp":
-        return MLP(hidden)
-    if name == "cnn":
-        return CNN()
-    raise ValueError(f"unknown model {name!r}; choose mlp or cnn")
-
-
 # ---------------------------------------------------------------------------------------
 # EWC (Kirkpatrick et al. 2017)
 # ---------------------------------------------------------------------------------------
@@ -238,17 +222,14 @@ def fisher_diagonal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_si
     - ``kind="empirical"``: F_i = (1/N) Σ_n (∂ log p(y_n | x_n, θ) / ∂θ_i)² at the true labels,
       as in the EWC paper's permuted-MNIST experiments (Kirkpatrick et al. 2017, eq. 3 and §2.1).
     - ``kind="exact"``: F_i = (1/N) Σ_n Σ_c p(c | x_n, θ) (∂ log p(c | x_n, θ) / ∂θ_i)², the
-      expectation over the model's own predictive distribution (the Fisher proper; Martens 2020,
-      "New insights and perspectives on the natural gradient method"; Kunstner et al. 2019,
-      "Limitations of the empirical Fisher approximation", on why the empirical one can differ). ``y`` is then unused. C times the cost of "empirical".
+      expectation over the model's own predictive distribution (Martens 2020, "New insights and
+      perspectives on the natural gradient method"; Kunstner et al. 2019, "Limitations of the
+      empirical Fisher approximation"); ``y`` is unused and it costs C times "empirical".
 
-    Models whose every parameter belongs to an ``nn.Linear`` applied once to (N, fan_in)
-    inputs (the MLP) use the per-layer closed form: the per-example gradient of a Linear
-    weight is the outer product δ_n a_nᵀ of the output gradient and the input, so
-    Σ_n (δ_n a_nᵀ)² = (δ²)ᵀ (a²), one GEMM per layer and one batched backward pass per chunk
+    An all-``nn.Linear`` model (the MLP) takes the per-layer closed form: a Linear weight's
+    per-example gradient is δ_n a_nᵀ, so Σ_n (δ_n a_nᵀ)² = (δ²)ᵀ (a²), one GEMM per layer
     (Goodfellow 2015, "Efficient per-example gradient computations"). Other models (the CNN)
-    take per-example gradients with ``torch.func.vmap(grad(...))``. Both are evaluated in the
-    model's current mode.
+    take per-example gradients with ``torch.func.vmap(grad(...))``. The model's mode is kept.
 
     Args:
         model: maps float (N, ...) inputs to logits (N, C); no layer may mix examples (no batch norm).
@@ -447,8 +428,8 @@ class ReplayMemory:
     def __init__(self, per_task: int, device: torch.device | str = "cpu"):
         self.per_task = per_task
         self.device = torch.device(device)
-        self.indices: list[torch.Tensor] = []  # one int64 (per_task,) per finished task
-        self._stored: torch.Tensor | None = None  # (T, per_task) on the CPU, where the draws are made
+        self.indices: list[torch.Tensor] = []  # one int64 (per_task,) per finished task, on the CPU where the
+        # draws are made, so that no draw waits for the device
 
     def __len__(self) -> int:
         return sum(len(i) for i in self.indices)
@@ -460,8 +441,7 @@ class ReplayMemory:
     def add_task(self, n_train: int, generator: torch.Generator) -> None:
         """Keep ``per_task`` training examples of the task just finished, uniformly without replacement."""
         kept = torch.randperm(n_train, generator=generator)[:self.per_task]
-        self.indices.append(kept.to(self.device))
-        self._stored = None
+        self.indices.append(kept)
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` examples spread evenly over the stored tasks.
@@ -481,17 +461,15 @@ class ReplayMemory:
         counts = torch.full((t,), n // t, dtype=torch.int64)
         counts[torch.randperm(t, generator=generator)[:n % t]] += 1
         task_ids = torch.repeat_interleave(torch.arange(t), counts)  # (n,)
-        if self._stored is None:  # a CPU copy, so that no draw waits for the device
-            self._stored = torch.stack(self.indices).cpu()  # (T, per_task)
-        slot = torch.randint(self._stored.shape[1], (n,), generator=generator)
-        return task_ids.to(self.device), self._stored[task_ids, slot].to(self.device)
+        stored = torch.stack(self.indices)  # (T, per_task)
+        slot = torch.randint(stored.shape[1], (n,), generator=generator)
+        return task_ids.to(self.device), stored[task_ids, slot].to(self.device)
 
     def state_dict(self) -> dict:
-        return {"indices": [i.cpu() for i in self.indices]}
+        return {"indices": list(self.indices)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.indices = [i.to(self.device) for i in state["indices"]]
-        self._stored = None
+        self.indices = [i.cpu() for i in state["indices"]]
 
 
 # ---------------------------------------------------------------------------------------
@@ -521,6 +499,10 @@ def forgetting(r: np.ndarray) -> float:
 def plasticity(r: np.ndarray) -> float:
     """Mean of R[j, j]: how well each task is learnt when it is the current one."""
     return float(np.mean(np.diag(r)))
+
+
+MEASURES = {"average_accuracy": average_accuracy, "backward_transfer": backward_transfer, "forgetting": forgetting,
+            "plasticity": plasticity}
 
 
 # ---------------------------------------------------------------------------------------
@@ -556,14 +538,9 @@ def jobs_of(config: ContinualConfig) -> list[Job]:
 def evaluate_tasks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, perms: torch.Tensor,
                    batch_size: int = 2000) -> np.ndarray:
     """float64 (T,): accuracy on images x (N, 784), labels y (N,), under each of the permutations (T, 784)."""
-    model.eval()
-    acc = []
-    for perm in perms:
-        correct = sum(int((model(x[i:i + batch_size][:, perm]).argmax(1) == y[i:i + batch_size]).sum())
-                      for i in range(0, len(x), batch_size))
-        acc.append(correct / len(x))
+    acc = np.array([top1_accuracy(model.eval(), x[:, perm], y, batch_size) for perm in perms])
     model.train()
-    return np.array(acc)
+    return acc
 
 
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
@@ -599,7 +576,7 @@ def run_job(job: Job, config: ContinualConfig, data: dict, run: Run, unit: Curre
     probe_x, probe_y = data["eval_x"][:1000], data["eval_y"][:1000]
     perms = permutations(tasks, job.seed).to(device)  # (T, 784)
     torch.manual_seed(job.seed)
-    model = build_model(job.model, config.hidden).to(device)
+    model = (MLP(config.hidden) if job.model == "mlp" else CNN()).to(device)
     opt = (torch.optim.Adam(model.parameters(), lr=config.lr) if config.optimizer == "adam"
            else torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum))
     gen = torch.Generator().manual_seed(job.seed + 7919)  # data order, memory, replay and Fisher samples
@@ -677,18 +654,13 @@ def run_job(job: Job, config: ContinualConfig, data: dict, run: Run, unit: Curre
     return {"job": job.name, "model": job.model, "method": job.method, "label": job.label, "lambda": job.lam,
             "seed": job.seed, "r": [[None if np.isnan(v) else float(v) for v in row] for row in r],  # NaN: unseen
             "probes": probes, "steps": step, "seconds": run.elapsed_s - job_start,
-            "average_accuracy": average_accuracy(r), "backward_transfer": backward_transfer(r),
-            "forgetting": forgetting(r), "plasticity": plasticity(r)}
+            **{key: measure(r) for key, measure in MEASURES.items()}}
 
 
 def run(config: ContinualConfig) -> Path:
-    """Run every (model, seed, method, λ) job in turn; returns the run directory.
-
-    The checkpoint (:class:`genlab.engine.Run`) is written at every task end, every few minutes
-    and on Ctrl-C or SIGTERM. It holds, as progress, the finished jobs' results and, as a
-    :class:`genlab.engine.CurrentUnit`, the current job's objects and position, so that a resumed
-    run continues exactly.
-    """
+    """Run every (model, seed, method, λ) job in turn; returns the run directory. The checkpoint
+    (also at every task end) holds the finished jobs' results and, as a :class:`genlab.engine.CurrentUnit`,
+    the current job's objects and position."""
     device = resolve_device(config.device)
     unit = CurrentUnit()
     with Run("continual", config, device, job=unit) as run:
@@ -708,64 +680,35 @@ def run(config: ContinualConfig) -> Path:
 # Outputs
 # ---------------------------------------------------------------------------------------
 
-def _group(results: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    """(model, label) -> results over seeds, in run order."""
-    out: dict[tuple[str, str], list[dict]] = {}
-    for res in results:
-        out.setdefault((res["model"], res["label"]), []).append(res)
-    return out
-
-
-def _matrix(result: dict) -> np.ndarray:
-    """float64 (T, T) accuracy matrix of a result, NaN for tasks not yet seen."""
-    return np.array(result["r"], dtype=np.float64)
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
-def plot_matrix(r: np.ndarray, path: Path, title: str, scored: str = "test") -> Path:
-    """Heat map of an accuracy matrix (T, T), entries printed; ``scored``: the split measured on."""
-    t = r.shape[0]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * t, 0.8 + 0.45 * t))
-    masked = np.ma.masked_invalid(r)  # tasks not yet seen are blank
-    im = ax.imshow(masked, vmin=0, vmax=1, cmap="viridis")
-    for i in range(t):
-        for j in range(t):
-            if not np.isnan(r[i, j]):
-                ax.text(j, i, f"{r[i, j]:.2f}"[1:] if r[i, j] < 1 else "1.0", ha="center", va="center",
-                        fontsize=7 if t > 6 else 9, color="white" if r[i, j] < 0.6 else "black")
-    ax.set_xticks(range(t), [str(j + 1) for j in range(t)])
-    ax.set_yticks(range(t), [str(i + 1) for i in range(t)])
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=f"{scored} accuracy")
-    plots.decorate(ax, "evaluated on task j", "after training task i", title, title_size=9, grid=None, legend=False)
-    return plots.save(fig, path)
-
-
 def write_outputs(run_dir: RunDir, results: list[dict], tasks: int, scored: str = "test") -> list[dict]:
     """Accuracy CSVs, heat maps, task-1 and λ-sweep figures, their accuracies labelled as measured on the
-    ``scored`` split ("test" or "validation"); returns one table row per (model, label)."""
+    ``scored`` split ("test" or "validation"); returns one table row per (model, label), means over seeds."""
     figs, metrics = run_dir.path / "figures", run_dir.path / "metrics"
+    groups: dict[tuple[str, str], list[dict]] = {}  # (model, label) -> results over seeds, in run order
+    for res in results:
+        groups.setdefault((res["model"], res["label"]), []).append(res)
+    means = {key: np.mean([np.array(g["r"], dtype=np.float64) for g in group], axis=0)  # (T, T); NaN: unseen
+             for key, group in groups.items()}
     rows = []
-    for (model, label), group in _group(results).items():
-        r = np.mean([_matrix(g) for g in group], axis=0)  # (T, T), mean over seeds
+    for (model, label), group in groups.items():
+        r, n = means[model, label], len(group)
         np.savetxt(metrics / f"accuracy_{model}_{label}.csv", r, delimiter=",", fmt="%.4f",
                    header=",".join(f"task{j + 1}" for j in range(tasks)), comments="")
-        n = len(group)
-        plot_matrix(r, figs / f"accuracy_{model}_{label}.png",
-                    f"{model.upper()}, {label}: R[i, j]" + (f" (mean of {n} seeds)" if n > 1 else ""), scored)
+        fig, ax = plt.subplots(figsize=(1.0 + 0.5 * tasks, 0.8 + 0.45 * tasks))
+        plots.heatmap(ax, r, f"{scored} accuracy", text=lambda v: f"{v:.2f}".removeprefix("0"))
+        title = f"{model.upper()}, {label}: R[i, j]" + (f" (mean of {n} seeds)" if n > 1 else "")
+        plots.decorate(ax, "evaluated on task j", "after training task i", title, title_size=9, grid=None,
+                       legend=False)
+        plots.save(fig, figs / f"accuracy_{model}_{label}.png")
         row = {"model": model, "method": group[0]["method"], "label": label, "lambda": group[0]["lambda"],
                "seeds": n, "steps": group[0]["steps"], "seconds": float(np.mean([g["seconds"] for g in group]))}
-        for key in ("average_accuracy", "backward_transfer", "forgetting", "plasticity"):
-            row[key], row[key + "_std"] = _mean_std([g[key] for g in group])
-        row["task1_final"] = float(r[-1, 0])
-        rows.append(row)
-    (metrics / "summary.csv").unlink(missing_ok=True)
-    append_csv(metrics / "summary.csv", rows)
+        for key in MEASURES:
+            row[key], row[key + "_std"] = mean_std([g[key] for g in group])
+        rows.append({**row, "task1_final": float(r[-1, 0])})
+    write_csv(metrics / "summary.csv", rows)
     for model in sorted({row["model"] for row in rows}):
-        _plot_task1(results, model, figs / f"task1_accuracy_{model}.png", scored)
-        _plot_average(results, model, tasks, figs / f"average_accuracy_{model}.png", scored)
+        _plot_curves({label: group for (m, label), group in groups.items() if m == model}, means, model, tasks,
+                     figs, scored)
         sweep = sorted((row for row in rows if row["model"] == model and row["method"] == "ewc"),
                        key=lambda row: row["lambda"])
         if len(sweep) > 1:
@@ -773,42 +716,37 @@ def write_outputs(run_dir: RunDir, results: list[dict], tasks: int, scored: str 
     return rows
 
 
-def _plot_task1(results: list[dict], model: str, path: Path, scored: str) -> None:
+def _plot_curves(groups: dict[str, list[dict]], means: dict[tuple[str, str], np.ndarray], model: str, tasks: int,
+                 figs: Path, scored: str) -> None:
+    """One model's task-1 accuracy over the optimiser steps and average accuracy over the tasks learnt,
+    one line per label (``groups``: label -> results over seeds), means over seeds."""
     fig, ax = plt.subplots(figsize=(7.0, 4.0))
-    for (m, label), group in _group(results).items():
-        if m != model:
-            continue
-        probes = group[0]["probes"]  # first seed: the step grid is the same for every seed
-        steps = [p["step"] for p in probes]
+    for label, group in groups.items():
+        steps = [p["step"] for p in group[0]["probes"]]  # first seed: the step grid is the same for every seed
         acc = np.mean([[p["task1_accuracy"] for p in g["probes"]] for g in group], axis=0)
         ax.plot(steps, acc, label=label, lw=1.2)
-    steps_per_task = results[0]["steps"] / max(1, len(results[0]["r"]))
-    for t in range(1, len(results[0]["r"])):
+    steps_per_task = next(iter(groups.values()))[0]["steps"] / tasks
+    for t in range(1, tasks):
         ax.axvline(t * steps_per_task, color="gray", lw=0.5, ls=":")
-    plots.save_axes(fig, ax, path, "optimiser step (dotted: task boundaries)", f"{scored} accuracy on task 1",
-                    f"{model.upper()}: task-1 accuracy while tasks 2.. are learnt")
-
-
-def _plot_average(results: list[dict], model: str, tasks: int, path: Path, scored: str) -> None:
+    plots.save_axes(fig, ax, figs / f"task1_accuracy_{model}.png", "optimiser step (dotted: task boundaries)",
+                    f"{scored} accuracy on task 1", f"{model.upper()}: task-1 accuracy while tasks 2.. are learnt")
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for (m, label), group in _group(results).items():
-        if m != model:
-            continue
-        r = np.mean([_matrix(g) for g in group], axis=0)
+    for label in groups:
+        r = means[model, label]
         ax.plot(range(1, tasks + 1), [r[i, :i + 1].mean() for i in range(tasks)], marker="o", ms=3, label=label)
     plots.hline(ax, REFERENCE["ewc_average_accuracy_public_baseline"], "EWC public baseline (10 tasks)", x=1)
-    plots.save_axes(fig, ax, path, "tasks learnt", f"mean {scored} accuracy over the tasks seen",
+    plots.save_axes(fig, ax, figs / f"average_accuracy_{model}.png", "tasks learnt",
+                    f"mean {scored} accuracy over the tasks seen",
                     f"{model.upper()}: average accuracy along the sequence")
 
 
 def plot_lambda_sweep(sweep: list[dict], rows: list[dict], model: str, path: Path) -> None:
-    """The EWC λ sweep of one model as a PNG at ``path``: average accuracy, plasticity and
-    forgetting (each in [0, 1], with their seed std as error bars) against λ on a log axis, and
-    the average accuracy of every other method of ``rows`` (naive, rehearsal) as a dashed line.
+    """The EWC λ sweep of one model as a PNG at ``path``: average accuracy, plasticity and forgetting
+    (in [0, 1], seed std as error bars) against λ on a log axis, and the average accuracy of the other
+    methods of ``rows`` as dashed lines.
 
-    Args: ``sweep``: the EWC summary rows (keys ``lambda``, ``average_accuracy``, ``plasticity``,
-    ``forgetting`` and their ``*_std``), in λ order; ``rows``: all summary rows (keys ``model``,
-    ``method``, ``label``, ``average_accuracy``); ``model``: ``"mlp"`` or ``"cnn"``.
+    Args: ``sweep``: the EWC summary rows (:func:`write_outputs`), in λ order; ``rows``: all summary rows;
+    ``model``: ``"mlp"`` or ``"cnn"``.
     """
     lams = [max(row["lambda"], 1e-3) for row in sweep]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -839,10 +777,7 @@ def make_record(config: ContinualConfig, rows: list[dict], train_seconds: float 
     on 10 tasks, unless scored on --validation images; the best EWC λ of each model is the headline)
     and the forgetting, mean and standard error over the seeds; the summary table and the MLP-vs-CNN
     table. Descriptions, captions and, with --validation, the title name the split scored."""
-    def stderr(row: dict, key: str) -> float | None:
-        return row[key + "_std"] / math.sqrt(row["seeds"]) if row["seeds"] > 1 else None
-
-    best_ewc = {}
+    best_ewc = {}  # model -> (average accuracy, label) of its best EWC λ, the first of equals
     for row in rows:
         if row["method"] == "ewc" and row["average_accuracy"] > best_ewc.get(row["model"], (-1.0,))[0]:
             best_ewc[row["model"]] = (row["average_accuracy"], row["label"])
@@ -851,32 +786,30 @@ def make_record(config: ContinualConfig, rows: list[dict], train_seconds: float 
                             f"{REFERENCE['ewc_average_accuracy_paper']})")
     metrics = []
     for row in rows:
-        name = f"{row['model']}_{row['label']}"
+        name, what, n = f"{row['model']}_{row['label']}", f"{row['model'].upper()}, {row['label']}", row["seeds"]
         is_ewc = row["method"] == "ewc"
         metrics += [
-            Metric(f"average_accuracy_{name}", row["average_accuracy"], stderr=stderr(row, "average_accuracy"),
-                   n_seeds=row["seeds"], lower_is_better=False,
-                   reference=anchor if is_ewc and config.tasks == 10 and not config.validation else None,
-                   headline=is_ewc and best_ewc[row["model"]][1] == row["label"],
-                   description=f"{row['model'].upper()}, {row['label']}: mean {config.scored} accuracy over the "
-                               f"{config.tasks} tasks after the last one"),
-            Metric(f"forgetting_{name}", row["forgetting"], stderr=stderr(row, "forgetting"), n_seeds=row["seeds"],
-                   lower_is_better=True, description=f"{row['model'].upper()}, {row['label']}: mean drop from each "
-                                                     f"task's best accuracy to its final one (Chaudhry et al. 2018)")]
-    keys = ("average_accuracy", "backward_transfer", "forgetting", "plasticity")
+            seed_metric(f"average_accuracy_{name}", row["average_accuracy"], row["average_accuracy_std"], n,
+                        lower_is_better=False, headline=is_ewc and best_ewc[row["model"]][1] == row["label"],
+                        reference=anchor if is_ewc and config.tasks == 10 and not config.validation else None,
+                        description=f"{what}: mean {config.scored} accuracy over the {config.tasks} tasks after "
+                                    f"the last one"),
+            seed_metric(f"forgetting_{name}", row["forgetting"], row["forgetting_std"], n, lower_is_better=True,
+                        description=f"{what}: mean drop from each task's best accuracy to its final one "
+                                    f"(Chaudhry et al. 2018)")]
     tables = [Table("methods", ["model", "method", "average accuracy", "backward transfer", "forgetting",
                                 "plasticity", "task 1 at end", "steps", "s"],
-                    [[row["model"], row["label"], *(row[k] for k in keys), row["task1_final"], row["steps"],
+                    [[row["model"], row["label"], *(row[k] for k in MEASURES), row["task1_final"], row["steps"],
                       row["seconds"]] for row in rows],
                     f"{config.tasks} tasks, {config.epochs} epoch(s) per task, batch {config.batch_size} "
                     f"(+{config.replay_batch} replayed for rehearsal), {config.optimizer} lr {config.lr}; "
                     f"means over {config.seeds} seed(s) from {config.seed}. Accuracies on {config.evaluation}.")]
     models = sorted({row["model"] for row in rows})
     if len(models) > 1:
+        average = {(row["model"], row["label"]): row["average_accuracy"] for row in rows}
         tables.append(Table("MLP vs CNN", ["method", *models],
-                            [[label, *(next((row["average_accuracy"] for row in rows
-                                             if row["model"] == m and row["label"] == label), None) for m in models)]
-                             for label in dict.fromkeys(row["label"] for row in rows)],
+                            [[label, *(average.get((m, label)) for m in models)] for label in dict.fromkeys(
+                                row["label"] for row in rows)],
                             f"Average accuracy after the last task, on {config.evaluation}."))
     title = "Continual learning on permuted MNIST" + (", scored on held-out training images" if config.validation
                                                       else "")
@@ -893,17 +826,12 @@ def finish(run_dir: RunDir, config: ContinualConfig, results: list[dict], elapse
 
 def evaluate(run_path: Path) -> dict:
     """``genlab eval RUN_DIR``: rebuild figures, table and summary from metrics/results.jsonl."""
-    run_path = Path(run_path)
-    config = config_from_dict(ContinualConfig, json.loads((run_path / "config.json").read_text()),
-                              tuple_keys=("methods", "model", "ewc_lambdas"), out=run_path, resume=True)
-    results = [json.loads(line) for line in (run_path / "metrics" / "results.jsonl").read_text().splitlines() if line]
-    return {"table": finish(RunDir("continual", config, torch.device("cpu")), config, results, None)}
+    config = config_from_dict(ContinualConfig, json.loads((Path(run_path) / "config.json").read_text()),
+                              tuple_keys=("methods", "model", "ewc_lambdas"), out=Path(run_path), resume=True)
+    run_dir = RunDir("continual", config, torch.device("cpu"))
+    return {"table": finish(run_dir, config, run_dir.read_rows("results.jsonl"), None)}
 
 
 EXPERIMENT = Experiment(
-    name="continual",
-    summary="SPEC §9: catastrophic forgetting on permuted MNIST: naive, EWC (λ sweep), rehearsal; MLP and CNN",
-    config=ContinualConfig,
-    run=run,
-    evaluate=evaluate,
-)
+    name="continual", config=ContinualConfig, run=run, evaluate=evaluate,
+    summary="SPEC §9: catastrophic forgetting on permuted MNIST: naive, EWC (λ sweep), rehearsal; MLP and CNN")
