@@ -58,7 +58,8 @@ class GANConfig(DCGANTrainingConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.generator_loss not in GENERATOR_LOSSES:
-            raise ConfigError(f"--generator-loss must be one of {sorted(GENERATOR_LOSSES)}, got {self.generator_loss!r}")
+            raise ConfigError(f"--generator-loss must be one of {sorted(GENERATOR_LOSSES)}, "
+                              f"got {self.generator_loss!r}")
         if self.probe_steps is not None and self.probe_steps < 0:
             raise ConfigError(f"--probe-steps must be >= 0, got {self.probe_steps}")
 

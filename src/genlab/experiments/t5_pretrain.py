@@ -75,7 +75,8 @@ class T5PretrainConfig(EpochsConfig):
             raise ConfigError("--input-length must be >= 8 and --batch-size >= 1")
 
 
-def random_spans_noise_mask(length: int, noise_density: float, mean_span: float, rng: np.random.Generator) -> np.ndarray:
+def random_spans_noise_mask(length: int, noise_density: float, mean_span: float,
+                            rng: np.random.Generator) -> np.ndarray:
     """T5's noise mask (Raffel et al. 2020, §3.1.4; the ``random_spans_noise_mask`` of their code):
     round(length x density) noise tokens in round(noise / mean_span) spans, span and gap lengths
     drawn by random segmentation, the first token never noise. Returns bool (length,)."""
@@ -208,7 +209,8 @@ def make_record(run: Run, config: T5PretrainConfig, counts: dict, n_pieces: int,
     metrics = [Metric("corpus_tokens", counts["tokens"], unit="tokens",
                       description="t5-small SentencePiece tokens of the pretraining corpus"),
                Metric("fraction_of_c4", counts["tokens"] / C4_TOKENS, lower_is_better=False,
-                      description="corpus tokens / 2^35, the tokens T5 was pretrained on (Raffel et al. 2020, §3.1.2)"),
+                      description="corpus tokens / 2^35, the tokens T5 was pretrained on "
+                                  "(Raffel et al. 2020, §3.1.2)"),
                Metric("tokens_seen", sum(r.get("target_tokens", 0) for r in steps), unit="target tokens")]
     if epochs:
         metrics.append(Metric("val_loss", epochs[-1]["val_nll"], unit="nats", lower_is_better=True, headline=True,
@@ -227,7 +229,8 @@ def make_record(run: Run, config: T5PretrainConfig, counts: dict, n_pieces: int,
 
 EXPERIMENT = Experiment(
     name="t5-pretrain",
-    summary="SPEC §10: pretrain a small T5 by span corruption on the non-test XSum and BBC articles, for t5-finetune --init",
+    summary="SPEC §10: pretrain a small T5 by span corruption on the non-test XSum and BBC articles, "
+            "for t5-finetune --init",
     config=T5PretrainConfig,
     run=run,
 )

@@ -254,7 +254,8 @@ def train_method(config: WGANConfig, method: str, index: int, data: torch.Tensor
     zeros = torch.zeros(config.latent_dim, device=device)
     latent = torch.distributions.Independent(torch.distributions.Normal(zeros, torch.ones_like(zeros)), 1)
     snap_at = {round(i * n / (config.snapshots - 1)) for i in range(config.snapshots)}
-    eval_z = torch.randn(config.eval_samples, config.latent_dim, generator=torch.Generator().manual_seed(config.seed + 3))
+    eval_z = torch.randn(config.eval_samples, config.latent_dim,
+                         generator=torch.Generator().manual_seed(config.seed + 3))
     estimates, snapshots, w1_curve, rows = state["estimates"], state["snapshots"], state["w1_curve"], state["rows"]
 
     @torch.no_grad()
@@ -395,7 +396,8 @@ def finish(run_dir: RunDir, config: WGANConfig, done: dict, data: torch.Tensor, 
     target_stats = mode_statistics(holdout, mode_centres(config), config.std, config.min_mode_samples)
     plot_snapshots(done, data, lim, figs / "snapshots.png")
     plot_wasserstein(done, config, curve_floor, figs / "wasserstein.png")
-    metrics = {"methods": [state["result"] for state in done.values()], "target_vs_target": {"w1": floor, **target_stats},
+    metrics = {"methods": [state["result"] for state in done.values()],
+               "target_vs_target": {"w1": floor, **target_stats},
                "eval_samples": n, "elapsed_s": elapsed}
     run_dir.write_record(make_record(config, metrics, run_dir.figures(FIGURE_CAPTIONS)))
     return metrics
