@@ -50,8 +50,7 @@ class Experiment:
         data_parallel: trains one model on several processes when launched by ``torchrun``
             (:mod:`genlab.distributed`); a ``torchrun`` launch of any other experiment is refused.
 
-    ``genlab bench NAME`` runs ``genlab.benchmarks.<NAME>.main`` (found by the CLI: an experiment
-    never imports its benchmark, the benchmark imports the experiment).
+    ``genlab bench NAME`` runs ``genlab.benchmarks.<NAME>.main`` (the benchmark imports the experiment).
     """
 
     name: str
@@ -74,14 +73,12 @@ def get(name: str) -> Experiment:
 def one_shot(name: str, summary: str, config: type, compute: Callable[[Any, Path], Record],
              captions: dict[str, str] | Callable[[Any], dict[str, str]]) -> Experiment:
     """An experiment computed in one go on the CPU, in seconds and deterministically (minimax,
-    bandit, divergence): it writes no checkpoint, and ``--resume`` runs it again from the start.
+    bandit, divergence): no checkpoint; ``--resume`` runs it again from the start.
 
-    ``compute(config, run_path)`` writes its tables under ``run_path/metrics`` and its figures
-    under ``run_path/figures`` and returns the run's :class:`genlab.record.Record`. The run
-    directory (:class:`genlab.engine.RunDir`, on the CPU), the record's ``train_seconds`` (the
-    wall seconds of ``compute``) and its ``figures`` (every PNG, captioned by the first
-    ``captions`` prefix its name starts with; ``captions`` may be a function of the config where
-    the figures' names depend on the options) are handled here.
+    ``compute(config, run_path)`` writes ``run_path/metrics`` and ``run_path/figures`` and returns
+    the run's :class:`genlab.record.Record`; its ``train_seconds`` (``compute``'s wall seconds) and
+    ``figures`` (every PNG, captioned as :meth:`genlab.engine.RunDir.figures` does with ``captions``,
+    or with ``captions(config)``) are filled in here.
     """
 
     def run(cfg: Any) -> Path:

@@ -7,25 +7,20 @@ binary cross-entropy on logits (Goodfellow et al. 2014, eq. 1) and the non-satur
 loss (ibid., §3).
 
     genlab run dcgan                       # 50 epochs, batch 64, seed 42
-    genlab run dcgan --epochs 1 --max-steps 20 --out /tmp/smoke
     genlab run dcgan --epochs 3 --subset 6000 --eval-epochs 1 2 3     # FID and KID after each epoch
-
-FID and KID are computed after each of ``--eval-epochs`` (default 1, 2, 5, 10, 20, 30, 40, 50),
-as at the end of the run (:func:`genlab.dcgan_nets.evaluate_quality`), into metrics/quality.csv and
-the figure losses_fid_kid.png. The evaluation leaves the global RNG as it found it, so the
-training run (metrics/steps.jsonl) is the one a run without it trains, and its seconds are
-left out of the run's training time.
     torchrun --nproc-per-node 2 -m genlab run dcgan      # data-parallel: 2 processes, 32 images each
 
-Data-parallel (``torchrun``, :mod:`genlab.distributed`): the global batch stays ``--batch-size``,
-each of the W processes trains on batch / W images of it (the next contiguous slice of the
-epoch's permutation), ``DistributedDataParallel`` averages the gradients, and the generator's
-batch norms use the statistics of the global batch (``nn.SyncBatchNorm`` on CUDA,
-:class:`genlab.distributed.AllReduceBatchNorm` on the CPU, where SyncBatchNorm has no kernels),
-so that a step is the one-process step up to the order of floating-point sums. The random numbers
-(z, dropout masks) are drawn per sample (``--noise per-sample``, :class:`genlab.layers.SampleNoise`),
-keyed by the sample's place in the global batch, so any W draws the same ones;
-``genlab run dcgan --noise per-sample`` is the one-process run that W processes reproduce.
+FID and KID after each of ``--eval-epochs`` (:func:`genlab.dcgan_nets.evaluate_quality`) go to
+metrics/quality.csv and losses_fid_kid.png; the evaluation leaves the global RNG as it found it,
+and its seconds are left out of the training time.
+
+Data-parallel (``torchrun``, :mod:`genlab.distributed`): each of W processes trains on the next
+B / W images of each global batch of B, ``DistributedDataParallel`` averages the gradients and the
+generator's batch norms use the global batch's statistics (``nn.SyncBatchNorm`` on CUDA,
+:class:`genlab.distributed.AllReduceBatchNorm` on the CPU), so a step is the one-process step up
+to the order of floating-point sums. z and the dropout masks are drawn per sample
+(:class:`genlab.layers.SampleNoise`), keyed by the sample's place in the global batch, so any W
+draws the numbers of the one-process run ``genlab run dcgan --noise per-sample``.
 """
 
 from __future__ import annotations
@@ -101,20 +96,15 @@ STEP_KEYS = ("loss_d", "loss_g", "d_real", "d_fake")
 def train_step(generator: Generator, discriminator: Discriminator, opt_g: torch.optim.Optimizer,
                opt_d: torch.optim.Optimizer, real: torch.Tensor, autocast,
                noise: SampleNoise | None = None) -> torch.Tensor:
-    """One alternating DCGAN step on a batch ``real`` (N, 1, 28, 28) in [-1, 1].
-
-    Returns a float32 tensor (4,) in the order of :data:`STEP_KEYS`: D loss, G loss, mean D(x),
-    mean D(G(z)) (both measured in the discriminator step). One generator forward per step: the
-    fake batch of the discriminator step is reused for the generator step.
+    """One alternating DCGAN step on a batch ``real`` (N, 1, 28, 28) in [-1, 1]; returns float32
+    (4,) in the order of :data:`STEP_KEYS` (D(x) and D(G(z)) of the D step). The D step's fake
+    batch is reused for the G step: one generator forward.
 
     ``noise``: None draws z and the dropout masks from the global RNG; a :class:`SampleNoise`
-    whose ``rows`` are the places of ``real``'s images in the global batch (span: twice the
-    global batch; real images take rows [0, B), their fakes [B, 2B)) draws them per sample.
-    ``generator`` and ``discriminator`` may be ``DistributedDataParallel`` wrappers: the
-    discriminator step runs through the wrapper (its gradients are averaged over the ranks), the
-    generator step through the bare discriminator, which is frozen there (its parameters get
-    no gradient, so its wrapper expects no reduction), while the generator's wrapper, whose
-    forward ran once, averages the generator's gradients in that step's backward.
+    whose ``rows`` are ``real``'s places in the global batch (span 2B: real rows [0, B), their
+    fakes [B, 2B)) draws them per sample. Under DDP the D step runs through the discriminator's
+    wrapper (gradients averaged over the ranks), the G step through the bare, frozen
+    discriminator (no gradient, no reduction), and the generator's wrapper averages its gradients.
     """
     g_module, d_module = distributed.unwrap(generator), distributed.unwrap(discriminator)
     d_noise = g_noise = None
@@ -159,18 +149,14 @@ def _restore_optimizer_state_in_place(opt: torch.optim.Optimizer, before: dict) 
 
 
 class GraphedTrainStep:
-    """:func:`train_step` captured as CUDA graphs and replayed (``--cuda-graph``; CUDA only).
+    """:func:`train_step` captured as CUDA graphs and replayed (``--cuda-graph``; CUDA only): a
+    step's few hundred small kernels launched at once (PyTorch docs, "CUDA Graphs").
 
-    At batch 64 a DCGAN step is a few hundred small kernels, and on a large GPU their launch
-    cost rather than their arithmetic sets the pace; replaying a captured graph launches them
-    all at once (PyTorch docs, "CUDA Graphs", whole-network capture). What capture needs, done
-    here: one static input buffer and one graph per batch shape (the full batch and the epoch's
-    last, partial one); Adam with ``capturable=True`` (:func:`build`); autocast with
-    ``cache_enabled=False``; a few warm-up steps on a side stream before capture (they also
-    create Adam's state, which must exist before capture), after which the models, the
-    optimisers' state (in place) and the RNG are restored, so the warm-up leaves no trace and a
-    replayed run follows the eager one (CUDA graphs draw their random numbers from the same
-    Philox offsets as eager kernels).
+    One static input and one graph per batch shape (the full batch and the epoch's last one);
+    Adam with ``capturable=True`` (:func:`build`); autocast with ``cache_enabled=False``. A few
+    warm-up steps on a side stream create Adam's state before capture; then the models, the
+    optimisers' state (in place) and the RNG are restored, so a replayed run follows the eager
+    one (graphs draw from the same Philox offsets as eager kernels).
 
     Args:
         generator, discriminator, opt_g, opt_d: as for :func:`train_step`, on one CUDA device.
@@ -178,9 +164,8 @@ class GraphedTrainStep:
         precision: auto, bf16 or fp32, as ``--precision``.
         warmup: eager steps per shape before capture.
 
-    Calling it with a batch ``real`` of a captured shape returns the (4,) metrics of
-    :func:`train_step` (a fresh tensor). Raises ValueError off CUDA and KeyError for a batch
-    shape that was not captured.
+    Called on a batch of a captured shape, returns :func:`train_step`'s (4,) metrics (a fresh
+    tensor). Raises ValueError off CUDA and KeyError for a shape that was not captured.
     """
 
     def __init__(self, generator: Generator, discriminator: Discriminator, opt_g: torch.optim.Optimizer,
@@ -226,17 +211,11 @@ class GraphedTrainStep:
 
 
 def run(config: DCGANConfig) -> Path:
-    """Train the DCGAN; returns the run directory. See the module docstring.
+    """Train the DCGAN (resumable: :class:`genlab.dcgan_nets.EpochLoop`); returns the run directory.
 
-    The run's checkpoint (:class:`genlab.engine.Run`) is written at every epoch end, every few
-    minutes, and on Ctrl-C or SIGTERM; its progress holds the batch within the epoch, the
-    epoch's running metric sums and the fixed noise batch, so a resumed run continues exactly
-    (:class:`genlab.dcgan_nets.EpochLoop`).
-
-    Under ``torchrun`` with W processes (see the module docstring), rank r trains on images
-    [r B/W, (r+1) B/W) of each global batch of B; the logged metrics are the means over the
-    ranks, i.e. over the global batch. An epoch's last, partial batch of b images is trained as
-    its first b - (b mod W) images (at most W - 1 images an epoch are left out; none in one process).
+    Under ``torchrun`` with W processes, rank r trains on images [r B/W, (r+1) B/W) of each
+    global batch of B and the logged metrics are the means over the global batch. An epoch's
+    last, partial batch of b images is trained as its first b - (b mod W) images.
 
     Raises:
         ConfigError: ``--batch-size`` not a multiple of the number of processes (naming both);
@@ -323,10 +302,8 @@ QUALITY_FILE = "quality.csv"
 
 def make_record(epochs: list[dict], quality: dict | None, train_seconds: float | None,
                 eval_seconds: float | None, figures: list[Figure], over_epochs: list[dict] = ()) -> Record:
-    """The run's record: FID/KID/IS (when evaluated), the last epoch's losses and mean
-    discriminator outputs against the SPEC §1 reference of that epoch (where the reference has
-    one), the per-epoch table and, with ``over_epochs`` (the rows of :data:`QUALITY_FILE`), the
-    table of FID and KID over epochs."""
+    """The run's record: FID/KID/IS, the last epoch's losses and mean D outputs against the SPEC §1
+    reference of that epoch, the per-epoch table and the FID/KID table of ``over_epochs`` (:data:`QUALITY_FILE`)."""
     metrics = quality_metrics(quality) if quality else []
     notes = [f"Extractor: {quality['extractor']}."] if quality else []
     last = epochs[-1] if epochs else None
@@ -375,8 +352,7 @@ FIGURE_CAPTIONS = {
 
 
 def plot_fid_kid(rows: list[dict], path: Path) -> None:
-    """losses_fid_kid.png: FID (left) and KID with its std over subsets (right) against the epoch,
-    from the rows of :data:`QUALITY_FILE`."""
+    """FID (left) and KID with its std over subsets (right) per epoch, from :data:`QUALITY_FILE`'s rows."""
     epochs, fid = [r["epoch"] for r in rows], [r["fid"] for r in rows]
     kid, kid_std = np.array([r["kid"] for r in rows]), np.array([r["kid_std"] for r in rows])
     fig, (ax_fid, ax_kid) = plots.plt.subplots(1, 2, figsize=(9.6, 3.6))
@@ -391,10 +367,9 @@ def plot_fid_kid(rows: list[dict], path: Path) -> None:
 def finish(run_dir: RunDir, config: DCGANConfig, generator: Generator, fixed_z: torch.Tensor,
            device: torch.device, elapsed: float | None, quality: dict | None = None,
            seconds: float | None = None) -> dict | None:
-    """Figures, FID/KID/IS, metrics.json and summary.md at the end of a run (also used by
-    ``genlab eval``). ``quality`` and ``seconds``: the :func:`evaluate_quality` of this generator
-    when the run has just computed it (after its last epoch), else it is computed here. Returns
-    the FID/KID/IS dict, or None when ``fid_samples`` is 0."""
+    """Figures, FID/KID/IS, metrics.json and summary.md (also ``genlab eval``'s). ``quality``, ``seconds``:
+    :func:`evaluate_quality` of this generator if the run has just computed it, else computed here.
+    Returns the FID/KID/IS dict, or None when ``fid_samples`` is 0."""
     over_epochs = [{k: float(v) for k, v in r.items()} for r in run_dir.read_rows(QUALITY_FILE)]
     if over_epochs:
         plot_fid_kid(over_epochs, run_dir.path / "figures" / "losses_fid_kid.png")

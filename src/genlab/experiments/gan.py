@@ -19,17 +19,16 @@ every step and at the same parameters, the generator gradient norm of both losse
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from genlab import plots
 from genlab.data import load_images
 from genlab.dcgan_nets import (DCGANTrainingConfig, Discriminator, EpochLoop, Generator, build, discriminator_step,
                                evaluate_quality, evaluate_run, plot_losses, read_steps, sample, save_grid)
@@ -59,7 +58,8 @@ class GANConfig(DCGANTrainingConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.generator_loss not in GENERATOR_LOSSES:
-            raise ConfigError(f"--generator-loss must be one of {sorted(GENERATOR_LOSSES)}, got {self.generator_loss!r}")
+            raise ConfigError(f"--generator-loss must be one of {sorted(GENERATOR_LOSSES)}, "
+                              f"got {self.generator_loss!r}")
         if self.probe_steps is not None and self.probe_steps < 0:
             raise ConfigError(f"--probe-steps must be >= 0, got {self.probe_steps}")
 
@@ -78,7 +78,6 @@ def minimax_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 
 
 GENERATOR_LOSSES = {"non-saturating": non_saturating_generator_loss, "minimax": minimax_generator_loss}
-PROBE_KEYS = {"non-saturating": "grad_norm_non_saturating", "minimax": "grad_norm_minimax"}
 
 
 def gradient_norm(grads) -> torch.Tensor:
@@ -128,9 +127,7 @@ def train_step(generator: Generator, discriminator: Discriminator, opt_g: torch.
 
 
 def run(config: GANConfig) -> Path:
-    """Train the GAN; returns the run directory. The run's checkpoint (:class:`genlab.engine.Run`)
-    is written at every epoch end, every few minutes and on Ctrl-C or SIGTERM; ``--resume``
-    continues from it exactly."""
+    """Train the GAN (resumable: :class:`genlab.dcgan_nets.EpochLoop`); returns the run directory."""
     device = resolve_device(config.device)
     autocast = autocast_for(device, config.precision)  # may time GEMMs (global RNG): before seeding
     seed_everything(config.seed)
@@ -146,8 +143,9 @@ def run(config: GANConfig) -> Path:
             return train_step(generator, discriminator, opt_g, opt_d, data[idx], autocast, config.generator_loss,
                               probe=step < probe_steps)
 
+        trained_norm = "grad_norm_" + config.generator_loss.replace("-", "_")
         loop.train(data.shape[0], steps_per_epoch, train_batch, f"gan {config.generator_loss}",
-                   epoch_extra=lambda mean: {"grad_norm_g": mean[PROBE_KEYS[config.generator_loss]]})
+                   epoch_extra=lambda mean: {"grad_norm_g": mean[trained_norm]})
         finish(run.dir, config, generator, loop.fixed_z, device, run.elapsed_s)
     return run.path
 
@@ -161,31 +159,6 @@ def probed(steps: list[dict]) -> list[dict]:
     return [r for r in steps if "grad_norm_minimax" in r and "grad_norm_non_saturating" in r]
 
 
-def plot_norms_and_d(path: Path, title: str, ylabel: str, xlabel: str, norms: list[tuple[list, list, str]],
-                     d_fake_g: list[tuple[list, list, str]]) -> Path:
-    """Two panels over the optimiser step: top, generator gradient norms (log scale), one line per
-    (steps, norms, label); bottom, mean D(G(z)) in the generator step, one line per (steps, values,
-    colour)."""
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 5.6), sharex=True, height_ratios=(2, 1))
-    for x, y, label in norms:
-        top.plot(x, y, lw=0.8, label=label)
-    top.set_yscale("log")
-    top.set_ylabel(ylabel)
-    top.set_title(title)
-    top.grid(alpha=0.3)
-    top.legend(fontsize=8)
-    for x, y, colour in d_fake_g:
-        bottom.plot(x, y, lw=0.8, color=colour)
-    bottom.set_ylim(0, 1)
-    bottom.set_ylabel("mean D(G(z))")
-    bottom.set_xlabel(xlabel)
-    bottom.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
-
-
 def plot_gradient_norms(steps: list[dict], path: Path, title: str) -> Path | None:
     """Top: generator gradient norms of both losses (log scale) over the probed steps;
     bottom: mean D(G(z)) in the generator step. Returns None without probed steps."""
@@ -193,35 +166,15 @@ def plot_gradient_norms(steps: list[dict], path: Path, title: str) -> Path | Non
     if not rows:
         return None
     x = [r["step"] for r in rows]
-    return plot_norms_and_d(path, title, "||dL_G / dtheta||", "optimiser step (both norms at the same parameters)",
-                            [(x, [r["grad_norm_non_saturating"] for r in rows], "non-saturating  -E[log D(G(z))]"),
-                             (x, [r["grad_norm_minimax"] for r in rows], "minimax  E[log(1 - D(G(z)))]")],
-                            [(x, [r["d_fake_g"] for r in rows], "k")])
-
-
-def compare_gradient_norms(run_paths: list[Path], path: Path, steps: int | None = None) -> Path:
-    """One figure of the trained loss's generator gradient norm (log scale) and D(G(z)) per
-    step, one line per run (e.g. a minimax and a non-saturating run), over the first
-    ``steps`` steps (default: the probed ones)."""
-    norms, d_fake_g = [], []
-    for i, run_path in enumerate(run_paths):
-        name = json.loads((Path(run_path) / "config.json").read_text())["generator_loss"]
-        rows = probed(read_steps(run_path))[:steps or None]
-        x = [r["step"] for r in rows]
-        norms.append((x, [r[PROBE_KEYS[name]] for r in rows], f"trained with {name}"))
-        d_fake_g.append((x, [r["d_fake_g"] for r in rows], f"C{i}"))
-    return plot_norms_and_d(path, "Generator gradient norm, first epoch, two runs",
-                            "||dL_G / dtheta|| of the trained loss", "optimiser step", norms, d_fake_g)
-
-
-def plot_run(run_dir: RunDir, config: GANConfig) -> None:
-    """losses.png (per epoch, per step before an epoch ends), losses_steps.png, d_outputs.png
-    and grad_norms.png."""
-    name = config.generator_loss
-    plot_losses(run_dir, f"GAN ({name})", f"generator ({name})",
-                {"non-saturating": math.log(2), "minimax": -math.log(2)}[name])
-    plot_gradient_norms(read_steps(run_dir.path), run_dir.path / "figures" / "grad_norms.png",
-                        f"Generator gradient norms, trained with the {name} loss")
+    fig, (top, bottom) = plots.plt.subplots(2, 1, figsize=(6.4, 5.6), sharex=True, height_ratios=(2, 1))
+    top.plot(x, [r["grad_norm_non_saturating"] for r in rows], lw=0.8, label="non-saturating  -E[log D(G(z))]")
+    top.plot(x, [r["grad_norm_minimax"] for r in rows], lw=0.8, label="minimax  E[log(1 - D(G(z)))]")
+    top.set_yscale("log")
+    plots.decorate(top, "", "||dL_G / dtheta||", title)
+    bottom.plot(x, [r["d_fake_g"] for r in rows], lw=0.8, color="k")
+    bottom.set_ylim(0, 1)
+    plots.decorate(bottom, "optimiser step (both norms at the same parameters)", "mean D(G(z))", legend=False)
+    return plots.save(fig, path)
 
 
 def gradient_summary(steps: list[dict], first: int = 100) -> dict:
@@ -240,15 +193,18 @@ def gradient_summary(steps: list[dict], first: int = 100) -> dict:
 def finish(run_dir: RunDir, config: GANConfig, generator: Generator, fixed_z: torch.Tensor,
            device: torch.device, elapsed: float | None) -> dict:
     """Figures, the 10 x 20 sample grid, FID/KID/IS, metrics.json and summary.md."""
-    plot_run(run_dir, config)
+    name, steps = config.generator_loss, read_steps(run_dir.path)
+    plot_losses(run_dir, f"GAN ({name})", f"generator ({name})",
+                math.log(2) if name == "non-saturating" else -math.log(2))
+    plot_gradient_norms(steps, run_dir.path / "figures" / "grad_norms.png",
+                        f"Generator gradient norms, trained with the {name} loss")
     save_grid(generator, fixed_z, device, run_dir.path / "figures" / "samples_10x20.png", 10, 20,
-              f"GAN ({config.generator_loss}), MNIST, 200 samples")
+              f"GAN ({name}), MNIST, 200 samples")
     quality, eval_seconds = evaluate_quality(generator, config, device, DATASET)
     epochs = run_dir.read_epochs()
-    metrics = {"generator_loss": config.generator_loss, "final_epoch": epochs[-1] if epochs else None,
-               "quality": quality, "gradients": gradient_summary(read_steps(run_dir.path))}
-    run_dir.write_record(make_record(config.generator_loss, epochs, metrics, elapsed, eval_seconds,
-                                     run_dir.figures(FIGURE_CAPTIONS)))
+    metrics = {"generator_loss": name, "final_epoch": epochs[-1] if epochs else None,
+               "quality": quality, "gradients": gradient_summary(steps)}
+    run_dir.write_record(make_record(name, epochs, metrics, elapsed, eval_seconds, run_dir.figures(FIGURE_CAPTIONS)))
     return metrics
 
 

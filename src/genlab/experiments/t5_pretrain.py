@@ -1,21 +1,14 @@
 """SPEC §10, offline: pretrain a small T5 (Raffel et al. 2020) by span corruption, for ``t5-finetune --init``.
 
-No pretrained T5 weights can be had offline, so this pretrains a small
-``T5ForConditionalGeneration`` (Hugging Face ``transformers``, the real t5-small vocabulary of
-``../shared/data/t5-small-tokenizer/``) with T5's objective, span corruption (Raffel et al. 2020,
-§3.1.4): 15 % of the tokens of each input, in spans of mean length 3, are dropped, each span
-replaced by one sentinel (``<extra_id_0>``, ``<extra_id_1>``, ...); the target is the sentinels
-followed by the tokens they stand for (:func:`corrupt`).
+No pretrained T5 weights can be had offline, so this pretrains a small Hugging Face
+``T5ForConditionalGeneration`` (the real t5-small vocabulary) with T5's objective, span corruption
+(Raffel et al. 2020, §3.1.4, :func:`corrupt`), on every article text held here that is not an
+official XSum test document (:func:`corpus_chunks`); the corpus size is reported beside T5's C4
+pretraining, 2^35 tokens (ibid., §3.1.2). A 2 % slice of the pieces (by a seeded shuffle)
+measures the validation loss, with fixed corruption.
 
-Corpus: every article text held here that is not an official XSum test document: the XSum
-non-test documents (``xsum_subset.jsonl``'s train pairs and ``xsum_extra.jsonl``) and the 2,225
-BBC News Summary articles (any that repeats an XSum test document is left out), cut into pieces
-of ``--input-length`` tokens (:func:`corpus_chunks`). Its size in tokens is reported beside T5's
-C4 pretraining, 2^35 (about 34 billion) tokens (Raffel et al. 2020, §3.1.2). A 2 % slice of the
-pieces (by a seeded shuffle) measures the validation loss, with fixed corruption.
-
-The model and tokenizer are saved with ``save_pretrained`` in the run's ``model/`` folder, and
-the same model's random initial weights in ``model_init/``, for the comparison:
+The model and tokenizer are saved (``save_pretrained``) in the run's ``model/`` folder, and the
+same model's random initial weights in ``model_init/``, for the comparison:
 
     genlab run t5-pretrain --out runs/t5-pretrain
     genlab run t5-finetune --init runs/t5-pretrain/model --out runs/t5-ft-pretrained
@@ -24,8 +17,6 @@ the same model's random initial weights in ``model_init/``, for the comparison:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +75,8 @@ class T5PretrainConfig(EpochsConfig):
             raise ConfigError("--input-length must be >= 8 and --batch-size >= 1")
 
 
-def random_spans_noise_mask(length: int, noise_density: float, mean_span: float, rng: np.random.Generator) -> np.ndarray:
+def random_spans_noise_mask(length: int, noise_density: float, mean_span: float,
+                            rng: np.random.Generator) -> np.ndarray:
     """T5's noise mask (Raffel et al. 2020, §3.1.4; the ``random_spans_noise_mask`` of their code):
     round(length x density) noise tokens in round(noise / mean_span) spans, span and gap lengths
     drawn by random segmentation, the first token never noise. Returns bool (length,)."""
@@ -122,10 +114,10 @@ def corpus_chunks(config: T5PretrainConfig, tokenizer) -> tuple[list[list[int]],
     (a last piece shorter than 16 tokens is dropped). Returns (pieces, counts of documents and tokens)."""
     xsum_files, _ = default_data_files("xsum", config.data_dir)
     parts = split_pairs([p for f in xsum_files for p in load_pairs(f)], official=True)
-    test_docs = {hashlib.sha256(p.document.strip().encode()).hexdigest() for p in parts["test"]}
+    test_docs = {p.document.strip() for p in parts["test"]}
     xsum = [p.document for p in parts["train"] + parts["validation"]]
     bbc = [p.document for p in load_pairs(shared_data_dir(config.data_dir) / "bbc-news-summary/bbc_news_summary.jsonl")
-           if hashlib.sha256(p.document.strip().encode()).hexdigest() not in test_docs]
+           if p.document.strip() not in test_docs]
     ids = tokenizer(xsum + bbc, add_special_tokens=False).input_ids
     n = config.input_length
     pieces = [doc[i:i + n] for doc in ids for i in range(0, len(doc), n) if len(doc[i:i + n]) >= 16]
@@ -162,8 +154,8 @@ class SpanCorruption:
 
 
 def run(config: T5PretrainConfig) -> Path:
-    """Pretrain (:func:`genlab.summarizer.train`'s loop on :class:`genlab.engine.Run`: checkpoints,
-    exact resume), save the model with ``save_pretrained`` and write the record; returns the run directory."""
+    """Pretrain (:func:`genlab.summarizer.train`: checkpoints, exact resume), save the model and write the
+    record; returns the run directory."""
     from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
     device = start(config)
@@ -209,8 +201,7 @@ def run(config: T5PretrainConfig) -> Path:
 def make_record(run: Run, config: T5PretrainConfig, counts: dict, n_pieces: int, n_params: int,
                 selected: int | None) -> Record:
     """The loss curves, the corpus size against T5's C4 tokens, the final losses."""
-    path, epochs = run.path / "metrics" / "steps.jsonl", run.dir.read_epochs()
-    steps = [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+    steps, epochs = run.dir.read_rows("steps.jsonl"), run.dir.read_epochs()
     if steps:
         plots.plot_curves([r["step"] for r in steps], {"span-corruption loss": [r["loss"] for r in steps]},
                           run.path / "figures" / "loss_steps.png", "optimiser step", "nats per target token",
@@ -218,7 +209,8 @@ def make_record(run: Run, config: T5PretrainConfig, counts: dict, n_pieces: int,
     metrics = [Metric("corpus_tokens", counts["tokens"], unit="tokens",
                       description="t5-small SentencePiece tokens of the pretraining corpus"),
                Metric("fraction_of_c4", counts["tokens"] / C4_TOKENS, lower_is_better=False,
-                      description="corpus tokens / 2^35, the tokens T5 was pretrained on (Raffel et al. 2020, §3.1.2)"),
+                      description="corpus tokens / 2^35, the tokens T5 was pretrained on "
+                                  "(Raffel et al. 2020, §3.1.2)"),
                Metric("tokens_seen", sum(r.get("target_tokens", 0) for r in steps), unit="target tokens")]
     if epochs:
         metrics.append(Metric("val_loss", epochs[-1]["val_nll"], unit="nats", lower_is_better=True, headline=True,
@@ -237,7 +229,8 @@ def make_record(run: Run, config: T5PretrainConfig, counts: dict, n_pieces: int,
 
 EXPERIMENT = Experiment(
     name="t5-pretrain",
-    summary="SPEC §10: pretrain a small T5 by span corruption on the non-test XSum and BBC articles, for t5-finetune --init",
+    summary="SPEC §10: pretrain a small T5 by span corruption on the non-test XSum and BBC articles, "
+            "for t5-finetune --init",
     config=T5PretrainConfig,
     run=run,
 )

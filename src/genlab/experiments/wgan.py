@@ -244,38 +244,34 @@ def train_method(config: WGANConfig, method: str, index: int, data: torch.Tensor
     ``--lipschitz``, held by ``unit`` (resumed where a checkpoint inside it left off; ``done``, the
     finished methods' results, is checkpointed with it). Returns the critic estimates
     (iterations,), snapshots, exact-W1 curve [(iteration, W1)] and the final evaluation."""
-    device = run.device
+    device, n = run.device, config.iterations
     seed_everything(config.seed)  # the same initial weights, noise and minibatches for every method
     generator, critic, opt_g, opt_c, normalizer = build(config, method, device)
-    state = unit.start(method, {"k": 0, "estimates": torch.zeros(config.iterations), "snapshots": {}, "w1_curve": [],
-                                "rows": [], "started_s": run.elapsed_s},
+    state = unit.start(method, {"k": 0, "estimates": torch.zeros(n), "snapshots": {}, "w1_curve": [], "rows": [],
+                                "started_s": run.elapsed_s},
                        generator=generator, critic=critic, opt_g=opt_g, opt_c=opt_c,
                        **({"normalizer": normalizer} if normalizer else {}))
-    latent = torch.distributions.Normal(torch.zeros(config.latent_dim, device=device),
-                                        torch.ones(config.latent_dim, device=device))
-    latent = torch.distributions.Independent(latent, 1)  # samples (N, latent_dim)
-    snap_at = sorted({round(i * config.iterations / (config.snapshots - 1)) for i in range(config.snapshots)})
-    eval_z = torch.randn(config.eval_samples, config.latent_dim, generator=torch.Generator().manual_seed(config.seed + 3))
+    zeros = torch.zeros(config.latent_dim, device=device)
+    latent = torch.distributions.Independent(torch.distributions.Normal(zeros, torch.ones_like(zeros)), 1)
+    snap_at = {round(i * n / (config.snapshots - 1)) for i in range(config.snapshots)}
+    eval_z = torch.randn(config.eval_samples, config.latent_dim,
+                         generator=torch.Generator().manual_seed(config.seed + 3))
     estimates, snapshots, w1_curve, rows = state["estimates"], state["snapshots"], state["w1_curve"], state["rows"]
-    held = holdout[:config.curve_samples].numpy()
 
-    def snapshot(k: int) -> None:
-        with torch.no_grad():
-            fake = generator(eval_z[:1000].to(device)).cpu()
-        snapshots[k] = {"fake": fake, "critic": torch.from_numpy(critic_on_grid(critic, lim)).float()}
+    @torch.no_grad()
+    def generated(count: int) -> torch.Tensor:  # (count, 2), from the first count evaluation latents
+        return generator(eval_z[:count].to(device)).cpu()
 
-    def exact_w1(k: int) -> None:
-        with torch.no_grad():
-            fake = generator(eval_z[:config.curve_samples].to(device)).cpu().numpy()
-        w1_curve.append((k, wasserstein1(fake, held)))
-
-    bar = tqdm(range(state["k"], config.iterations), initial=state["k"], total=config.iterations,
-               desc=f"wgan {method}", dynamic_ncols=True, disable=None, mininterval=2)
-    for k in bar:
+    def measure(k: int) -> None:  # the snapshot and the exact W1 due at iteration k (both at the end)
         if k in snap_at:
-            snapshot(k)
-        if k % config.w1_every == 0:
-            exact_w1(k)
+            snapshots[k] = {"fake": generated(1000), "critic": torch.from_numpy(critic_on_grid(critic, lim)).float()}
+        if k % config.w1_every == 0 or k == n:
+            w1_curve.append((k, wasserstein1(generated(config.curve_samples).numpy(),
+                                             holdout[:config.curve_samples].numpy())))
+
+    for k in tqdm(range(state["k"], n), initial=state["k"], total=n, desc=f"wgan {method}", dynamic_ncols=True,
+                  disable=None, mininterval=2):
+        measure(k)
         real = data[torch.randint(len(data), (config.batch_size,), device=device)]  # (B, 2)
         estimates[k] = critic_step(generator, critic, opt_c, normalizer, real, latent, method, config)
         if k % config.n_critic == 0:
@@ -283,21 +279,19 @@ def train_method(config: WGANConfig, method: str, index: int, data: torch.Tensor
         if (k + 1) % config.log_every == 0:
             window = estimates[k + 1 - config.log_every:k + 1]
             if not torch.isfinite(window).all():
-                raise TrainingDiverged(f"{method}: non-finite Wasserstein estimate at iteration {k}; lower the learning rates")
+                raise TrainingDiverged(f"{method}: non-finite Wasserstein estimate at iteration {k}; "
+                                       "lower the learning rates")
             rows.append({"step": k + 1, f"{method}/wasserstein_estimate": float(window.mean())})
         state["k"] = k + 1
-        run.step_done(index * config.iterations + k + 1, index, lambda: {"done": done})
-    snapshot(config.iterations)
-    exact_w1(config.iterations)
+        run.step_done(index * n + k + 1, index, lambda: {"done": done})
+    measure(n)
     run.log_steps(rows + [{"step": k, f"{method}/w1_exact_{config.curve_samples}": w} for k, w in w1_curve])
     elapsed = run.elapsed_s - state["started_s"]
-
-    with torch.no_grad():
-        fake = generator(eval_z.to(device)).cpu()  # (eval_samples, 2)
+    fake = generated(config.eval_samples)
     result = {"method": method, "w1": wasserstein1(fake.numpy(), holdout.numpy()),
               **mode_statistics(fake, mode_centres(config), config.std, config.min_mode_samples),
               "final_estimate": float(estimates[-config.log_every:].mean()), "seconds": elapsed,
-              "iterations_per_s": config.iterations / elapsed}
+              "iterations_per_s": n / elapsed}
     if normalizer is not None:
         with torch.no_grad():
             result["critic_spectral_norms"] = [float(torch.linalg.matrix_norm(m.weight, 2)) for m in normalizer.modules]
@@ -309,10 +303,9 @@ def train_method(config: WGANConfig, method: str, index: int, data: torch.Tensor
 def run(config: WGANConfig) -> Path:
     """Train every method of ``--lipschitz`` in turn; returns the run directory.
 
-    The run's step counts critic iterations over the methods in order (method i's iteration k is
-    step i * iterations + k + 1), its epoch the methods finished. The checkpoint holds the finished
-    methods' results and the whole state of the one in training (a :class:`CurrentUnit`), so
-    ``--resume`` continues inside a method exactly; on a finished run it rewrites the outputs.
+    Method i's iteration k is the run's step i * iterations + k + 1, its epoch the methods
+    finished. The checkpoint holds the finished methods' results and the one in training (a
+    :class:`CurrentUnit`), so ``--resume`` continues inside a method exactly.
     """
     device = resolve_device(config.device)
     unit = CurrentUnit()
@@ -335,8 +328,8 @@ def run(config: WGANConfig) -> Path:
 
 
 def keep_rows_of(run_path: Path, methods: dict) -> None:
-    """On resume: keep the rows of metrics/steps.jsonl of the finished ``methods`` only (a method
-    writes its rows when it ends, named ``{method}/...``)."""
+    """On resume: keep the rows of metrics/steps.jsonl of the finished ``methods`` only (their
+    columns are named ``{method}/...``)."""
     path = run_path / "metrics" / "steps.jsonl"
     if path.exists():
         rows = [line for line in path.read_text().splitlines()
@@ -354,16 +347,15 @@ def plot_snapshots(done: dict, data: torch.Tensor, lim: float, path: Path) -> Pa
     methods = list(done)
     iters = sorted(done[methods[0]]["snapshots"])
     fig, axes = plots.plt.subplots(len(methods), len(iters), figsize=(2.3 * len(iters), 2.3 * len(methods)),
-                             squeeze=False)
+                                   squeeze=False)
     g = np.linspace(-lim, lim, 120)
     shown = data[:2000].numpy()
     for i, method in enumerate(methods):
         for j, k in enumerate(iters):
             ax, snap = axes[i, j], done[method]["snapshots"][k]
             ax.contourf(g, g, snap["critic"].cpu().numpy(), levels=20, cmap="coolwarm", alpha=0.8)
-            ax.scatter(shown[:, 0], shown[:, 1], s=1, c="0.2", alpha=0.5, linewidths=0)
-            fake = snap["fake"].cpu().numpy()
-            ax.scatter(fake[:, 0], fake[:, 1], s=1.5, c="gold", alpha=0.8, linewidths=0)
+            ax.scatter(*shown.T, s=1, c="0.2", alpha=0.5, linewidths=0)
+            ax.scatter(*snap["fake"].cpu().numpy().T, s=1.5, c="gold", alpha=0.8, linewidths=0)
             ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xticks=[], yticks=[], aspect="equal")
             if i == 0:
                 ax.set_title(f"iteration {k}", fontsize=9)
@@ -380,9 +372,8 @@ def plot_wasserstein(done: dict, config: WGANConfig, floor: float, path: Path) -
     window = max(1, min(500, config.iterations // 20))
     kernel = np.ones(window) / window
     for method, state in done.items():
-        est = state["estimates"].cpu().numpy()
-        smooth = np.convolve(est, kernel, mode="valid")
-        (line,) = left.plot(np.arange(window, len(est) + 1), smooth, lw=1, label=method)
+        smooth = np.convolve(state["estimates"].cpu().numpy(), kernel, mode="valid")
+        (line,) = left.plot(np.arange(window, window + len(smooth)), smooth, lw=1, label=method)
         curve = np.array(state["w1_curve"])
         right.plot(curve[:, 0], curve[:, 1], marker="o", ms=3, lw=1, color=line.get_color(), label=method)
     plots.hline(right, floor, "target vs target (sampling floor)", x=0)
@@ -405,8 +396,8 @@ def finish(run_dir: RunDir, config: WGANConfig, done: dict, data: torch.Tensor, 
     target_stats = mode_statistics(holdout, mode_centres(config), config.std, config.min_mode_samples)
     plot_snapshots(done, data, lim, figs / "snapshots.png")
     plot_wasserstein(done, config, curve_floor, figs / "wasserstein.png")
-    results = [state["result"] for state in done.values()]
-    metrics = {"methods": results, "target_vs_target": {"w1": floor, **target_stats},
+    metrics = {"methods": [state["result"] for state in done.values()],
+               "target_vs_target": {"w1": floor, **target_stats},
                "eval_samples": n, "elapsed_s": elapsed}
     run_dir.write_record(make_record(config, metrics, run_dir.figures(FIGURE_CAPTIONS)))
     return metrics
