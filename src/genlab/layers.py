@@ -131,7 +131,7 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool = True,
         if len(noise.rows) != x.shape[0]:
             raise ValueError(f"noise has {len(noise.rows)} rows for a batch of {x.shape[0]}")
         keep = noise.words16(x[0].numel()).reshape(x.shape).to(x.device) >= threshold
-        return x * (1.0 / (1.0 - p)) * keep
+        return x * keep.to(x.dtype) * (1.0 / (1.0 - p))
     if x.device.type != "cpu":
         return torch.nn.functional.dropout(x, p, True)
     n = x.numel()
@@ -139,7 +139,7 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool = True,
     draws.random_(-(2**63), None)  # uniform over all 2**64 values
     words = draws.view(torch.int16)[:n].view(x.shape)  # uniform on [-32768, 32767]
     keep = words >= threshold
-    return x * (1.0 / (1.0 - p)) * keep  # scaling first, then the bool mask: the same values, no mask cast
+    return x * keep.to(x.dtype) * (1.0 / (1.0 - p))
 
 
 class FastDropout(nn.Module):
