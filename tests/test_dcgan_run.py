@@ -235,3 +235,16 @@ def test_cuda_graph_replays_the_eager_step(precision):
     torch.testing.assert_close(graphed[0], eager[0], rtol=2e-3, atol=2e-3)
     for name, value in eager[1].items():
         torch.testing.assert_close(graphed[1][name], value, rtol=2e-3, atol=2e-3, msg=name)
+
+
+def test_bench_quality_mode_trains_both_loops_from_the_given_seed(monkeypatch, capsys):
+    """`genlab bench dcgan --quality-epochs E --seed S` hands E and S to the equal-epochs comparison
+    (the training itself is a real-data run too long for the suite) and prints its JSON."""
+    from genlab.benchmarks import dcgan as bench
+
+    calls = []
+    monkeypatch.setattr(bench, "quality_at_equal_epochs",
+                        lambda images, epochs, seed, device: calls.append((images.shape, epochs, seed)) or {"seed": seed})
+    bench.main(["--quality-epochs", "3", "--seed", "7", "--device", "cpu", "--json"])
+    assert calls == [((60000, 28, 28), 3, 7)]
+    assert json.loads(capsys.readouterr().out) == {"seed": 7}

@@ -249,13 +249,14 @@ def main(argv: list[str] | None = None) -> dict:
                         help="also time each convolution contiguous vs channels-last (the layout table's source)")
     parser.add_argument("--quality-epochs", type=int, default=0,
                         help="instead of timing: train the reference loop and genlab this many epochs each "
-                             "(seed 42) and compare their FID/KID/IS")
+                             "(from --seed) and compare their FID/KID/IS")
+    parser.add_argument("--seed", type=int, default=42, help="seed of both trainings with --quality-epochs")
     add_json_argument(parser)
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     if args.quality_epochs > 0:
         images, _ = load_split(dcgan.DATASET, "train")
-        result = quality_at_equal_epochs(images, args.quality_epochs, 42, device)
+        result = quality_at_equal_epochs(images, args.quality_epochs, args.seed, device)
         return report(result, args.json, json.dumps(result, indent=2))
     if args.cuda_graph and device.type != "cuda":
         parser.error(f"--cuda-graph needs a CUDA device, and this benchmark runs on {device}")
