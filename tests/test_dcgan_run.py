@@ -243,8 +243,12 @@ def test_bench_quality_mode_trains_both_loops_from_the_given_seed(monkeypatch, c
     from genlab.benchmarks import dcgan as bench
 
     calls = []
-    monkeypatch.setattr(bench, "quality_at_equal_epochs",
-                        lambda images, epochs, seed, device: calls.append((images.shape, epochs, seed)) or {"seed": seed})
+
+    def compare(images, epochs, seed, device):
+        calls.append((images.shape, epochs, seed))
+        return {"seed": seed}
+
+    monkeypatch.setattr(bench, "quality_at_equal_epochs", compare)
     bench.main(["--quality-epochs", "3", "--seed", "7", "--device", "cpu", "--json"])
     assert calls == [((60000, 28, 28), 3, 7)]
     assert json.loads(capsys.readouterr().out) == {"seed": 7}
