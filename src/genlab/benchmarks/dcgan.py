@@ -199,6 +199,8 @@ def quality_at_equal_epochs(images, epochs: int, seed: int, device: torch.device
     """FID/KID/IS (genlab's domain classifier, ``n`` samples vs the 10,000 test images) of the
     reference loop and of genlab's trainer (``genlab run dcgan``), each trained ``epochs`` epochs
     from ``seed`` at batch 64: the check that genlab's speed costs no quality."""
+    import contextlib
+    import sys
     import tempfile
     import time
 
@@ -220,8 +222,9 @@ def quality_at_equal_epochs(images, epochs: int, seed: int, device: torch.device
     reference = image_quality(fake, real, dcgan.DATASET, device=device)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        out = dcgan.run(dcgan.DCGANConfig(epochs=epochs, seed=seed, fid_samples=n, device=device.type,
-                                          out=Path(tmp) / "run"))
+        with contextlib.redirect_stdout(sys.stderr):  # its epoch lines; stdout keeps the JSON alone
+            out = dcgan.run(dcgan.DCGANConfig(epochs=epochs, seed=seed, fid_samples=n, device=device.type,
+                                              out=Path(tmp) / "run"))
         ours = Record.read(out).extra["quality"]
         genlab_seconds = time.perf_counter() - t0
     return {"epochs": epochs, "seed": seed, "samples": n,
