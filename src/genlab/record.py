@@ -365,10 +365,10 @@ def mean_and_stderr(values: Any) -> tuple[float, float]:
     Raises:
         ValueError: ``values`` is empty.
     """
-    a = np.asarray(values, dtype=np.float64)
-    if a.size == 0:
+    if not len(values):
         raise ValueError("no values to average")
-    return float(a.mean()), float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else 0.0
+    mean, std = mean_std(values)
+    return mean, std / math.sqrt(len(values))
 
 
 def seed_metric(name: str, mean: float, std: float, n_seeds: int, unit: str = "", **fields: Any) -> Metric:

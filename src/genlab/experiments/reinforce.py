@@ -47,6 +47,7 @@ from genlab.engine import (CurrentUnit, DataConfig, GeneratorStates, Run, RunDir
                            seed_everything)
 from genlab.errors import ConfigError
 from genlab.experiments import Experiment
+from genlab.quality import top1_accuracy
 from genlab.record import Metric, Record, Reference, Table
 
 # SPEC §8 reference: "about 75 % test accuracy after the final iteration with the plain estimator".
@@ -339,13 +340,6 @@ def gradient_variance(grad: Gradient, x: torch.Tensor, t: torch.Tensor, batch_si
             "grad_sq_norm": draws.mean(0).square().sum().item() - var / n}
 
 
-@torch.no_grad()
-def accuracy(model: Classifier, x: torch.Tensor, t: torch.Tensor, batch_size: int = 10_000) -> float:
-    """Fraction in [0, 1] of inputs x (N, d) whose most probable label is t (N,)."""
-    return sum((model(x[i:i + batch_size]).argmax(1) == t[i:i + batch_size]).sum().item()
-               for i in range(0, len(x), batch_size)) / len(x)
-
-
 def train(method: str, seed: int, task: Task, config: ReinforceConfig, device: torch.device,
           x_train: torch.Tensor, t_train: torch.Tensor, x_test: torch.Tensor, t_test: torch.Tensor,
           unit: CurrentUnit | None = None, step_done: Callable[[int], None] = lambda step: None,
@@ -377,7 +371,8 @@ def train(method: str, seed: int, task: Task, config: ReinforceConfig, device: t
         model.eval()
         with torch.no_grad():
             objective = expected_zero_one(model(x_train[:OBJECTIVE_SIZE]), t_train[:OBJECTIVE_SIZE]).item()
-        row = {"method": method, "seed": seed, "step": step, "test_accuracy": accuracy(model, x_test, t_test),
+        row = {"method": method, "seed": seed, "step": step,
+               "test_accuracy": top1_accuracy(model, x_test, t_test, 10_000),
                "train_objective": objective, "train_loss": float(np.mean(window)) if window else math.nan,
                "baseline": baseline.value if method == "reinforce-baseline" else 0.0}
         if config.variance_every and (step % config.variance_every == 0 or step == total):
