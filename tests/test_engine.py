@@ -228,6 +228,7 @@ def test_bf16_speedup_is_measured_once_per_machine_and_read_back(tmp_path, monke
     from genlab import engine
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)  # uncapped first, whatever the caller's cap
     ratios = iter([2.5, 0.1, 0.05])  # a second measurement would disagree with the first
     calls = []
     monkeypatch.setattr(engine, "_measure_bf16_speedup", lambda device: calls.append(device) or next(ratios))
