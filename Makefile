@@ -7,7 +7,7 @@ STAMP := $(VENV)/.genlab-installed
 # CUDA wheel of the same version (pip install torch==2.13.0 --index-url ...).
 TORCH ?= torch==2.13.0
 
-.PHONY: run test test-parity-avx2 data install browser bench clean
+.PHONY: run test test-parity-avx2 test-parity-baseline data install browser bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -45,6 +45,11 @@ test: data browser
 # whatever this CPU has. CI runs both targets.
 test-parity-avx2: data
 	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -m parity -n auto --maxprocesses 4 --dist loadgroup
+
+# The same tests on the x86-64 baseline path (ATen's default kernels, oneDNN at SSE4.1), as on a CPU
+# without AVX2. Not in CI (it adds 2 minutes); run it after changing a parity test's tolerance.
+test-parity-baseline: data
+	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 $(PY) -m pytest -q -m parity -n auto --maxprocesses 4 --dist loadgroup
 
 bench: data
 	$(VENV)/bin/genlab bench dcgan
