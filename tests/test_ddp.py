@@ -62,7 +62,6 @@ def test_ddp_run_writes_one_run_directory_with_world_size_and_backend(ddp_run):
     assert (ddp_run / "figures" / "grid_epoch002.png").is_file() and (ddp_run / "metrics.json").is_file()
 
 
-@pytest.mark.parity
 def test_ddp_gives_the_one_process_losses_at_the_same_global_batch(ddp_run, tmp_path):
     """2 processes of 32 images against 1 process of 64, the same per-sample noise (--noise per-sample).
 
