@@ -1,11 +1,14 @@
 """Data-parallel training under torchrun (issue 20): 2 processes, gloo, on loopback only.
 
-Every process talks over 127.0.0.1 (``MASTER_ADDR``, ``GLOO_SOCKET_IFNAME=lo``, ``--master-addr``).
+Every process talks over 127.0.0.1 (``MASTER_ADDR``, ``GLOO_SOCKET_IFNAME=lo``, ``--master-addr``), and
+torchrun runs inside a private network namespace with only ``lo`` where the host permits ``unshare -n``.
 The runs are tiny (256 FashionMNIST images, 4 steps an epoch) so that each test takes seconds.
 """
 
+import functools
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -30,11 +33,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@functools.cache
+def _loopback_namespace() -> list[str]:
+    """A command prefix that runs in a private network namespace with only ``lo`` up (``unshare -n``),
+    where this host permits it; else none (the processes still bind 127.0.0.1 only)."""
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return []
+    prefix = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"']
+    return prefix if subprocess.run([*prefix, "true"], capture_output=True).returncode == 0 else []
+
+
 def torchrun(nproc: int, *args: str, check: bool = True, env_extra: dict[str, str] | None = None,
              ) -> subprocess.CompletedProcess:
-    """``torchrun --nproc-per-node nproc -m genlab ARGS`` with a static rendezvous on 127.0.0.1."""
+    """``torchrun --nproc-per-node nproc -m genlab ARGS`` with a static rendezvous on 127.0.0.1,
+    inside :func:`_loopback_namespace`."""
     env = {**os.environ, **LOOPBACK, **(env_extra or {})}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--nnodes", "1",
+    cmd = [*_loopback_namespace(), sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--nnodes", "1",
            "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "genlab", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     if check and proc.returncode != 0:
