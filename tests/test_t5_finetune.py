@@ -34,7 +34,8 @@ def test_transformers_tokenizer_equals_sentencepiece():
 
 
 def test_batches_have_prefix_padding_and_ignored_labels():
-    from genlab.experiments.t5_finetune import collate, load_tokenizer, tokenize
+    from genlab.experiments.t5_finetune import load_tokenizer, tokenize
+    from genlab.t5 import collate
 
     config = _config()
     tok = load_tokenizer(config)
@@ -59,7 +60,8 @@ def test_random_init_rejects_both_or_neither(tmp_path):
 def test_loss_is_the_token_mean_cross_entropy_and_falls():
     """T5's loss is the mean NLL of the non-ignored labels (checked against F.cross_entropy);
     a few AdamW steps on one batch lower it."""
-    from genlab.experiments.t5_finetune import collate, load_model, load_tokenizer, tokenize
+    from genlab.experiments.t5_finetune import load_model, load_tokenizer, tokenize
+    from genlab.t5 import collate
 
     config = _config()
     tok = load_tokenizer(config)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
 from genlab.engine import Run, seed_everything
@@ -27,6 +26,7 @@ from genlab.errors import ConfigError, GenlabError, NotFoundError
 from genlab.experiments import Experiment
 from genlab.summaries import Pair, tokenizer_dir
 from genlab.summarizer import SummaryConfig, finish, load_best, load_data, start, total_steps, train
+from genlab.t5 import batch_nll, build_optimizer
 
 PREFIX = "summarize: "
 # The tiny random T5 of --random-init (tests, smoke runs): 4 heads of 16, 2 + 2 layers.
@@ -94,33 +94,11 @@ def load_model(config: T5FinetuneConfig, tokenizer, seed: int):
     return T5ForConditionalGeneration(t5_config)
 
 
-def build_optimizer(model: torch.nn.Module, config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW (``config.lr``, ``config.weight_decay``) with a linear warm-up over
-    ``config.warmup_steps``, then constant (for t5-finetune and t5-pretrain)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)))
-
-
 def tokenize(tokenizer, pairs: list[Pair], config: T5FinetuneConfig) -> tuple[list[list[int]], list[list[int]]]:
     """Source ids of PREFIX + document and target ids of the summary (both end with EOS)."""
     src = tokenizer([PREFIX + p.document for p in pairs], max_length=config.max_source_len, truncation=True).input_ids
     tgt = tokenizer([p.summary for p in pairs], max_length=config.max_target_len, truncation=True).input_ids
     return src, tgt
-
-
-def collate(src: list[list[int]], tgt: list[list[int]], idx: list[int], pad_id: int, device: torch.device):
-    """input_ids, attention_mask (B, S) and labels (B, T) with -100 at padding (ignored by the loss), int64."""
-    input_ids = pad_sequence([torch.tensor(src[i]) for i in idx], batch_first=True, padding_value=pad_id)
-    labels = pad_sequence([torch.tensor(tgt[i]) for i in idx], batch_first=True, padding_value=-100)
-    return input_ids.to(device), (input_ids != pad_id).long().to(device), labels.to(device)
-
-
-def batch_nll(model: torch.nn.Module, src: list[list[int]], tgt: list[list[int]], idx: list[int],
-              pad_id: int) -> tuple[torch.Tensor, int]:
-    """T5's teacher-forced loss on the pairs ``idx`` (it shifts the labels right, decoder start = pad):
-    (mean NLL per summary token, a scalar in nats; the number of summary tokens)."""
-    input_ids, attention_mask, labels = collate(src, tgt, idx, pad_id, next(model.parameters()).device)
-    return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss, int((labels != -100).sum())
 
 
 @torch.no_grad()
