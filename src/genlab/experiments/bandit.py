@@ -30,15 +30,14 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from genlab import plots
 from genlab.engine import RunConfig
 from genlab.errors import ConfigError
 from genlab.experiments import one_shot
-from genlab.record import Metric, Record, Table, seed_metric
-from genlab.tables import fmt, write_csv
+from genlab.record import Record
+from genlab.reports import bandit as report
+from genlab.tables import write_csv
 
 VARIANTS = ("constant", "decaying", "baseline", "adam")
 
@@ -212,89 +211,6 @@ def check_maths(config: BanditConfig) -> dict:
     }
 
 
-# ---------------------------------------------------------------------------------------
-# Figures
-# ---------------------------------------------------------------------------------------
-
-def steps_axes(ax, ylabel: str, steps: int) -> None:
-    """The bandit figures' axes over steps 0..steps: linear up to step 10, logarithmic after."""
-    ax.set_xscale("symlog", linthresh=10)
-    ax.set_xlim(0, steps)
-    plots.decorate(ax, "step", ylabel, fontsize=7, loc="upper left")
-
-
-def plot_p_best(results: dict[str, dict], config: BanditConfig, path: Path) -> Path:
-    """Left: mean P(best arm) over seeds with a ±1 standard-error band. Right: share of seeds
-    whose policy is on the best arm (P > 0.9, solid) or locked on a worse one (dashed)."""
-    best = int(torch.argmax(torch.tensor(config.rewards)))
-    fig, axes = plots.plt.subplots(1, 2, figsize=(11.0, 4.2))
-    for variant, r in results.items():
-        p = r["p_best"].numpy()  # (T+1, S)
-        t = np.arange(len(p))
-        line = plots.seed_band(axes[0], t, p.T, variant, spread="sem", lw=1.6)
-        axes[1].plot(t, (p > 0.9).mean(1), lw=1.6, color=line.get_color(), label=f"{variant}: on the best arm")
-        axes[1].plot(t, (worse_arm_mass(r["pi"], best) > 0.9).double().mean(1).numpy(), "--", lw=1.2,
-                     color=line.get_color(), label=f"{variant}: locked on a worse arm")
-    plots.hline(axes[0], 1 / len(config.rewards), "uniform policy", x=1, ls=":")
-    for ax, ylabel in zip(axes, (f"P(best arm), mean ± s.e. over {config.seeds} seeds",
-                                 "share of seeds with P > 0.9")):
-        steps_axes(ax, ylabel, len(t) - 1)
-        ax.set_ylim(-0.02, 1.02)
-    fig.suptitle(f"REINFORCE on a {len(config.rewards)}-armed softmax bandit, rewards {tuple(config.rewards)}",
-                 fontsize=10)
-    return plots.save(fig, path)
-
-
-def plot_theta(theta: torch.Tensor, config: BanditConfig, variant: str, eta: str, path: Path) -> Path:
-    """Left: the logits theta (steps + 1, k) of one seed; right: its policy softmax(theta)."""
-    fig, axes = plots.plt.subplots(1, 2, figsize=(10.0, 4.0))
-    t, pi = np.arange(len(theta)), torch.softmax(theta, -1).numpy()
-    for i, r in enumerate(config.rewards):
-        axes[0].plot(t, theta[:, i].numpy(), lw=1.2, label=f"theta_{i + 1} (R = {r:g})")
-        axes[1].plot(t, pi[:, i], lw=1.2, label=f"pi(a_{i + 1})")
-    steps_axes(axes[0], "theta", len(t) - 1)
-    steps_axes(axes[1], "pi", len(t) - 1)
-    fig.suptitle(f"{variant} step {eta}, seed {config.seed}: parameters and policy", fontsize=10)
-    return plots.save(fig, path)
-
-
-# ---------------------------------------------------------------------------------------
-# The record
-# ---------------------------------------------------------------------------------------
-
-def make_record(config: BanditConfig, metrics: dict) -> Record:
-    """The run's record: per variant the final probability of the best arm (mean and standard
-    error over the seeds; SPEC §7 has no reference numbers), the closed-form checks as metrics,
-    the variants table and P(best) at a few steps."""
-    m, n = metrics["maths"], config.seeds
-    out = [seed_metric(f"final_p_best_{variant}", v["final_p_best_mean"], v["final_p_best_std"], n,
-                       lower_is_better=False, headline=True,
-                       description=f"{variant}: probability of the best arm after {metrics['steps']} steps")
-           for variant, v in metrics["variants"].items()]
-    out += [Metric("update_vs_autograd_max_abs_error", m["update_vs_autograd_max_abs_error"], lower_is_better=True,
-                   description="REINFORCE update eta R (e_i - pi) against autograd of eta R log pi(a_i)"),
-            Metric("exact_gradient_vs_autograd_max_abs_error", m["exact_gradient_vs_autograd_max_abs_error"],
-                   lower_is_better=True, description="exact gradient pi ⊙ (R - J) against autograd of J"),
-            Metric("score_function_max_z", m["score_function_max_z"], "standard errors", lower_is_better=True,
-                   description=f"largest deviation of the score-function estimate over "
-                               f"{m['estimator_samples']:,} samples from the exact gradient")]
-    variants = Table("variants", ["variant", "final P(best) mean ± std", "seeds with P(best) > 0.9",
-                                  "seeds locked on a worse arm", f"final J (max {fmt(max(config.rewards))})",
-                                  "mean J over the run"],
-                     [[variant, f"{v['final_p_best_mean']:.3f} ± {v['final_p_best_std']:.3f}",
-                       f"{v['seeds_converged_to_best']} / {n}", f"{v['seeds_locked_on_worse_arm']} / {n}",
-                       v["final_expected_reward_mean"], v["mean_expected_reward"]]
-                      for variant, v in metrics["variants"].items()],
-                     f"rewards {tuple(config.rewards)}, reward noise {config.reward_noise:g}, {metrics['steps']} "
-                     f"steps, {n} seeds, eta {config.lr:g} (decaying: eta / (1 + t / {config.decay_steps:g}); "
-                     f"baseline momentum {config.baseline_momentum:g}; Adam lr {config.adam_lr:g}).")
-    p_best = Table("P(best) during training", ["variant", *[f"t = {t}" for t in metrics["checkpoints"]]],
-                   [[variant, *v["p_best_at"]] for variant, v in metrics["variants"].items()],
-                   "Probability of the best arm, mean over seeds.")
-    return Record("bandit", "REINFORCE on a softmax bandit", "§7", metrics=out, tables=[variants, p_best],
-                  extra=metrics)
-
-
 def compute(config: BanditConfig, out: Path) -> Record:
     """Train every variant for every seed, write the per-step tables and the figures under
     ``out``; returns the record (see the module docstring)."""
@@ -326,15 +242,11 @@ def compute(config: BanditConfig, out: Path) -> Record:
     write_csv(out / "metrics" / "theta_first_seed.csv",
               [{"variant": shown, "step": t, **{f"theta_{i + 1}": v for i, v in enumerate(theta[t].tolist())}}
                for t in range(steps + 1)])
-    plot_p_best(results, config, out / "figures" / "p_best.png")
-    eta = {"constant": f"eta = {config.lr:g}", "decaying": f"eta_t = {config.lr:g} / (1 + t / {config.decay_steps:g})",
-           "baseline": f"eta = {config.lr:g} with baseline", "adam": f"Adam lr {config.adam_lr:g}"}[shown]
-    plot_theta(theta, config, shown, eta, out / "figures" / "theta.png")
-    return make_record(config, {"steps": steps, "best_arm": best + 1, "checkpoints": checkpoints,
-                                "variants": per_variant, "maths": check_maths(config)})
+    report.plot_p_best(results, config, worse_arm_mass, out / "figures" / "p_best.png")
+    report.plot_theta(theta, config, shown, out / "figures" / "theta.png")
+    return report.make_record(config, {"steps": steps, "best_arm": best + 1, "checkpoints": checkpoints,
+                                       "variants": per_variant, "maths": check_maths(config)})
 
 
 EXPERIMENT = one_shot("bandit", "SPEC §7: REINFORCE on a softmax bandit: constant, decaying, baseline and Adam "
-                      "steps over seeds", BanditConfig, compute,
-                      {"p_best": "probability of the best arm over steps, per variant, several seeds",
-                       "theta": "the logits theta of the first seed over steps"})
+                      "steps over seeds", BanditConfig, compute, report.CAPTIONS)

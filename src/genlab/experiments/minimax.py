@@ -43,12 +43,12 @@ import numpy as np
 import torch
 from torch.func import grad, hessian, jacrev, vmap
 
-from genlab import plots
 from genlab.engine import RunConfig
 from genlab.errors import ConfigError
 from genlab.experiments import one_shot
-from genlab.record import Metric, Record, Reference, Table
-from genlab.tables import fmt, write_csv
+from genlab.record import Record
+from genlab.reports import minimax as report
+from genlab.tables import write_csv
 
 FUNCTIONS = {"f1": "4*x**2 - 4*y**2", "f2": "(x - 1)*(y - 1)"}
 """The assignment's two functions (SPEC §5), by name."""
@@ -333,6 +333,11 @@ def behaviour(rate: torch.Tensor | float, marginal: float) -> torch.Tensor:
     return (rate >= 1 - marginal).long() + (rate > 1 + marginal).long()
 
 
+def behaviour_name(rate: torch.Tensor | float, marginal: float) -> str:
+    """The :data:`BEHAVIOURS` entry of a scalar ``rate``: converges, marginal or diverges (:func:`behaviour`)."""
+    return BEHAVIOURS[behaviour(rate, marginal)]
+
+
 def linearised_rate(f: Callable, method: str, point: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
     """Spectral radius of the Jacobian (autograd, 4x4) of one iteration at the fixed point.
 
@@ -400,81 +405,6 @@ def sweep(f: Callable, method: str, point: torch.Tensor, start: torch.Tensor, et
     return {"eta_x": eta_x, "eta_y": eta_y, "observed": observed, "predicted": predicted}
 
 
-def plot_trajectories(f: Callable, title: str, paths: dict[str, np.ndarray], point: dict, path: Path) -> Path:
-    """The iterates of every method (``paths``: method -> (K+1, 2)) over the contours of f,
-    around the target ``point`` (a :func:`stationary_points` entry)."""
-    start = next(iter(paths.values()))[0]
-    half = 1.6 * max(abs(start[0] - point["x"]), abs(start[1] - point["y"]), 0.5)
-    xs = np.linspace(point["x"] - half, point["x"] + half, 200)
-    ys = np.linspace(point["y"] - half, point["y"] + half, 200)
-    gx, gy = np.meshgrid(xs, ys)
-    with torch.no_grad():
-        values = f(torch.from_numpy(gx), torch.from_numpy(gy)).numpy()
-    fig, ax = plots.plt.subplots(figsize=(6.4, 5.6))
-    contour = ax.contourf(gx, gy, values, levels=30, cmap="coolwarm", alpha=0.75)
-    ax.contour(gx, gy, values, levels=15, colors="k", linewidths=0.3, alpha=0.5)
-    fig.colorbar(contour, ax=ax, label="f(x, y)")
-    for name, zs in paths.items():
-        ax.plot(zs[:, 0], zs[:, 1], ".-", ms=2.5, lw=0.9, label=name)
-    ax.plot(*start, "ko", ms=6, label="start")
-    ax.plot(point["x"], point["y"], "k*", ms=12, label=f"{point['type']} ({point['x']:.3g}, {point['y']:.3g})")
-    ax.set_xlim(xs[0], xs[-1])
-    ax.set_ylim(ys[0], ys[-1])
-    plots.decorate(ax, "x (minimising)", "y (maximising)", title, title_size=10, grid=None, fontsize=7,
-                   loc="upper left")
-    return plots.save(fig, path)
-
-
-def plot_distances(title: str, distances: dict[str, np.ndarray], rates: dict[str, float], path: Path) -> Path:
-    """The distance to the target per iteration (log scale) of every method, beside d_0 rate^k
-    dashed (``rates``: method -> the closed-form or linearised rate)."""
-    fig, ax = plots.plt.subplots(figsize=(6.4, 4.2))
-    k = np.arange(len(next(iter(distances.values()))))
-    lo, hi = np.inf, 0.0
-    for name, d in distances.items():
-        (line,) = ax.semilogy(k, d, lw=1.4, label=f"{name} (observed)")
-        with np.errstate(divide="ignore", over="ignore"):
-            analytic = d[0] * rates[name] ** k.astype(np.float64)
-        ax.semilogy(k, analytic, "--", lw=1.0, color=line.get_color(), label=f"rate {rates[name]:.4g}^k")
-        finite = d[np.isfinite(d) & (d > 0)]
-        if finite.size:
-            lo, hi = min(lo, finite.min()), max(hi, finite.max())
-    ax.set_ylim(max(lo / 3, 1e-17), min(hi * 3, 1e17))
-    plots.decorate(ax, "iteration k", "distance to the stationary point", title, title_size=10, grid="both",
-                   fontsize=7, ncol=2)
-    return plots.save(fig, path)
-
-
-def plot_sweep(title: str, result: dict[str, torch.Tensor], name: str, marginal: float, path: Path) -> Path:
-    """The observed rate over the step-size grid of :func:`sweep` (green converges, red diverges),
-    the linearised rate = 1 contour, f1's analytic region, and crosses where the observed and
-    predicted behaviours differ."""
-    from matplotlib.colors import TwoSlopeNorm
-    from matplotlib.patches import Rectangle
-
-    ex, ey = result["eta_x"].numpy(), result["eta_y"].numpy()
-    observed = np.clip(result["observed"].numpy(), 0, 2)
-    fig, ax = plots.plt.subplots(figsize=(6.0, 5.0))
-    mesh = ax.pcolormesh(ex, ey, observed, cmap="RdYlGn_r", norm=TwoSlopeNorm(vmin=0, vcenter=1, vmax=2),
-                         shading="nearest")
-    fig.colorbar(mesh, ax=ax, label="observed rate per step (< 1 converges)")
-    predicted = result["predicted"].numpy()
-    if predicted.min() < 1 < predicted.max():
-        ax.contour(ex, ey, predicted, levels=[1.0], colors="k", linestyles="--", linewidths=1.0)
-        ax.plot([], [], "k--", label="linearised rate = 1 (autograd)")
-    if name == "f1":
-        ax.add_patch(Rectangle((0, 0), 0.25, 0.25, fill=False, ec="blue", lw=2.0,
-                               label="analytic region 0 < eta_x, eta_y < 1/4"))
-    wrong = (behaviour(result["observed"], marginal) != behaviour(result["predicted"], marginal)).numpy()
-    if wrong.any():
-        ax.plot(ex[wrong], ey[wrong], "kx", ms=5, label="observed ≠ predicted behaviour")
-    ax.set_xlim(0, ex.max() + ex[0, 0])
-    ax.set_ylim(0, ey.max() + ey[0, 0])
-    plots.decorate(ax, "eta_x", "eta_y", title, title_size=10, grid=None,
-                   legend=bool(ax.get_legend_handles_labels()[0]), fontsize=7, loc="upper right")
-    return plots.save(fig, path)
-
-
 def run_methods(f: Callable, name: str, label: str, config: MinimaxConfig, out: Path, trajectory_rows: list
                 ) -> dict:
     """Every method on one function (``label`` names its files and rows): the rates, the
@@ -501,17 +431,17 @@ def run_methods(f: Callable, name: str, label: str, config: MinimaxConfig, out: 
         methods[method] = {
             "observed_rate": observed, "linearised_rate": linear, "closed_form_rate": closed,
             "initial_distance": dist[0].item(), "final_distance": dist[-1].item(), "max_distance": dist.max().item(),
-            "observed": BEHAVIOURS[behaviour(observed, config.marginal)],
-            "predicted": BEHAVIOURS[behaviour(rates[method], config.marginal)],
+            "observed": behaviour_name(observed, config.marginal),
+            "predicted": behaviour_name(rates[method], config.marginal),
         }
         paths[method], distances[method] = path.numpy(), dist.numpy()
         trajectory_rows += [{"function": label, "method": method, "k": k, "x": x, "y": y, "distance": d, "f": v}
                             for k, ((x, y), d, v) in enumerate(zip(path.tolist(), dist.tolist(), values.tolist()))]
     steps = f"eta_x = {eta_x:g}, eta_y = {eta_y:g}"
-    plot_trajectories(f, f"{label}: f = {expression}; {steps}", paths, target, out / f"{label}_trajectories.png")
-    plot_distances(f"{label}: distance to ({target['x']:.3g}, {target['y']:.3g}); dashed: "
-                   + ("closed-form" if name in FUNCTIONS else "linearised") + " rate", distances, rates,
-                   out / f"{label}_distance.png")
+    report.plot_trajectories(f, f"{label}: f = {expression}; {steps}", paths, target, out / f"{label}_trajectories.png")
+    report.plot_distances(f"{label}: distance to ({target['x']:.3g}, {target['y']:.3g}); dashed: "
+                          + ("closed-form" if name in FUNCTIONS else "linearised") + " rate", distances, rates,
+                          out / f"{label}_distance.png")
     return {"expression": expression, "eta_x": eta_x, "eta_y": eta_y, "start": [config.x0, config.y0],
             "marginal": config.marginal, "iterations": iterations, "stationary_points": points, "target": target,
             "methods": methods}
@@ -539,8 +469,8 @@ def run_sweep(f: Callable, name: str, label: str, config: MinimaxConfig, target:
     sweep_rows += [{"function": label, "method": config.sweep_method, "eta_x": ex, "eta_y": ey, "observed_rate": rate,
                     "linearised_rate": linear, "observed": BEHAVIOURS[seen], "predicted": BEHAVIOURS[predicted]}
                    for ex, ey, rate, linear, seen, predicted in columns]
-    plot_sweep(f"{label}: {config.sweep_method}, {iterations} iterations from ({config.x0:g}, {config.y0:g})",
-               grid, name, config.marginal, out / f"{label}_sweep.png")
+    report.plot_sweep(f"{label}: {config.sweep_method}, {iterations} iterations from ({config.x0:g}, {config.y0:g})",
+                      grid, name, observed_class != predicted_class, out / f"{label}_sweep.png")
     return {
         "method": config.sweep_method, "grid": [n, n], "eta_max": config.sweep_max, "iterations": iterations,
         "observed": {b: int((observed_class == i).sum()) for i, b in enumerate(BEHAVIOURS)},
@@ -552,56 +482,6 @@ def run_sweep(f: Callable, name: str, label: str, config: MinimaxConfig, target:
         "diagonal": [{"eta": etas[i].item(), "observed_rate": grid["observed"][i, i].item(),
                       "linearised_rate": grid["predicted"][i, i].item()} for i in range(n)],
     }
-
-
-def make_record(results: dict) -> Record:
-    """The run's record: per function and method the observed contraction rate of the distance
-    to the target point, against the closed-form rate of SPEC §5 where there is one (the rates
-    of simultaneous GDA are the headline); the step-size sweep's agreement; per function the
-    stationary points, the methods and the sweep's diagonal as tables."""
-    metrics, tables, notes = [], [], []
-    for label, r in results.items():
-        for m, v in r["methods"].items():
-            closed = v["closed_form_rate"]
-            metrics.append(Metric(
-                f"rate_{label}_{m}", v["observed_rate"], lower_is_better=None, headline=m == "simultaneous",
-                reference=Reference(closed, section="§5", note="closed form") if closed is not None else None,
-                tolerance=1e-6 * max(1.0, abs(closed)) if closed is not None else None,
-                description=f"{label}, {m}: observed per-step factor of the distance to "
-                            f"({fmt(r['target']['x'])}, {fmt(r['target']['y'])}), eta_x = {r['eta_x']:g}, "
-                            f"eta_y = {r['eta_y']:g} ({v['observed']}; linearised {v['linearised_rate']:.6g})"))
-        tables.append(Table(f"{label}: stationary points", ["x", "y", "|grad f|", "Hessian eigenvalues", "type"],
-                            [[p["x"], p["y"], p["gradient_norm"], ", ".join(fmt(v) for v in p["hessian_eigenvalues"]),
-                              p["type"]] for p in r["stationary_points"]],
-                            f"f(x, y) = {r['expression']}; gradient and Hessian by autograd."))
-        tables.append(Table(f"{label}: methods", ["method", "observed rate", "closed-form rate",
-                                                  "linearised rate (autograd)", "final distance", "observed",
-                                                  "predicted"],
-                            [[m, v["observed_rate"], v["closed_form_rate"], v["linearised_rate"], v["final_distance"],
-                              v["observed"], v["predicted"]] for m, v in r["methods"].items()],
-                            f"Start {tuple(r['start'])}, {r['iterations']} iterations."))
-        s = r.get("sweep")
-        if s:
-            metrics.append(Metric(f"sweep_agreement_{label}", s["agree"] / s["points"], lower_is_better=False,
-                                  description=f"{label}: share of the {s['points']} sweep points where the observed "
-                                              f"behaviour is the linearised one"))
-            counts = "; ".join(f"{k} {s['observed'][k]} observed / {s['predicted'][k]} predicted" for k in BEHAVIOURS)
-            notes.append(f"{label}: step-size sweep ({s['method']}, {s['grid'][0]}x{s['grid'][1]} grid up to "
-                         f"{s['eta_max']:g}, {s['iterations']} iterations, rates within {r['marginal']:g} of 1 "
-                         f"marginal): {counts}. Observed and linearised behaviour agree on {s['agree']} / "
-                         f"{s['points']} points"
-                         + (f", observed and closed form on {s['agree_with_closed_form']} / {s['points']}"
-                            if s["agree_with_closed_form"] is not None else "")
-                         + (f"; analytic convergence region {s['closed_form_region']}"
-                            if s["closed_form_region"] else "") + ".")
-            diag = s["diagonal"][:: max(1, len(s["diagonal"]) // 7)]
-            tables.append(Table(f"{label}: sweep diagonal", ["eta_x = eta_y", "observed rate", "predicted rate",
-                                                             "observed", "predicted"],
-                                [[d["eta"], d["observed_rate"], d["linearised_rate"],
-                                  BEHAVIOURS[behaviour(d["observed_rate"], r["marginal"])],
-                                  BEHAVIOURS[behaviour(d["linearised_rate"], r["marginal"])]] for d in diag]))
-    return Record("minimax", "Gradient descent-ascent dynamics", "§5", metrics=metrics, tables=tables, notes=notes,
-                  extra={"functions": results})
 
 
 def labels(config: MinimaxConfig) -> list[str]:
@@ -623,16 +503,9 @@ def compute(config: MinimaxConfig, out: Path) -> Record:
     write_csv(out / "metrics" / "trajectories.csv", trajectory_rows)
     if sweep_rows:
         write_csv(out / "metrics" / "sweep.csv", sweep_rows)
-    return make_record(results)
-
-
-def captions(config: MinimaxConfig) -> dict[str, str]:
-    """The figures' captions, by file-name prefix (``f1_sweep``: f1's step-size sweep)."""
-    return {f"{label}_{kind}": f"{label}: {text}" for label in labels(config) for kind, text in (
-        ("trajectories", "trajectories of every method over the contours of f"),
-        ("distance", "distance to the target point per iteration (log scale), with the analytic rate"),
-        ("sweep", "step-size sweep: observed against predicted convergence"))}
+    return report.make_record(results, behaviour_name)
 
 
 EXPERIMENT = one_shot("minimax", "SPEC §5: simultaneous/alternating GDA, descent, extragradient, optimistic GDA on "
-                      "f1, f2 or any f(x, y)", MinimaxConfig, compute, captions)
+                      "f1, f2 or any f(x, y)", MinimaxConfig, compute,
+                      lambda config: report.captions(labels(config)))
