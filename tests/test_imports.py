@@ -75,3 +75,20 @@ def test_the_graph_sees_the_experiments_and_their_shared_modules():
 
 def test_genlab_has_no_import_circle():
     assert find_circle(import_graph()) is None
+
+
+def test_no_report_module_imports_an_experiment():
+    """An experiment imports its report, never the other way round (genlab/reports/__init__.py)."""
+    graph = import_graph()
+    reports = [name for name in graph if name.startswith("genlab.reports.")]
+    assert "genlab.reports.minimax" in reports
+    assert {name: sorted(t for t in graph[name] if t.startswith("genlab.experiments")) for name in reports} == {
+        name: [] for name in reports}
+
+
+def test_no_experiment_imports_another_experiment():
+    """Code two experiments share lives outside genlab/experiments/ (issue 16)."""
+    graph = import_graph()
+    experiments = [name for name in graph if name.startswith("genlab.experiments.")]
+    assert {name: sorted(t for t in graph[name] if t.startswith("genlab.experiments.")) for name in experiments} == {
+        name: [] for name in experiments}
