@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from conftest import genlab
-from genlab.experiments.optimizers import (Cell, OptimizersConfig, StackedGrid, epoch_order, final_table,
-                                           format_cell, make_classifier, run)
+from genlab.experiments.optimizers import Cell, OptimizersConfig, StackedGrid, epoch_order, make_classifier, run
 from genlab.optim import OPTIMIZERS
 from genlab.errors import GenlabError
 from genlab.record import Record
+from genlab.reports.optimizers import final_table, format_cell
 
 CPU = torch.device("cpu")
 HYPER = {"momentum": {"momentum": 0.9}, "rmsprop": {"decay": 0.9}}

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from conftest import genlab
-from genlab.record import Record
 from genlab.experiments.reinforce import (Classifier, Gradient, ReinforceConfig, RunningMean, Task, ZeroOneLoss,
                                           gradient_variance, load_task, sample_labels, score_function_surrogate,
-                                          steps_to_reach, threshold_target, train)
+                                          threshold_target, train)
+from genlab.record import Record
+from genlab.reports.reinforce import steps_to_reach
 
 
 def _small_problem(n=5, d=3, seed=0):
