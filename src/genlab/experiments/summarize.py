@@ -4,7 +4,7 @@ The model (:mod:`genlab.transformer`: pre-LN, shared embeddings, padding masks) 
 teacher forcing with label-smoothed cross-entropy (Vaswani et al. 2017, §5.4) on
 (document, summary) pairs, tokenised with the t5-small SentencePiece model. The test summaries
 (beam search, cached keys and values) are scored with ROUGE beside LEAD-1 and a constant
-sentence (:func:`genlab.summarizer.finish`).
+sentence (:func:`genlab.reports.summarizer.finish`).
 
 Protocol (``--dataset xsum``, the default): test on the 2,740 official XSum test pairs of
 ``../shared/data/xsum/xsum_subset.jsonl``; train on every other pair (its 1,000 official train
@@ -34,7 +34,8 @@ from genlab.engine import (Run, RunDir, autocast_for, check_checkpoint, config_f
 from genlab.errors import ConfigError
 from genlab.experiments import Experiment
 from genlab.summaries import Pair, SentencePieceTokenizer, tokenizer_dir
-from genlab.summarizer import SummaryConfig, finish, load_best, load_data, start, total_steps, train
+from genlab.reports.summarizer import finish
+from genlab.summarizer import SummaryConfig, load_best, load_data, start, total_steps, train
 from genlab.transformer import Transformer, TransformerConfig, beam_search, greedy_decode, label_smoothed_nll
 
 
@@ -204,7 +205,7 @@ def run(config: SummarizeConfig) -> Path:
 
 def evaluate(run_path: Path) -> dict:
     """``genlab eval RUN_DIR``: summarise the test part again with the model of the lowest validation
-    NLL (else the last checkpoint's) and rescore; returns :func:`genlab.summarizer.finish`'s ROUGE
+    NLL (else the last checkpoint's) and rescore; returns :func:`genlab.reports.summarizer.finish`'s ROUGE
     dict. Raises GenlabError for a checkpoint of another schema or experiment."""
     device = resolve_device("auto")
     path = Path(run_path) / "checkpoints" / "last.pt"

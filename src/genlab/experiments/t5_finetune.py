@@ -25,7 +25,8 @@ from genlab.engine import Run, seed_everything
 from genlab.errors import ConfigError, GenlabError, NotFoundError
 from genlab.experiments import Experiment
 from genlab.summaries import Pair, tokenizer_dir
-from genlab.summarizer import SummaryConfig, finish, load_best, load_data, start, total_steps, train
+from genlab.reports.summarizer import finish
+from genlab.summarizer import SummaryConfig, load_best, load_data, start, total_steps, train
 from genlab.t5 import batch_nll, build_optimizer
 
 PREFIX = "summarize: "
