@@ -6,7 +6,7 @@
 Reads each run's metrics/summary.csv, keeps the rows of ``--model``, and draws the EWC rows
 (average accuracy, plasticity and forgetting against λ, log scale) with the other methods'
 average accuracy as reference lines (from the first run that has the method), as a single run
-with all the λ would (`genlab.experiments.continual.plot_lambda_sweep`). Prints the merged table.
+with all the λ would (`genlab.reports.continual.plot_lambda_sweep`). Prints the merged table.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import argparse
 import csv
 from pathlib import Path
 
-from genlab.experiments.continual import plot_lambda_sweep
+from genlab.reports.continual import plot_lambda_sweep
 
 TEXT_FIELDS = {"model", "method", "label"}
 

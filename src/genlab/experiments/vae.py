@@ -36,13 +36,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from genlab import plots
 from genlab.data import load_binarised, load_pixels
 from genlab.engine import (DataConfig, GeneratorStates, Run, RunDir, check_checkpoint, compute_dtype,
                            config_from_dict, load_checkpoint, resolve_device, seed_everything)
 from genlab.errors import ConfigError
 from genlab.experiments import Experiment
-from genlab.record import Metric, Record, Reference, Table, mean_and_stderr
+from genlab.record import Record
+from genlab.reports import vae as report
 
 DATASET = "mnist"
 PIXELS = 28 * 28
@@ -50,13 +50,9 @@ TEST_BINARIZATION_SEED = 0
 """The test set is binarised once, with this seed, for every run and every model seed."""
 VARIANCE_FLOOR = 1e-8
 """v = softplus(h) + VARIANCE_FLOOR keeps the encoder variance positive (as in the assignment)."""
-# SPEC §4 reference: test-set mean +/- standard error over seeds, nats per image.
-REFERENCE = {"nelbo": (98.12, 0.77), "kl": (20.38, 0.38), "rec": (77.93, 0.65)}
-TERMS = ("nelbo", "kl", "rec")
 IWAE_ROWS = 5000
 """Decoder rows (models x samples x images) per chunk of the IWAE bound, so that its (rows, 784)
 float32 activations stay cache-sized (~16 MB; chunk sizes timed in docs/benchmarks.md, vae)."""
-TERM_NAMES = {"nelbo": "negative ELBO", "kl": "KL", "rec": "reconstruction", "iwae_nll": "IWAE NLL bound"}
 
 
 @dataclass
@@ -520,7 +516,7 @@ def run(config: VAEConfig) -> Path:
         pending: list[torch.Tensor] = []
 
         def row(prefix: str, terms: torch.Tensor) -> dict:  # terms (3, S) -> {"step", f"{prefix}{term}_seed{s}"}
-            return {"step": step, **{f"{prefix}{term}_seed{s}": v for t, term in enumerate(TERMS)
+            return {"step": step, **{f"{prefix}{term}_seed{s}": v for t, term in enumerate(report.TERMS)
                                      for s, v in zip(config.seed_list, terms[t].tolist())}}
 
         dtype = compute_dtype(device, config.precision)
@@ -547,63 +543,18 @@ def run(config: VAEConfig) -> Path:
                 run.checkpoint(step, 0, {"train_seconds": train_seconds})
             run.step_done(step, 0, lambda: {"train_seconds": train_seconds})
         bar.close()
-        finish(run.dir, config, model, test, device, train_seconds)
+        measure_and_report(run.dir, config, model, test, device, train_seconds)
     return run.path
 
 
-# ---------------------------------------------------------------------------------------
-# Outputs
-# ---------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def bernoulli_means(model: VAE, z: torch.Tensor, index: int = 0) -> np.ndarray:
-    """uint8 (N, 28, 28): model ``index``'s decoder means sigmoid(logits) at z (N, latent_dim), x 255."""
-    logits = model.decode(z.unsqueeze(0).expand(model.n_models, -1, -1))[index]  # (N, 784)
-    return (torch.sigmoid(logits) * 255).round().to(torch.uint8).view(-1, 28, 28).cpu().numpy()
-
-
-def plot_run(run_dir: RunDir, config: VAEConfig, model: VAE, test: torch.Tensor, device: torch.device) -> None:
-    """samples_seed*.png (10 x 20), reconstructions.png, training_curves.png, test_curves.png."""
-    figs = run_dir.path / "figures"
-    for i, s in enumerate(config.seed_list):
-        z = torch.randn(200, model.latent_dim, generator=torch.Generator().manual_seed(s)).to(device)
-        plots.save_image_grid(bernoulli_means(model, z, i), figs / f"samples_seed{s}.png", 10, 20,
-                              title=f"VAE samples (decoder Bernoulli means), seed {s}")
-    x = test[:50]  # (50, 784)
-    recon = bernoulli_means(model, model.encode(x)[0][0])  # decoded at the posterior mean of model 0
-    originals = (x * 255).to(torch.uint8).view(-1, 28, 28).cpu().numpy()
-    rows = [block for r in range(5) for block in (originals[r * 10:(r + 1) * 10], recon[r * 10:(r + 1) * 10])]
-    plots.save_image_grid(np.concatenate(rows), figs / "reconstructions.png", 10, 10,
-                          title=f"test digits (odd rows) and reconstructions (even rows), seed {config.seed}")
-    ref = {TERM_NAMES[t]: {config.iterations: REFERENCE[t][0]} for t in TERMS}
-    seeds = f"mean of {config.seeds} seed(s)"
-    for name, prefix, what in (("steps", "", f"training terms ({seeds}, {config.log_every}-iteration averages)"),
-                               ("eval", "test_", f"test terms ({seeds})")):
-        rows = run_dir.read_rows(f"{name}.jsonl")
-        if rows:
-            series = {TERM_NAMES[t]: [float(np.mean([r[f"{prefix}{t}_seed{s}"] for s in config.seed_list]))
-                                      for r in rows] for t in TERMS}
-            png = figs / ("training_curves.png" if name == "steps" else "test_curves.png")
-            plots.plot_curves([r["step"] for r in rows], series, png, "iteration", "nats per image", f"VAE {what}",
-                              reference=ref)
-
-
-FIGURE_CAPTIONS = {
-    "samples_seed": "200 samples (decoder Bernoulli means at z ~ N(0, I)), tiled 10 x 20",
-    "reconstructions": "test digits (odd rows) and their reconstructions at the posterior mean (even rows)",
-    "training_curves": "training negative ELBO, KL and reconstruction (mean over seeds), with the SPEC §4 reference",
-    "test_curves": "test negative ELBO, KL and reconstruction during training, with the SPEC §4 reference",
-}
-
-
-def finish(run_dir: RunDir, config: VAEConfig, model: VAE, test: torch.Tensor, device: torch.device,
-           train_seconds: float | None) -> dict:
-    """Test metrics (three terms and the IWAE bound per seed, mean +/- s.e. over the seeds against the
-    SPEC §4 reference), figures, metrics.json and summary.md (also used by ``genlab eval``)."""
+def measure_and_report(run_dir: RunDir, config: VAEConfig, model: VAE, test: torch.Tensor, device: torch.device,
+                    train_seconds: float | None) -> dict:
+    """Test metrics (three terms and the IWAE bound per seed), then the figures, metrics.json and
+    summary.md of :func:`genlab.reports.vae.finish` (also used by ``genlab eval``); returns the metrics."""
     model.eval()
     terms = evaluate_terms(model, test, config.seed_list)  # (3, S)
-    per_seed = {s: dict(zip(TERMS, terms[:, i].tolist())) for i, s in enumerate(config.seed_list)}
-    keys, iwae_seconds, n_iwae = list(TERMS), None, 0
+    per_seed = {s: dict(zip(report.TERMS, terms[:, i].tolist())) for i, s in enumerate(config.seed_list)}
+    iwae_seconds, n_iwae = None, 0
     if config.iw_samples > 0:
         start = time.perf_counter()
         iw_test = test[:config.iw_test_subset]
@@ -611,44 +562,8 @@ def finish(run_dir: RunDir, config: VAEConfig, model: VAE, test: torch.Tensor, d
         iwae_seconds, n_iwae = time.perf_counter() - start, len(iw_test)
         for s, value in zip(config.seed_list, nll.tolist()):
             per_seed[s]["iwae_nll"] = value
-        keys.append("iwae_nll")
-    summary = {k: mean_and_stderr([per_seed[s][k] for s in config.seed_list]) for k in keys}
-    metrics = {
-        "test": {k: {"mean": m, "standard_error": se} for k, (m, se) in summary.items()},
-        "per_seed": {str(s): v for s, v in per_seed.items()},
-        "seeds": config.seed_list,
-        "n_test": len(test),
-        "iw_samples": config.iw_samples,
-        "n_test_iwae": n_iwae,
-        "iterations": config.iterations,
-        "train_seconds": train_seconds,
-        "train_seconds_per_seed": train_seconds / config.seeds if train_seconds else None,
-        "iwae_seconds": iwae_seconds,
-        "reference": {t: {"mean": m, "standard_error": se} for t, (m, se) in REFERENCE.items()},
-        "units": "nats per image",
-    }
-    plot_run(run_dir, config, model, test, device)
-    n = config.seeds
-    directions = {"nelbo": True, "kl": None, "rec": True}
-    names = {"nelbo": "negative_elbo", "kl": "kl", "rec": "reconstruction"}
-    out = [Metric(names[t], summary[t][0], "nats", stderr=summary[t][1], n_seeds=n, lower_is_better=directions[t],
-                  headline=t == "nelbo", reference=Reference(*REFERENCE[t], section="§4"),
-                  description=f"test {TERM_NAMES[t]} per image, {len(test):,} images binarised with seed "
-                              f"{TEST_BINARIZATION_SEED}, one reparameterised sample")
-           for t in TERMS]
-    if config.iw_samples > 0:
-        out.append(Metric("iwae_nll", summary["iwae_nll"][0], "nats", stderr=summary["iwae_nll"][1], n_seeds=n,
-                          lower_is_better=True,
-                          description=f"importance-weighted bound on the test NLL, k = {config.iw_samples:,}, "
-                                      f"{n_iwae:,} test images (Burda et al. 2016, eq. 8)"))
-    table = Table("per seed", ["seed", *(TERM_NAMES[k] for k in keys)],
-                  [[s, *(v[k] for k in keys)] for s, v in per_seed.items()], "Test set, nats per image.")
-    notes = [f"{n} model(s) trained together for {config.iterations:,} iterations each"
-             + (f", {train_seconds / n:.1f} s of training per seed." if train_seconds else ".")]
-    run_dir.write_record(Record("vae", "VAE on binarised MNIST", "§4", metrics=out, tables=[table],
-                                figures=run_dir.figures(FIGURE_CAPTIONS), train_seconds=train_seconds,
-                                eval_seconds=iwae_seconds, notes=notes, extra=metrics))
-    return metrics
+    return report.finish(run_dir, config, model, test, device, train_seconds, per_seed, iwae_seconds, n_iwae,
+                         TEST_BINARIZATION_SEED)
 
 
 def _restore(run_path: Path, device: torch.device) -> tuple[VAEConfig, VAE]:
@@ -668,7 +583,7 @@ def evaluate(run_path: Path) -> dict:
     train_seconds = Record.read(run_path).train_seconds if (Path(run_path) / "metrics.json").exists() else None
     run_dir = RunDir("vae", config, device)
     test = load_test(config, device)
-    metrics = finish(run_dir, config, model, test, device, train_seconds)
+    metrics = measure_and_report(run_dir, config, model, test, device, train_seconds)
     run_dir.close()
     return metrics
 
@@ -679,7 +594,7 @@ def sample(run_path: Path, n: int, seed: int = 0) -> np.ndarray:
     device = resolve_device("auto")
     _, model = _restore(run_path, device)
     z = torch.randn(n, model.latent_dim, generator=torch.Generator().manual_seed(seed)).to(device)
-    return np.concatenate([bernoulli_means(model, zb) for zb in z.split(10000)])
+    return np.concatenate([report.bernoulli_means(model, zb) for zb in z.split(10000)])
 
 
 EXPERIMENT = Experiment(
