@@ -15,6 +15,7 @@ from genlab.engine import (STOP_AFTER_STEPS_ENV, TrainingDiverged, load_checkpoi
 from genlab.errors import ConfigError
 from genlab.experiments import dcgan
 from genlab.record import Record
+from genlab.reports.dcgan import QUALITY_FILE
 
 SMALL = dict(subset=160, batch_size=32, fid_samples=0, log_every=1)  # 5 steps per epoch
 
@@ -98,8 +99,8 @@ def test_fid_over_epochs_leaves_the_training_run_unchanged_and_resumes(tmp_path)
     with_eval = dcgan.run(dcgan.DCGANConfig(out=tmp_path / "eval", eval_epochs=(1, 3, 7), **small))
     without = dcgan.run(dcgan.DCGANConfig(out=tmp_path / "plain", eval_epochs=(), **small))
     assert (with_eval / "metrics/steps.jsonl").read_bytes() == (without / "metrics/steps.jsonl").read_bytes()
-    assert not (without / "metrics" / dcgan.QUALITY_FILE).exists()
-    rows = [{k: float(v) for k, v in r.items()} for r in read_csv(with_eval / "metrics" / dcgan.QUALITY_FILE)]
+    assert not (without / "metrics" / QUALITY_FILE).exists()
+    rows = [{k: float(v) for k, v in r.items()} for r in read_csv(with_eval / "metrics" / QUALITY_FILE)]
     assert [(r["epoch"], r["step"]) for r in rows] == [(1, 5), (3, 15)]  # epoch 7 is past --epochs
     assert all(r["fid"] > 0 and r["kid_std"] > 0 and r["seconds"] > 0 for r in rows)
     assert rows[0]["fid"] != rows[1]["fid"]
@@ -113,7 +114,7 @@ def test_fid_over_epochs_leaves_the_training_run_unchanged_and_resumes(tmp_path)
     dcgan.run(dcgan.DCGANConfig(out=part, eval_epochs=(1, 3), max_steps=7, **small))  # stops inside epoch 2
     dcgan.run(dcgan.DCGANConfig(out=part, eval_epochs=(1, 3), resume=True, **small))
     assert (part / "metrics/steps.jsonl").read_bytes() == (with_eval / "metrics/steps.jsonl").read_bytes()
-    resumed = [{k: float(v) for k, v in r.items()} for r in read_csv(part / "metrics" / dcgan.QUALITY_FILE)]
+    resumed = [{k: float(v) for k, v in r.items()} for r in read_csv(part / "metrics" / QUALITY_FILE)]
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed] == \
         [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
