@@ -5,7 +5,6 @@ Every test here is marked ``cuda`` and skipped without a GPU; the CPU suite hide
 """
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -202,6 +202,29 @@ def test_log_rows_files_are_cut_back_to_the_checkpoint_on_resume(tmp_path):
     assert (run.path / "metrics" / "c.csv").read_text().splitlines() == ["step,z", "3,2"]
 
 
+def test_steps_numbered_by_a_unit_and_written_after_the_checkpoint_are_dropped_on_resume(tmp_path):
+    """steps.jsonl is cut back to the rows the checkpoint counted, not only to its step: a unit
+    that logs its own iteration numbers (wgan: 1..n per method) after the run's step has passed
+    them leaves no duplicate rows when the run is resumed from the checkpoint before."""
+    _, _, run = _linear_run(tmp_path)
+    with run:
+        run.log_steps([{"step": 1, "a/loss": 0.5}, {"step": 2, "a/loss": 0.25}])  # unit a's iterations 1, 2
+        run.checkpoint(2, 1)
+        kept = (run.path / "metrics" / "steps.jsonl").read_bytes()
+        run.log_steps([{"step": 1, "b/loss": 0.75}, {"step": 2, "b/loss": 0.5}])  # unit b, run step 4
+    _, _, run = _linear_run(tmp_path, resume=True)
+    with run:
+        run.resume()
+        assert (run.path / "metrics" / "steps.jsonl").read_bytes() == kept
+        run.log_steps([{"step": 1, "b/loss": 0.75}])
+        run.checkpoint(3, 1)
+    _, _, run = _linear_run(tmp_path, resume=True)
+    with run:
+        run.resume()
+        assert [json.loads(line) for line in (run.path / "metrics" / "steps.jsonl").read_text().splitlines()] == [
+            {"step": 1, "a/loss": 0.5}, {"step": 2, "a/loss": 0.25}, {"step": 1, "b/loss": 0.75}]
+
+
 def test_non_finite_loss_names_the_step_and_the_checkpoint_kept(tmp_path):
     _, _, run = _linear_run(tmp_path)
     with run:

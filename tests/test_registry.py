@@ -1,10 +1,13 @@
 """Every registered experiment is reachable through the CLI with documented options."""
 
+import json
+
 import pytest
+import tyro
 
 from conftest import genlab
 from genlab import experiments
-from genlab.engine import STOP_AFTER_STEPS_ENV, RunConfig, load_checkpoint
+from genlab.engine import STOP_AFTER_STEPS_ENV, RunConfig, config_from_dict, config_to_dict, load_checkpoint
 from smoke_args import RESUME_ARGS, SMOKE_ARGS
 
 
@@ -33,6 +36,16 @@ def test_every_experiment_has_a_smoke_configuration():
 def _with_pairs(args, request):
     """``args`` with ``{pairs}`` replaced by the path of the ``pairs`` file (conftest)."""
     return [str(request.getfixturevalue("pairs")) if a == "{pairs}" else a for a in args]
+
+
+@pytest.mark.parametrize("name", sorted(experiments.REGISTRY))
+def test_every_config_comes_back_equal_from_its_saved_json(name, tmp_path, request):
+    """What a run saves of its config (config.json, the checkpoint) rebuilds the same config, tuples
+    and Paths included, by the field types alone (genlab eval and --resume rely on it)."""
+    exp = experiments.get(name)
+    config = tyro.cli(exp.config, args=[*_with_pairs(SMOKE_ARGS[name], request), "--out", str(tmp_path / "run")])
+    saved = json.loads(json.dumps(config_to_dict(config)))
+    assert config_from_dict(exp.config, saved) == config
 
 
 def _files(path):

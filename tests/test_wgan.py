@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from conftest import genlab
-from genlab.experiments.wgan import (MLP, WGANConfig, keep_rows_of, mode_centres, mode_statistics,
+from genlab.experiments.wgan import (MLP, WGANConfig, mode_centres, mode_statistics,
                                      target_distribution, wasserstein1)
 from genlab.record import Record
 from genlab.lipschitz import (SpectralNormalizer, clip_weights_, gradient_penalty, power_iteration,
@@ -206,14 +206,3 @@ def test_cli_smoke_all_methods(tmp_path):
     again = Record.read(out).extra
     assert [m["w1"] for m in again["methods"]] == [m["w1"] for m in metrics["methods"]]
     assert (out / "metrics" / "steps.jsonl").read_bytes() == steps
-
-
-def test_resume_keeps_the_metric_rows_of_finished_methods_only(tmp_path):
-    """A method writes its rows when it ends, just before its checkpoint: rows of a method the
-    checkpoint holds as unfinished are dropped on resume, whatever their step."""
-    (tmp_path / "metrics").mkdir()
-    rows = ['{"step": 10, "weight-clip/wasserstein_estimate": 0.5}', '{"step": 0, "weight-clip/w1_exact_100": 1.0}',
-            '{"step": 10, "spectral-norm/wasserstein_estimate": 0.2}', '{"step": 0, "spectral-norm/w1_exact_100": 1.5}']
-    (tmp_path / "metrics" / "steps.jsonl").write_text("".join(r + "\n" for r in rows))
-    keep_rows_of(tmp_path, {"weight-clip": {}})
-    assert (tmp_path / "metrics" / "steps.jsonl").read_text() == rows[0] + "\n" + rows[1] + "\n"

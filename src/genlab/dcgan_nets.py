@@ -450,7 +450,7 @@ def evaluate_run(run_path: Path, experiment: str, config_cls: type, finish_fn) -
     """
     device = resolve_device("auto")
     ckpt, generator = restore_generator(run_path, device)
-    config = config_from_dict(config_cls, ckpt["config"], tuple_keys=("grid_epochs",), out=Path(run_path),
+    config = config_from_dict(config_cls, ckpt["config"], out=Path(run_path),
                               resume=True)
     if config.fid_samples == 0:
         config.fid_samples = 10000

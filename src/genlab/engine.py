@@ -32,6 +32,8 @@ import sys
 import tempfile
 import threading
 import time
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +61,10 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "config_to_dict",
+    "config_from_dict",
+    "read_checkpoint",
+    "reopen",
+    "run_once",
 ]
 
 
@@ -136,23 +142,29 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return out
 
 
-def config_from_dict(config_cls: type, saved: dict[str, Any], path_keys: tuple[str, ...] = ("data_dir",),
-                     tuple_keys: tuple[str, ...] = (), **overrides: Any) -> Any:
+def config_from_dict(config_cls: type, saved: dict[str, Any], **overrides: Any) -> Any:
     """Rebuild a ``config_cls`` dataclass from ``saved`` (a checkpoint's :func:`config_to_dict`).
 
-    Keys ``config_cls`` no longer has are dropped; the non-empty ``path_keys`` become Paths
-    again and the ``tuple_keys`` present become tuples; then ``overrides`` (e.g. ``out=run_path,
-    resume=True``) are applied before the dataclass is built (and validated).
+    Keys ``config_cls`` no longer has are dropped; by the field's type, a list becomes a tuple
+    again (``tuple[...]`` fields) and a non-empty string a Path (``Path`` and ``Path | None``
+    fields); then ``overrides`` (e.g. ``out=run_path, resume=True``) are applied before the
+    dataclass is built (and validated).
     """
+    hints = typing.get_type_hints(config_cls)
     fields = {k: v for k, v in saved.items() if k in config_cls.__dataclass_fields__}
-    for key in path_keys:
-        if fields.get(key):
-            fields[key] = Path(fields[key])
-    for key in tuple_keys:
-        if key in fields:
-            fields[key] = tuple(fields[key])
+    for key, value in fields.items():
+        if isinstance(value, list) and _admits(hints[key], tuple):
+            fields[key] = tuple(value)
+        elif isinstance(value, str) and value and _admits(hints[key], Path):
+            fields[key] = Path(value)
     fields.update(overrides)
     return config_cls(**fields)
+
+
+def _admits(hint: Any, kind: type) -> bool:
+    """Whether the type ``hint`` is ``kind`` (or ``kind[...]``), alone or in a union such as ``kind | None``."""
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    return any(h is kind or typing.get_origin(h) is kind for h in (typing.get_args(hint) if union else (hint,)))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -467,13 +479,6 @@ class RunDir:
     def read_epochs(self) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in r.items()} for r in read_csv(self.path / "metrics" / "epochs.csv")]
 
-    def write_json(self, name: str, data: dict[str, Any]) -> Path:
-        path = self.path / name
-        if not self.writes:
-            return path
-        path.write_text(json.dumps(data, indent=2))
-        return path
-
     def figures(self, captions: dict[str, str]) -> list[Figure]:
         """Every ``figures/*.png`` of the run, sorted by name, each captioned by the first entry of
         ``captions`` (file-name prefix -> caption) whose prefix its name starts with ("" if none)."""
@@ -673,24 +678,8 @@ class Run:
         return {"step": ckpt["step"], "epoch": ckpt["epoch"], **ckpt["progress"]}
 
     def _load_checkpoint(self) -> dict[str, Any]:
-        """The last readable checkpoint (last.pt, else previous.pt, saying so), validated, on the CPU
-        when it is to be sent to other ranks."""
-        ckpt = None
-        for path in (self.dir.checkpoint, self.previous):
-            if not path.exists():
-                continue
-            try:
-                ckpt = load_checkpoint(path, self.device if self.world.size == 1 else "cpu")
-            except Exception as err:  # a truncated or corrupt file: say which, try the one before
-                print(f"{path} is unreadable ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
-                      f"falling back to {self.previous.name}", file=sys.stderr)
-                continue
-            break
-        if ckpt is None:
-            raise GenlabError(f"{self.dir.checkpoint}: no readable checkpoint (nor {self.previous.name}); "
-                              f"drop --resume and start the run again in a new --out")
-        check_checkpoint(ckpt, self.experiment, path)
-        return ckpt
+        return read_checkpoint(self.path, self.experiment, self.device if self.world.size == 1 else "cpu",
+                               "drop --resume and start the run again in a new --out")
 
     def step_done(self, step: int, epoch: int, progress: Callable[[], dict[str, Any]]) -> None:
         """Call after every optimiser step: checkpoints when the interval has passed, and on
@@ -714,8 +703,12 @@ class Run:
 
     # -- logging ------------------------------------------------------------------------
     def log_steps(self, rows: list[dict[str, float]], check: tuple[str, ...] = ()) -> None:
-        """Append per-step rows (:meth:`RunDir.log_steps`) after :meth:`check_finite`."""
+        """Append per-step rows (:meth:`RunDir.log_steps`) after :meth:`check_finite`. Every
+        checkpoint also keeps how many rows steps.jsonl has, and :meth:`resume` cuts it back to
+        them as well as to the checkpoint's step, so rows numbered otherwise than by the run's step
+        (a unit's own iteration) written after the checkpoint are dropped too."""
         self.check_finite(rows, check)
+        self._rows["steps.jsonl"] = self._rows.get("steps.jsonl", 0) + len(rows)
         self.dir.log_steps(rows)
 
     def log_rows(self, name: str, rows: list[dict[str, Any]], check: tuple[str, ...] = ()) -> None:
@@ -785,6 +778,59 @@ def check_checkpoint(ckpt: dict[str, Any], experiment: str, path: Path) -> None:
     if ckpt["experiment"] != experiment:
         raise GenlabError(f"{path} is a checkpoint of a {ckpt['experiment']} run, not of {experiment}; "
                           f"resume it with `genlab run {ckpt['experiment']} --resume` or choose another --out")
+
+
+def run_once(experiment: str, config: RunConfig, compute: Callable[[Any, Path], Record],
+             captions: dict[str, str] | Callable[[Any], dict[str, str]]) -> Path:
+    """The lifecycle of a run computed in one go on the CPU, without checkpoints
+    (:func:`genlab.experiments.one_shot`): ``compute(config, run_path)`` writes ``run_path/metrics``
+    and ``run_path/figures`` and returns the run's :class:`genlab.record.Record`, whose
+    ``train_seconds`` (``compute``'s wall seconds) and ``figures`` (every PNG, captioned as
+    :meth:`RunDir.figures` does with ``captions``, or with ``captions(config)``) are filled in here
+    before it is written. Returns the run directory."""
+    run_dir = RunDir(experiment, config, torch.device("cpu"))
+    start = time.time()
+    record = compute(config, run_dir.path)
+    record.train_seconds = time.time() - start
+    record.figures = run_dir.figures(captions(config) if callable(captions) else captions)
+    run_dir.write_record(record)
+    run_dir.close()
+    return run_dir.path
+
+
+def read_checkpoint(run_path: str | Path, experiment: str, map_location: str | torch.device = "cpu",
+                    fix: str = "is it the directory of a finished `genlab run`?") -> dict[str, Any]:
+    """The last readable checkpoint of a run directory: ``checkpoints/last.pt``, else
+    ``checkpoints/previous.pt`` (saying so on stderr when the last is unreadable), checked to be of
+    this genlab's schema and of ``experiment`` (:func:`check_checkpoint`).
+
+    Raises:
+        GenlabError: neither file is readable (the message ends with ``fix``), or the checkpoint
+            is of another schema or experiment (naming both).
+    """
+    last, previous = (Path(run_path) / "checkpoints" / name for name in ("last.pt", "previous.pt"))
+    for path in (last, previous):
+        if not path.exists():
+            continue
+        try:
+            ckpt = load_checkpoint(path, map_location)
+        except Exception as err:  # a truncated or corrupt file: say which, try the one before
+            print(f"{path} is unreadable ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
+                  f"falling back to {previous.name}", file=sys.stderr)
+            continue
+        check_checkpoint(ckpt, experiment, path)
+        return ckpt
+    raise GenlabError(f"{last}: no readable checkpoint (nor {previous.name}); {fix}")
+
+
+def reopen(run_path: str | Path, experiment: str, config_cls: type, map_location: torch.device,
+           **overrides: Any) -> tuple[dict[str, Any], Any]:
+    """A finished run of ``experiment``, for ``genlab eval`` and ``genlab sample``: its last
+    readable checkpoint (:func:`read_checkpoint`, tensors on ``map_location``) and its config rebuilt
+    as ``config_cls`` (:func:`config_from_dict`, with ``out=run_path, resume=True`` and ``overrides``,
+    e.g. ``device="cpu"``). Raises GenlabError as :func:`read_checkpoint` does."""
+    ckpt = read_checkpoint(run_path, experiment, map_location)
+    return ckpt, config_from_dict(config_cls, ckpt["config"], out=Path(run_path), resume=True, **overrides)
 
 
 def cpu_isa() -> str:

@@ -56,7 +56,6 @@ __all__ = ["RunSpec", "RunResult", "plan", "run_one", "reproduce", "STATE_FILE",
 
 STATE_FILE = "reproduce.json"
 RAY_INSTALL = "pip install 'genlab[ray]'  (or: pip install 'ray[default]>=2.9')"
-STATUSES = ("done", "skipped", "failed", "no record", "waiting", "running")
 
 
 @dataclass

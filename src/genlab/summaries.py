@@ -301,8 +301,3 @@ def constant_sentence(summaries: list[str], sample: int = 500, seed: int = 0) ->
         return sum(fs) / len(fs) if fs else 0.0
 
     return summaries[max(range(len(bags)), key=lambda i: (mean_f(i), -i))]
-
-
-def format_rouge(scores: dict[str, dict[str, float]]) -> str:
-    """'R1 / R2 / RL / RLsum', the F-measures x 100 with two decimals."""
-    return " / ".join(f"{scores[k]['f']:.2f}" for k in ROUGE_KEYS)

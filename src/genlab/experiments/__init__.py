@@ -7,14 +7,14 @@ experiment computed in one go, without checkpoints). Modules are imported lazily
 
 from __future__ import annotations
 
+import functools
 import importlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from genlab.errors import GenlabError, UnknownNameError
+from genlab.errors import UnknownNameError
 from genlab.record import Record
 
 REGISTRY: dict[str, str] = {
@@ -73,26 +73,8 @@ def get(name: str) -> Experiment:
 def one_shot(name: str, summary: str, config: type, compute: Callable[[Any, Path], Record],
              captions: dict[str, str] | Callable[[Any], dict[str, str]]) -> Experiment:
     """An experiment computed in one go on the CPU, in seconds and deterministically (minimax,
-    bandit, divergence): no checkpoint; ``--resume`` runs it again from the start.
+    bandit, divergence): no checkpoint; ``--resume`` runs it again from the start. Its lifecycle is
+    :func:`genlab.engine.run_once` (``compute(config, run_path)`` returns the run's record)."""
+    from genlab.engine import run_once
 
-    ``compute(config, run_path)`` writes ``run_path/metrics`` and ``run_path/figures`` and returns
-    the run's :class:`genlab.record.Record`; its ``train_seconds`` (``compute``'s wall seconds) and
-    ``figures`` (every PNG, captioned as :meth:`genlab.engine.RunDir.figures` does with ``captions``,
-    or with ``captions(config)``) are filled in here.
-    """
-
-    def run(cfg: Any) -> Path:
-        import torch
-
-        from genlab.engine import RunDir
-
-        run_dir = RunDir(name, cfg, torch.device("cpu"))
-        start = time.time()
-        record = compute(cfg, run_dir.path)
-        record.train_seconds = time.time() - start
-        record.figures = run_dir.figures(captions(cfg) if callable(captions) else captions)
-        run_dir.write_record(record)
-        run_dir.close()
-        return run_dir.path
-
-    return Experiment(name, summary, config, run)
+    return Experiment(name, summary, config, functools.partial(run_once, name, compute=compute, captions=captions))

@@ -21,7 +21,7 @@ from genlab.engine import EpochsConfig, Run, resolve_device, save_checkpoint, se
 from genlab.errors import ConfigError, GenlabError
 from genlab.experiments import Experiment
 from genlab.quality import DomainClassifier, top1_accuracy
-from genlab.record import Metric, Record, Reference
+from genlab.reports.classifier import make_record
 
 MIN_ACCURACY = {"fashion-mnist": 0.90, "mnist": 0.99}  # SPEC "Quality metrics"
 
@@ -104,13 +104,7 @@ def run(config: ClassifierConfig) -> Path:
             run.checkpoint(step, epoch, progress())
         acc = top1_accuracy(model.eval(), x_test, y_test)
         meta = {"dataset": config.dataset, "test_accuracy": acc, "epochs": epoch, "seed": config.seed}
-        minimum = Reference(100 * MIN_ACCURACY[config.dataset], section="Quality metrics for images",
-                            note="the least test accuracy SPEC asks of the feature extractor")
-        run.dir.write_record(Record(
-            "classifier", f"Domain classifier, {config.dataset}", "",
-            metrics=[Metric("test_accuracy", 100 * acc, "%", lower_is_better=False, reference=minimum, tolerance=0.0,
-                            headline=True, description=f"{config.dataset} test set, after {epoch} epoch(s)")],
-            train_seconds=run.elapsed_s, extra=meta))
+        run.dir.write_record(make_record(meta, MIN_ACCURACY[config.dataset], run.elapsed_s))
         if config.export:
             if acc < MIN_ACCURACY[config.dataset]:
                 raise GenlabError(f"test accuracy {acc:.4f} is below the required {MIN_ACCURACY[config.dataset]}; "

@@ -674,7 +674,7 @@ def run(config: ContinualConfig) -> Path:
 def evaluate(run_path: Path) -> dict:
     """``genlab eval RUN_DIR``: rebuild figures, table and summary from metrics/results.jsonl."""
     config = config_from_dict(ContinualConfig, json.loads((Path(run_path) / "config.json").read_text()),
-                              tuple_keys=("methods", "model", "ewc_lambdas"), out=Path(run_path), resume=True)
+                              out=Path(run_path), resume=True)
     run_dir = RunDir("continual", config, torch.device("cpu"))
     return {"table": report.finish(run_dir, config, run_dir.read_rows("results.jsonl"), None, MEASURES)}
 

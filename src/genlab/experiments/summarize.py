@@ -29,8 +29,7 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
 from genlab import distributed
-from genlab.engine import (Run, RunDir, autocast_for, check_checkpoint, config_from_dict, load_checkpoint,
-                           resolve_device, seed_everything)
+from genlab.engine import Run, RunDir, autocast_for, reopen, resolve_device, seed_everything
 from genlab.errors import ConfigError
 from genlab.experiments import Experiment
 from genlab.summaries import Pair, SentencePieceTokenizer, tokenizer_dir
@@ -208,11 +207,7 @@ def evaluate(run_path: Path) -> dict:
     NLL (else the last checkpoint's) and rescore; returns :func:`genlab.reports.summarizer.finish`'s ROUGE
     dict. Raises GenlabError for a checkpoint of another schema or experiment."""
     device = resolve_device("auto")
-    path = Path(run_path) / "checkpoints" / "last.pt"
-    ckpt = load_checkpoint(path, device)
-    check_checkpoint(ckpt, "summarize", path)
-    config = config_from_dict(SummarizeConfig, ckpt["config"], path_keys=("data_dir", "data", "tokenizer"),
-                              out=Path(run_path), resume=True)
+    ckpt, config = reopen(run_path, "summarize", SummarizeConfig, device)
     run_dir = RunDir("summarize", config, device)
     tokenizer = SentencePieceTokenizer(tokenizer_dir(config.tokenizer, config.data_dir))
     model = Transformer(model_config(config, tokenizer)).to(device)

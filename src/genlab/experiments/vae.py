@@ -37,8 +37,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from genlab.data import load_binarised, load_pixels
-from genlab.engine import (DataConfig, GeneratorStates, Run, RunDir, check_checkpoint, compute_dtype,
-                           config_from_dict, load_checkpoint, resolve_device, seed_everything)
+from genlab.engine import (DataConfig, GeneratorStates, Run, RunDir, compute_dtype, reopen, resolve_device,
+                           seed_everything)
 from genlab.errors import ConfigError
 from genlab.experiments import Experiment
 from genlab.record import Record
@@ -567,10 +567,7 @@ def measure_and_report(run_dir: RunDir, config: VAEConfig, model: VAE, test: tor
 
 
 def _restore(run_path: Path, device: torch.device) -> tuple[VAEConfig, VAE]:
-    path = Path(run_path) / "checkpoints" / "last.pt"
-    ckpt = load_checkpoint(path, device)
-    check_checkpoint(ckpt, "vae", path)
-    config = config_from_dict(VAEConfig, ckpt["config"], out=Path(run_path), resume=True, device=str(device.type))
+    ckpt, config = reopen(run_path, "vae", VAEConfig, device, device=str(device.type))
     model = VAE(config.seeds, config.latent_dim, config.hidden_dim, variance=config.variance).to(device)
     model.load_state_dict(ckpt["states"]["model"])
     return config, model

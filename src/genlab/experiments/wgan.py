@@ -14,13 +14,12 @@ and the run ends with a table comparing them by exact Wasserstein-1 distance to 
 (``ot.emd2``, 2,000 vs 2,000 samples), modes covered and the share of samples within 3
 standard deviations of a mode (figures and record: :mod:`genlab.reports.wgan`).
 
-    genlab run wgan                                     # the three SPEC methods, 20,000 iterations
+    genlab run wgan                                     # the four methods (METHODS), 30,000 iterations
     genlab run wgan --lipschitz spectral-norm --iterations 200 --out /tmp/smoke
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -331,8 +330,6 @@ def run(config: WGANConfig) -> Path:
         holdout = target.sample((config.eval_samples,))  # (eval_samples, 2), fresh target samples for evaluation
         lim = (2.0 if config.target == "grid" else config.radius) + 1.0
         done = (run.resume() or {"done": {}})["done"]
-        if config.resume:
-            keep_rows_of(run.path, done)
         for index, method in enumerate(config.lipschitz):
             if method not in done:
                 done[method] = train_method(config, method, index, data, holdout, lim, run, unit, done)
@@ -342,16 +339,6 @@ def run(config: WGANConfig) -> Path:
         target_vs_target, curve_floor = sampling_floor(config, data, holdout)
         finish(run.dir, config, done, data, lim, target_vs_target, curve_floor, run.elapsed_s)
     return run.path
-
-
-def keep_rows_of(run_path: Path, methods: dict) -> None:
-    """On resume: keep the rows of metrics/steps.jsonl of the finished ``methods`` only (their
-    columns are named ``{method}/...``)."""
-    path = run_path / "metrics" / "steps.jsonl"
-    if path.exists():
-        rows = [line for line in path.read_text().splitlines()
-                if line and min(json.loads(line).keys() - {"step"}).split("/")[0] in methods]
-        path.write_text("".join(row + "\n" for row in rows))
 
 
 def evaluate(run_path: Path) -> dict:
