@@ -166,10 +166,14 @@ def _rank_rng_worker(rank: int, world: int, port: int, out: str) -> None:
 
 def test_each_rank_resumes_its_own_random_state(tmp_path):
     """Run's rank handling without an experiment: 2 gloo ranks with different RNG streams checkpoint
-    (rank 0 writes, holding both states) and resume; each continues its own stream."""
-    import torch.multiprocessing as mp
-
-    mp.spawn(_rank_rng_worker, args=(2, _free_port(), str(tmp_path / "run")), nprocs=2, join=True)
+    (rank 0 writes, holding both states) and resume; each continues its own stream. The ranks are
+    spawned by a process inside :func:`_loopback_namespace`, as torchrun is."""
+    spawn = ("import sys; import torch.multiprocessing as mp; sys.path.insert(0, sys.argv[1]); import test_ddp; "
+             "mp.spawn(test_ddp._rank_rng_worker, args=(2, int(sys.argv[2]), sys.argv[3]), nprocs=2, join=True)")
+    proc = subprocess.run([*_loopback_namespace(), sys.executable, "-c", spawn, str(Path(__file__).parent),
+                           str(_free_port()), str(tmp_path / "run")], capture_output=True, text=True,
+                          env={**os.environ, **LOOPBACK}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert torch.equal(r0["resumed"], r0["expected"]) and torch.equal(r1["resumed"], r1["expected"])
     assert not torch.equal(r0["expected"], r1["expected"])  # the two streams differ, so the test can tell them apart
