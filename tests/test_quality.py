@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from genlab.data import load_split
-from genlab.quality import image_quality, load_classifier, to_uint8, top1_accuracy
+from genlab.quality import classifier_outputs, image_quality, load_classifier, to_uint8, top1_accuracy
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,8 @@ def test_shipped_classifiers_meet_the_spec_on_the_real_test_sets(dataset, spec):
 def scores(test_images):
     train = torch.from_numpy(load_split("fashion-mnist", "train")[0][:10000].copy()).unsqueeze(1)
     noise = torch.randint(0, 256, test_images.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    return {name: image_quality(images, test_images, "fashion-mnist", kid_subsets=20)
+    real_features, _ = classifier_outputs(load_classifier("fashion-mnist")[0], test_images)  # once, for all three
+    return {name: image_quality(images, None, "fashion-mnist", kid_subsets=20, real_features=real_features)
             for name, images in (("self", test_images), ("train", train), ("noise", noise))}
 
 
@@ -114,3 +115,21 @@ def test_top1_accuracy_counts_the_argmax_hits_over_ragged_batches():
     x = torch.tensor([[1.0, 0, 0], [0, 2, 0], [0, 0, 3], [5, 0, 0], [0, 1, 0]])
     y = torch.tensor([0, 1, 0, 0, 2])  # hits at rows 0, 1, 3
     assert top1_accuracy(model, x, y, batch_size=2) == 3 / 5 == top1_accuracy(model, x, y)
+
+
+def test_precomputed_real_features_give_the_same_scores_and_the_test_features_are_cached(test_images):
+    """image_quality(real_features=...) is image_quality(real) bit for bit, and dcgan_nets.test_features,
+    which every FID evaluation of a run scores against, is computed once per process."""
+    from genlab.dcgan_nets import test_features
+
+    fake = torch.from_numpy(load_split("fashion-mnist", "train")[0][:600].copy()).unsqueeze(1)
+    real = test_images[:1500]
+    features, _ = classifier_outputs(load_classifier("fashion-mnist")[0], real, 500)
+    kwargs = {"batch_size": 500, "kid_subsets": 5, "kid_subset_size": 400, "seed": 3}
+    assert image_quality(fake, None, "fashion-mnist", real_features=features, **kwargs) == \
+        image_quality(fake, real, "fashion-mnist", **kwargs)
+    test_features.cache_clear()
+    cached = test_features("fashion-mnist", None, torch.device("cpu"))
+    assert cached.shape == (10000, 128) and cached.dtype == torch.float64
+    assert test_features("fashion-mnist", None, torch.device("cpu")) is cached
+    assert torch.equal(cached[:1000], classifier_outputs(load_classifier("fashion-mnist")[0], real[:1000])[0])

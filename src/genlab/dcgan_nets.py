@@ -15,6 +15,7 @@ fixed-noise sample grids, the loss figures, the FID/KID/IS evaluation, and ``gen
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -407,6 +408,17 @@ def plot_losses(run_dir: RunDir, title: str, generator_label: str, g_equilibrium
                       hlines={"1/2": 0.5})
 
 
+@functools.lru_cache(maxsize=2)
+def test_features(dataset: str, data_dir: Path | None, device: torch.device) -> torch.Tensor:
+    """float64 (10000, 128): the domain classifier's features (:func:`genlab.quality.classifier_outputs`)
+    of the 10,000 test images of ``dataset`` on ``device``, computed once per process: every FID
+    evaluation of a run (``--eval-epochs``) scores against the same ones."""
+    from genlab.quality import classifier_outputs, load_classifier
+
+    real = torch.from_numpy(load_split(dataset, "test", data_dir)[0].copy()).unsqueeze(1)  # (10000, 1, 28, 28)
+    return classifier_outputs(load_classifier(dataset)[0].to(device), real.to(device))[0]
+
+
 def evaluate_quality(generator: Generator, config: DCGANTrainingConfig, device: torch.device, dataset: str
                      ) -> tuple[dict | None, float | None]:
     """FID/KID/IS of ``config.fid_samples`` generated images (latents seeded by seed + 2) against the
@@ -419,10 +431,11 @@ def evaluate_quality(generator: Generator, config: DCGANTrainingConfig, device: 
     if config.fid_samples == 0:
         return None, None
     start = time.time()
-    real = torch.from_numpy(load_split(dataset, "test", config.data_dir)[0].copy()).unsqueeze(1)  # (10000, 1, 28, 28)
+    real = test_features(dataset, config.data_dir, device)
     z = torch.randn(config.fid_samples, generator.latent_dim, generator=torch.Generator().manual_seed(config.seed + 2))
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        quality = image_quality(generate(generator, z.to(device)).unsqueeze(1), real, dataset, device=device)
+        quality = image_quality(generate(generator, z.to(device)).unsqueeze(1), None, dataset, device=device,
+                                real_features=real)
     quality.update(n_generated=config.fid_samples, n_real=10000)
     return quality, time.time() - start
 

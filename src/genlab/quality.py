@@ -106,9 +106,9 @@ def to_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     return x.reshape(-1, 1, 28, 28)
 
 
-def image_quality(fake: torch.Tensor, real: torch.Tensor, dataset: str, batch_size: int = 1000,
+def image_quality(fake: torch.Tensor, real: torch.Tensor | None, dataset: str, batch_size: int = 1000,
                   kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0,
-                  device: torch.device | str = "cpu") -> dict[str, float]:
+                  device: torch.device | str = "cpu", real_features: torch.Tensor | None = None) -> dict[str, float]:
     """FID, KID (mean, std) and classifier Inception Score of ``fake`` against ``real``.
 
     Args:
@@ -116,6 +116,9 @@ def image_quality(fake: torch.Tensor, real: torch.Tensor, dataset: str, batch_si
         dataset: whose classifier to use (``"fashion-mnist"`` or ``"mnist"``).
         device: where the classifier and the metrics' float64 sums run (the run's device).
         seed: of KID's random subsets and the Inception Score's random splits.
+        real_features: instead of ``real`` (pass None), its float64 (N, 128) features from
+            :func:`classifier_outputs` with this ``batch_size`` on ``device``, for a caller that scores
+            against the same images again (the numbers are the same).
 
     Returns:
         ``{"fid", "kid_mean", "kid_std", "inception_score", "inception_score_std",
@@ -130,14 +133,15 @@ def image_quality(fake: torch.Tensor, real: torch.Tensor, dataset: str, batch_si
     warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
     classifier, meta = load_classifier(dataset)
     classifier = classifier.to(device)
-    real_features, _ = classifier_outputs(classifier, real.to(device), batch_size)
+    if real_features is None:
+        real_features, _ = classifier_outputs(classifier, real.to(device), batch_size)
     fake_features, fake_logits = classifier_outputs(classifier, fake.to(device), batch_size)
     fid = FrechetInceptionDistance(feature=_Precomputed(), input_img_size=(FEATURE_DIM,))  # float64 sums
-    subset = min(kid_subset_size, len(fake), len(real))
+    subset = min(kid_subset_size, len(fake), len(real_features))
     kid = KernelInceptionDistance(feature=_Precomputed(), subsets=kid_subsets, subset_size=subset)
     inception = InceptionScore(feature=_Precomputed(), splits=10)
     fid, kid, inception = (metric.to(device) for metric in (fid, kid, inception))
-    for start in range(0, len(real), batch_size):  # batch by batch, as the float64 sums always ran
+    for start in range(0, len(real_features), batch_size):  # batch by batch, as the float64 sums always ran
         fid.update(real_features[start:start + batch_size], real=True)
         kid.update(real_features[start:start + batch_size], real=True)
     for start in range(0, len(fake), batch_size):

@@ -79,6 +79,7 @@ def run(config: ClassifierConfig) -> Path:
             return {"batch": batch, "order": order, "loss_sum": total}
 
         total_steps = min(config.epochs * steps_per_epoch, config.max_steps or math.inf)
+        acc = None  # the test accuracy of the model as it stands
         while epoch < config.epochs and (batch or step < total_steps):
             model.train()
             if batch == 0:
@@ -102,7 +103,8 @@ def run(config: ClassifierConfig) -> Path:
             print(f"epoch {epoch + 1}: train loss {total / batch:.4f}, test accuracy {acc:.4f}")
             epoch, batch, total = epoch + 1, 0, 0.0
             run.checkpoint(step, epoch, progress())
-        acc = top1_accuracy(model.eval(), x_test, y_test)
+        if acc is None:  # nothing trained in this session (a finished run resumed)
+            acc = top1_accuracy(model.eval(), x_test, y_test)
         meta = {"dataset": config.dataset, "test_accuracy": acc, "epochs": epoch, "seed": config.seed}
         run.dir.write_record(make_record(meta, MIN_ACCURACY[config.dataset], run.elapsed_s))
         if config.export:

@@ -29,7 +29,6 @@ docs/results/continual.md).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from genlab.data import load_flat
-from genlab.engine import CurrentUnit, EpochsConfig, GeneratorStates, Run, RunDir, config_from_dict, resolve_device
+from genlab.engine import CurrentUnit, EpochsConfig, GeneratorStates, Run, RunDir, reopen, resolve_device
 from genlab.errors import ConfigError
 from genlab.experiments import Experiment
 from genlab.quality import top1_accuracy
@@ -673,8 +672,7 @@ def run(config: ContinualConfig) -> Path:
 
 def evaluate(run_path: Path) -> dict:
     """``genlab eval RUN_DIR``: rebuild figures, table and summary from metrics/results.jsonl."""
-    config = config_from_dict(ContinualConfig, json.loads((Path(run_path) / "config.json").read_text()),
-                              out=Path(run_path), resume=True)
+    _, config = reopen(run_path, "continual", ContinualConfig, torch.device("cpu"))
     run_dir = RunDir("continual", config, torch.device("cpu"))
     return {"table": report.finish(run_dir, config, run_dir.read_rows("results.jsonl"), None, MEASURES)}
 
