@@ -232,6 +232,29 @@ def test_lead_1_of_a_handmade_article():
     assert lead_1("\n\nHeadline without a stop\nBody text.") == "Headline without a stop"
 
 
+def test_vectorised_mean_unigram_f_is_the_plain_one_bit_for_bit():
+    """mean_unigram_f (sparse products) gives the plain Counter loop's floats exactly, on real XSum
+    summaries (repeated words, so count levels above 1) and on the edge cases: a bag in the sample
+    (left out of its own mean), an empty bag, an empty sample, one row block smaller than the bags."""
+    import random
+    from collections import Counter
+
+    from rouge_score import tokenizers
+
+    from genlab.summaries import mean_unigram_f, mean_unigram_f_plain
+
+    tokenizer = tokenizers.DefaultTokenizer(use_stemmer=True)
+    summaries = [json.loads(line)["summary"] for line in XSUM.read_text().splitlines()[:600]]
+    bags = [Counter(tokenizer.tokenize(s)) for s in summaries] + [Counter()]
+    assert max(max(b.values(), default=0) for b in bags) > 1
+    others = random.Random(0).sample(range(len(bags)), 200) + [len(bags) - 1]
+    plain = mean_unigram_f_plain(bags, others)
+    assert mean_unigram_f(bags, others) == plain and mean_unigram_f(bags, others, rows=97) == plain
+    assert len(set(plain)) > 500  # the means differ: the comparison can tell rows apart
+    assert mean_unigram_f(bags[:5], []) == mean_unigram_f_plain(bags[:5], []) == [0.0] * 5
+    assert mean_unigram_f([Counter()], [0]) == [0.0]
+
+
 def test_constant_sentence_is_the_rouge_1_medoid_of_the_training_summaries():
     """The summary sharing the most words with the others wins; test data never enter."""
     train = ["A man was jailed in Leeds.", "A man was jailed.", "A woman was jailed in Leeds.", "Rain fell."]
