@@ -268,3 +268,20 @@ def test_bf16_speedup_is_measured_once_per_machine_and_read_back(tmp_path, monke
         assert len(json.loads(engine.speedup_cache_file().read_text())) == 2
     finally:
         engine.bf16_speedup.cache_clear()
+
+
+def test_deterministic_switch_sets_and_clears_torch_and_cudnn(monkeypatch):
+    """--deterministic turns torch's deterministic algorithms and cuDNN's determinism on (and its
+    autotuning off); the default turns them off again, in the same process."""
+    from genlab.engine import use_deterministic_algorithms
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        use_deterministic_algorithms(True)
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.benchmark and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        use_deterministic_algorithms(False)
+        assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False

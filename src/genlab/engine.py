@@ -180,12 +180,14 @@ def use_deterministic_algorithms(enabled: bool) -> None:
     """Deterministic CUDA kernels or not (PyTorch docs, "Reproducibility"): sets
     ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (read when cuBLAS starts), turns off cuDNN's benchmark
     autotuning and makes ``torch.use_deterministic_algorithms`` raise on an op that has no
-    deterministic implementation. A no-op on results on the CPU, whose kernels are deterministic."""
+    deterministic implementation. A no-op on results on the CPU, whose kernels are deterministic.
+    torch's switch is flipped only when it changes: it imports ``torch._inductor`` (seconds)."""
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = not enabled and torch.backends.cudnn.benchmark
     torch.backends.cudnn.deterministic = enabled
-    torch.use_deterministic_algorithms(enabled)
+    if torch.are_deterministic_algorithms_enabled() != enabled:
+        torch.use_deterministic_algorithms(enabled)
 
 
 def seed_everything(seed: int) -> None:
