@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import genlab, read_epochs, read_steps
-from genlab.dcgan_nets import test_features
+from genlab.dcgan_nets import fid_reference_features
 from genlab.engine import (STOP_AFTER_STEPS_ENV, TrainingDiverged, load_checkpoint, read_csv, rng_state,
                            set_rng_state)
 from genlab.errors import ConfigError
@@ -97,7 +97,7 @@ def test_fid_over_epochs_leaves_the_training_run_unchanged_and_resumes(tmp_path)
     evaluation, so an evaluation that drew from it would change them), the last one is the end of
     the run's FID, and a run stopped inside epoch 2 and resumed writes the same rows."""
     small = {**SMALL, "fid_samples": 200, "epochs": 3}
-    test_features.cache_clear()  # the first evaluation builds the classifier, as in a fresh run
+    fid_reference_features.cache_clear()  # the first evaluation builds the classifier, as in a fresh run
     with_eval = dcgan.run(dcgan.DCGANConfig(out=tmp_path / "eval", eval_epochs=(1, 3, 7), **small))
     without = dcgan.run(dcgan.DCGANConfig(out=tmp_path / "plain", eval_epochs=(), **small))
     assert (with_eval / "metrics/steps.jsonl").read_bytes() == (without / "metrics/steps.jsonl").read_bytes()

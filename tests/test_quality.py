@@ -118,9 +118,9 @@ def test_top1_accuracy_counts_the_argmax_hits_over_ragged_batches():
 
 
 def test_precomputed_real_features_give_the_same_scores_and_the_test_features_are_cached(test_images):
-    """image_quality(real_features=...) is image_quality(real) bit for bit, and dcgan_nets.test_features,
+    """image_quality(real_features=...) is image_quality(real) bit for bit, and dcgan_nets.fid_reference_features,
     which every FID evaluation of a run scores against, is computed once per process."""
-    from genlab.dcgan_nets import test_features
+    from genlab.dcgan_nets import fid_reference_features
 
     fake = torch.from_numpy(load_split("fashion-mnist", "train")[0][:600].copy()).unsqueeze(1)
     real = test_images[:1500]
@@ -128,8 +128,8 @@ def test_precomputed_real_features_give_the_same_scores_and_the_test_features_ar
     kwargs = {"batch_size": 500, "kid_subsets": 5, "kid_subset_size": 400, "seed": 3}
     assert image_quality(fake, None, "fashion-mnist", real_features=features, **kwargs) == \
         image_quality(fake, real, "fashion-mnist", **kwargs)
-    test_features.cache_clear()
-    cached = test_features("fashion-mnist", None, torch.device("cpu"))
+    fid_reference_features.cache_clear()
+    cached = fid_reference_features("fashion-mnist", None, torch.device("cpu"))
     assert cached.shape == (10000, 128) and cached.dtype == torch.float64
-    assert test_features("fashion-mnist", None, torch.device("cpu")) is cached
+    assert fid_reference_features("fashion-mnist", None, torch.device("cpu")) is cached
     assert torch.equal(cached[:1000], classifier_outputs(load_classifier("fashion-mnist")[0], real[:1000])[0])

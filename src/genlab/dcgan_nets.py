@@ -409,7 +409,7 @@ def plot_losses(run_dir: RunDir, title: str, generator_label: str, g_equilibrium
 
 
 @functools.lru_cache(maxsize=2)
-def test_features(dataset: str, data_dir: Path | None, device: torch.device) -> torch.Tensor:
+def fid_reference_features(dataset: str, data_dir: Path | None, device: torch.device) -> torch.Tensor:
     """float64 (10000, 128): the domain classifier's features (:func:`genlab.quality.classifier_outputs`)
     of the 10,000 test images of ``dataset`` on ``device``, computed once per process: every FID
     evaluation of a run (``--eval-epochs``) scores against the same ones. Building the classifier
@@ -434,7 +434,7 @@ def evaluate_quality(generator: Generator, config: DCGANTrainingConfig, device: 
     start = time.time()
     z = torch.randn(config.fid_samples, generator.latent_dim, generator=torch.Generator().manual_seed(config.seed + 2))
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # building the classifier draws
-        real = test_features(dataset, config.data_dir, device)
+        real = fid_reference_features(dataset, config.data_dir, device)
         quality = image_quality(generate(generator, z.to(device)).unsqueeze(1), None, dataset, device=device,
                                 real_features=real)
     quality.update(n_generated=config.fid_samples, n_real=10000)
