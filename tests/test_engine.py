@@ -118,6 +118,26 @@ def test_resume_falls_back_to_the_previous_checkpoint_when_the_last_is_unreadabl
     assert f"{last} is unreadable" in err and "falling back to previous.pt" in err
 
 
+def test_reopen_for_eval_falls_back_too_and_names_the_fix_when_nothing_is_readable(tmp_path, capsys):
+    """genlab eval / sample (engine.reopen) read checkpoints as resume does: previous.pt when last.pt
+    is truncated, the config rebuilt with out and resume set; neither readable: one GenlabError."""
+    from genlab.engine import reopen
+
+    _, _, run = _linear_run(tmp_path, seed=7)
+    with run:
+        run.checkpoint(1, 0)
+        run.checkpoint(2, 0)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    (checkpoints / "last.pt").write_bytes((checkpoints / "last.pt").read_bytes()[:100])
+    ckpt, config = reopen(tmp_path / "run", "x", RunConfig, torch.device("cpu"))
+    assert ckpt["step"] == 1 and config == RunConfig(seed=7, out=tmp_path / "run", resume=True)
+    assert "falling back to previous.pt" in capsys.readouterr().err
+    (checkpoints / "previous.pt").unlink()
+    with pytest.raises(GenlabError, match=r"last.pt: no readable checkpoint \(nor previous.pt\); is it the "
+                                          r"directory of a finished `genlab run`\?"):
+        reopen(tmp_path / "run", "x", RunConfig, torch.device("cpu"))
+
+
 def test_resume_refuses_a_checkpoint_of_another_experiment_or_schema(tmp_path):
     _, _, run = _linear_run(tmp_path)
     with run:

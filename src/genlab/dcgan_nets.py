@@ -32,8 +32,7 @@ from tqdm.auto import tqdm
 
 from genlab import distributed, plots
 from genlab.data import load_split
-from genlab.engine import (EpochsConfig, Run, RunDir, check_checkpoint, config_from_dict, cpu_isa, load_checkpoint,
-                           resolve_device)
+from genlab.engine import EpochsConfig, Run, RunDir, config_from_dict, cpu_isa, read_checkpoint, resolve_device
 from genlab.errors import ConfigError
 from genlab.layers import FastDropout, SampleNoise
 
@@ -445,11 +444,11 @@ def restore_generator(run_path: Path, device: torch.device) -> tuple[dict, Gener
     """The last checkpoint of a run (dcgan or gan: same generator) and its generator on ``device``.
 
     Returns (checkpoint dict, :class:`Generator` with the saved weights, in training mode).
-    Raises GenlabError for a checkpoint of another schema or of neither experiment.
+    Raises GenlabError as :func:`genlab.engine.read_checkpoint` does (previous.pt when last.pt is
+    unreadable), or for a checkpoint of another schema or of neither experiment.
     """
-    path = Path(run_path) / "checkpoints" / "last.pt"
-    ckpt = load_checkpoint(path, device)
-    check_checkpoint(ckpt, "gan" if ckpt.get("experiment") == "gan" else "dcgan", path)  # the two share it
+    saved = json.loads((Path(run_path) / "config.json").read_text()).get("experiment")
+    ckpt = read_checkpoint(run_path, "gan" if saved == "gan" else "dcgan", device)  # the two share the generator
     cfg = ckpt["config"]
     generator = Generator(cfg["latent_dim"], cfg["leaky_slope"]).to(device)
     generator.load_state_dict(ckpt["states"]["generator"])
