@@ -7,6 +7,8 @@ set before torch initialises CUDA), so ``--device auto`` resolves to the CPU. Te
 ``GENLAB_TEST_CUDA=1 pytest -m cuda`` (``scripts/gpu_check.sh`` does).
 """
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -73,6 +75,39 @@ def genlab(*args: str, check: bool = True, env_extra: dict[str, str] | None = No
     proc = subprocess.run([sys.executable, "-m", "genlab", *args], capture_output=True, text=True, env=env, **kwargs)
     if check and proc.returncode != 0:
         raise AssertionError(f"genlab {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def genlab_here(*args: str, check: bool = True, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the `genlab` CLI in this process: :func:`genlab.cli.main` on ``args``, with its exit status
+    (a ``SystemExit``'s code, as the test hook's 130) and its stdout and stderr captured, ``env_extra``
+    set for the call. The same code path as :func:`genlab` without a new interpreter's start-up
+    (torch alone imports in 3-4 s on a 2-core machine, a FID run's torchmetrics in 5 s more). For tests
+    of what a command writes; the process boundary itself (signals, torchrun, the console script,
+    an interpreter's first import of an experiment) is tested through :func:`genlab`."""
+    from genlab import cli
+
+    env_extra = env_extra or {}
+    saved = {key: os.environ.get(key) for key in env_extra}
+    threads = torch.get_num_threads()
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.update(env_extra)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(list(args))
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        torch.set_num_threads(threads)
+    proc = subprocess.CompletedProcess(["genlab", *args], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"genlab {' '.join(args)} failed ({code}):\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 

@@ -26,7 +26,7 @@ SMOKE_ARGS: dict[str, list[str]] = {
                   "--max-target-len", "12", "--precision", "fp32"],
     "t5-finetune": ["--random-init", "--data", "{pairs}", "--max-steps", "2", "--test-limit", "3", "--batch-size", "4",
                     "--max-source-len", "64", "--max-target-len", "12", "--beam-size", "2"],
-    "classifier": ["--dataset", "mnist", "--epochs", "1", "--max-steps", "20"],
+    "classifier": ["--dataset", "mnist", "--epochs", "1", "--max-steps", "20", "--test-subset", "1000"],
 }
 
 # Experiments whose lifecycle is genlab.engine.Run, with options under which the test hook's

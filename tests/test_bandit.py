@@ -5,7 +5,7 @@ and the experiment through the real CLI."""
 import pytest
 import torch
 
-from conftest import genlab
+from conftest import genlab_here
 from genlab.record import Record
 from genlab.experiments.bandit import (BanditConfig, exact_gradient, expected_reward, reinforce_update,
                                        score_function_estimate, train)
@@ -78,7 +78,7 @@ def test_training_is_reproducible_and_baseline_beats_constant():
 
 def test_cli_smoke(tmp_path):
     out = tmp_path / "run"
-    genlab("run", "bandit", "--steps", "50", "--seeds", "4", "--estimator-samples", "2000", "--out", str(out))
+    genlab_here("run", "bandit", "--steps", "50", "--seeds", "4", "--estimator-samples", "2000", "--out", str(out))
     for name in ("config.json", "env.json", "metrics.json", "summary.md", "metrics/p_best.csv",
                  "metrics/theta_first_seed.csv", "figures/p_best.png", "figures/theta.png"):
         assert (out / name).is_file(), name

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import tyro
 from torch import nn
 
-from conftest import genlab
+from conftest import genlab_here
 from genlab.engine import STOP_AFTER_STEPS_ENV
 from genlab.errors import ConfigError
 from genlab.experiments import continual as cl
@@ -255,7 +255,7 @@ def test_cli_smoke_run_writes_every_output_and_resumes(tmp_path):
               "--memory-per-task", "32", "--fisher-samples", "32", "--eval-samples", "200", "--probe-every", "4",
               "--model", "mlp", "cnn", "--hidden", "32", "--methods", "naive", "ewc", "rehearsal", "--ewc-lambdas", "1",
               "100", "--out", str(out)]
-    genlab("run", "continual", *common)
+    genlab_here("run", "continual", *common)
     for name in ("config.json", "env.json", "metrics.json", "summary.md", "checkpoints/last.pt",
                  "metrics/results.jsonl", "metrics/tasks.csv", "metrics/summary.csv"):
         assert (out / name).is_file(), name
@@ -280,15 +280,15 @@ def test_cli_smoke_run_writes_every_output_and_resumes(tmp_path):
                                      if row["model"] == model and row["method"] == "ewc")
     # A finished run resumed does no work again and rebuilds the same table.
     steps = (out / "metrics" / "steps.jsonl").read_bytes()
-    genlab("run", "continual", *common, "--resume")
+    genlab_here("run", "continual", *common, "--resume")
     assert Record.read(out).extra["table"] == table and (out / "metrics" / "steps.jsonl").read_bytes() == steps
     # Stopped inside the CNN's first EWC job, in its second task (after a consolidation by the
     # vmap Fisher), the run resumes exactly: the same losses, accuracy matrices and probes.
     part = tmp_path / "part"
     args = [*common[:-1], str(part)]
-    proc = genlab("run", "continual", *args, check=False, env_extra={STOP_AFTER_STEPS_ENV: "92"})
+    proc = genlab_here("run", "continual", *args, check=False, env_extra={STOP_AFTER_STEPS_ENV: "92"})
     assert proc.returncode == 130, proc.stderr
-    assert "resuming" in genlab("run", "continual", *args, "--resume").stdout
+    assert "resuming" in genlab_here("run", "continual", *args, "--resume").stdout
     assert (part / "metrics" / "steps.jsonl").read_bytes() == (out / "metrics" / "steps.jsonl").read_bytes()
     resumed = [json.loads(line) for line in (part / "metrics" / "results.jsonl").read_text().splitlines()]
     assert [{**r, "seconds": 0} for r in resumed] == [{**r, "seconds": 0} for r in results]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import genlab, read_epochs, read_steps
+from conftest import genlab, genlab_here, read_epochs, read_steps
 from genlab.dcgan_nets import fid_reference_features
 from genlab.engine import (STOP_AFTER_STEPS_ENV, TrainingDiverged, load_checkpoint, read_csv, rng_state,
                            set_rng_state)
@@ -24,7 +24,7 @@ SMALL = dict(subset=160, batch_size=32, fid_samples=0, log_every=1)  # 5 steps p
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("smoke") / "run"
-    genlab("run", "dcgan", "--epochs", "1", "--max-steps", "20", "--fid-samples", "2000", "--out", str(out))
+    genlab_here("run", "dcgan", "--epochs", "1", "--max-steps", "20", "--fid-samples", "2000", "--out", str(out))
     return out
 
 
@@ -56,14 +56,14 @@ def test_smoke_run_writes_every_output(smoke_run):
 
 def test_sample_and_eval_commands(smoke_run, tmp_path):
     out = tmp_path / "samples.npy"
-    genlab("sample", str(smoke_run), "--n", "12", "--out", str(out))
+    genlab_here("sample", str(smoke_run), "--n", "12", "--out", str(out))
     images = np.load(out)
     assert images.shape == (12, 28, 28) and images.dtype == np.uint8
     again = tmp_path / "again.npy"
-    genlab("sample", str(smoke_run), "--n", "12", "--out", str(again))
+    genlab_here("sample", str(smoke_run), "--n", "12", "--out", str(again))
     assert np.array_equal(images, np.load(again))  # same seed, same samples
     first = Record.read(smoke_run).metric("fid").value
-    proc = genlab("eval", str(smoke_run))
+    proc = genlab_here("eval", str(smoke_run))
     assert json.loads(proc.stdout)["fid"] == pytest.approx(first, rel=1e-6)  # the same generator, the same draws
 
 
@@ -156,7 +156,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
 
 
 def test_existing_run_is_not_overwritten(smoke_run):
-    proc = genlab("run", "dcgan", "--max-steps", "1", "--out", str(smoke_run), check=False)
+    proc = genlab_here("run", "dcgan", "--max-steps", "1", "--out", str(smoke_run), check=False)
     assert proc.returncode == 2 and "--resume" in proc.stderr
 
 
@@ -169,8 +169,8 @@ def test_bad_options_are_refused_with_the_fix():
 
 
 def test_cuda_graph_is_refused_off_cuda_with_the_fix(tmp_path):
-    proc = genlab("run", "dcgan", "--cuda-graph", "--device", "cpu", "--max-steps", "1",
-                  "--out", str(tmp_path / "g"), check=False)
+    proc = genlab_here("run", "dcgan", "--cuda-graph", "--device", "cpu", "--max-steps", "1",
+                       "--out", str(tmp_path / "g"), check=False)
     assert proc.returncode == 2 and "--cuda-graph needs a CUDA device" in proc.stderr
     assert not (tmp_path / "g").exists()
     generator, discriminator, opt_g, opt_d = dcgan.build(dcgan.DCGANConfig(), torch.device("cpu"))

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import genlab, read_epochs, read_steps
+from conftest import genlab_here, read_epochs, read_steps
 from genlab.engine import STOP_AFTER_STEPS_ENV, load_checkpoint
 
 LOOPBACK = {"MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -92,7 +92,7 @@ def test_ddp_gives_the_one_process_losses_at_the_same_global_batch(ddp_run, tmp_
     losses by more than 5e-3 at step 1 already (measured: 0.038; the last assertion).
     """
     single = tmp_path / "single"
-    genlab("run", "dcgan", *TINY, "--noise", "per-sample", "--out", str(single))
+    genlab_here("run", "dcgan", *TINY, "--noise", "per-sample", "--out", str(single))
     ddp, one = read_steps(ddp_run), read_steps(single)
     assert len(ddp) == len(one) == 8
     for a, b in zip(ddp, one):
@@ -100,7 +100,7 @@ def test_ddp_gives_the_one_process_losses_at_the_same_global_batch(ddp_run, tmp_
         for key in ("loss_d", "loss_g", "d_real", "d_fake"):
             assert a[key] == pytest.approx(b[key], abs=tol), (a["step"], key, a[key], b[key])
     other = tmp_path / "stream"
-    genlab("run", "dcgan", *TINY, "--max-steps", "1", "--noise", "stream", "--out", str(other))
+    genlab_here("run", "dcgan", *TINY, "--max-steps", "1", "--noise", "stream", "--out", str(other))
     first = read_steps(other)[0]
     assert abs(first["loss_g"] - one[0]["loss_g"]) + abs(first["loss_d"] - one[0]["loss_d"]) > 5e-3
 
@@ -120,7 +120,7 @@ def test_interrupted_and_resumed_ddp_run_equals_the_uninterrupted_one(ddp_run, t
 
 
 def test_resuming_with_another_number_of_processes_is_refused(ddp_run):
-    proc = genlab("run", "dcgan", *TINY, "--epochs", "3", "--out", str(ddp_run), "--resume", check=False)
+    proc = genlab_here("run", "dcgan", *TINY, "--epochs", "3", "--out", str(ddp_run), "--resume", check=False)
     assert proc.returncode == 2
     assert "written by 2 process(es) and this launch has 1" in proc.stderr
     assert "torchrun --nproc-per-node 2" in proc.stderr
@@ -228,7 +228,7 @@ def test_summariser_ddp_gives_the_one_process_losses_at_the_same_global_batch(na
     counts must equal the one batch's exactly.
     """
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    genlab(*_summary_args(name, pairs, "--dropout", "0", "--out", str(single)))
+    genlab_here(*_summary_args(name, pairs, "--dropout", "0", "--out", str(single)))
     torchrun(2, *_summary_args(name, pairs, "--dropout", "0", "--out", str(ddp)))
     one, two = read_steps(single), read_steps(ddp)
     assert [r["step"] for r in two] == [r["step"] for r in one] == list(range(1, 9))

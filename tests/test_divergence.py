@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import genlab
+from conftest import genlab_here
 from genlab.record import Record
 from genlab.experiments.divergence import (DivergenceConfig, fit, kl_quadrature, mixture, moment_matching,
                                            reverse_kl_loss, uniform_kl)
@@ -72,7 +72,7 @@ def test_reverse_kl_fit_sits_on_one_mode(fits):
 
 def test_cli_smoke(tmp_path):
     out = tmp_path / "run"
-    genlab("run", "divergence", "--steps", "30", "--p-samples", "500", "--batch-size", "64", "--out", str(out))
+    genlab_here("run", "divergence", "--steps", "30", "--p-samples", "500", "--batch-size", "64", "--out", str(out))
     for name in ("config.json", "env.json", "metrics.json", "summary.md", "metrics/fits.csv",
                  "figures/uniform_kl.png", "figures/fits.png", "figures/training.png"):
         assert (out / name).is_file(), name

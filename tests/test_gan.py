@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import genlab
+from conftest import genlab_here
 from genlab.dcgan_nets import Discriminator, Generator
 from genlab.experiments.gan import STEP_KEYS, GANConfig, gradient_norm, train_step
 from genlab.record import Record
@@ -82,8 +82,8 @@ def test_cli_smoke_minimax_resume_and_sample(tmp_path):
     out = tmp_path / "run"
     common = ["--generator-loss", "minimax", "--subset", "192", "--batch-size", "32", "--log-every", "2",
               "--out", str(out)]
-    genlab("run", "gan", *common, "--epochs", "1", "--fid-samples", "0", timeout=600)
-    genlab("run", "gan", *common, "--epochs", "2", "--fid-samples", "200", "--resume", timeout=600)
+    genlab_here("run", "gan", *common, "--epochs", "1", "--fid-samples", "0")
+    genlab_here("run", "gan", *common, "--epochs", "2", "--fid-samples", "200", "--resume")
     for name in ("config.json", "env.json", "metrics.json", "summary.md", "metrics/steps.jsonl", "metrics/epochs.csv",
                  "checkpoints/last.pt", "figures/samples_10x20.png", "figures/losses.png", "figures/losses_steps.png",
                  "figures/d_outputs.png", "figures/grad_norms.png"):
@@ -101,6 +101,6 @@ def test_cli_smoke_minimax_resume_and_sample(tmp_path):
         np.mean([r["grad_norm_minimax"] for r in probed]), rel=1e-9)
     assert metrics["generator_loss"] == "minimax" and metrics["quality"]["fid"] > 0
     assert "mnist" in metrics["quality"]["extractor"]
-    genlab("sample", str(out), "--n", "5", "--out", str(tmp_path / "s.npy"))
+    genlab_here("sample", str(out), "--n", "5", "--out", str(tmp_path / "s.npy"))
     images = np.load(tmp_path / "s.npy")
     assert images.shape == (5, 28, 28) and images.dtype == np.uint8

@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from conftest import genlab
+from conftest import genlab_here
 from genlab.record import Record
 from genlab.experiments.minimax import (METHODS, behaviour, closed_form_rate, distance, iterate, linearised_rate,
                                         observed_rate, parse_function, stationary_points)
@@ -162,8 +162,8 @@ def test_bad_expressions_are_refused_with_a_reason(text, reason):
 
 def test_cli_smoke(tmp_path):
     out = tmp_path / "run"
-    genlab("run", "minimax", "--functions", "f1", "f2", "x**2 - y**2 + x*y", "--iterations", "30",
-           "--sweep-points", "6", "--sweep-iterations", "40", "--out", str(out))
+    genlab_here("run", "minimax", "--functions", "f1", "f2", "x**2 - y**2 + x*y", "--iterations", "30",
+                "--sweep-points", "6", "--sweep-iterations", "40", "--out", str(out))
     for name in ("config.json", "env.json", "metrics.json", "summary.md", "metrics/trajectories.csv",
                  "metrics/sweep.csv"):
         assert (out / name).is_file(), name
@@ -183,13 +183,13 @@ def test_cli_smoke(tmp_path):
 
 
 def test_cli_refuses_a_bad_expression(tmp_path):
-    proc = genlab("run", "minimax", "--functions", "open(x)", "--out", str(tmp_path / "x"), check=False)
+    proc = genlab_here("run", "minimax", "--functions", "open(x)", "--out", str(tmp_path / "x"), check=False)
     assert proc.returncode != 0
     assert "unknownname'open'" in re.sub(r"[\s│╭╮╰╯─]", "", proc.stderr)  # tyro boxes and wraps the message
 
 
 def test_cli_refuses_a_function_without_stationary_point(tmp_path):
-    proc = genlab("run", "minimax", "--functions", "x + y", "--sweep-points", "0", "--out", str(tmp_path / "x"),
-                  check=False)
+    proc = genlab_here("run", "minimax", "--functions", "x + y", "--sweep-points", "0", "--out", str(tmp_path / "x"),
+                       check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--functions 'x + y': no stationary point found in the search box; widen --box" in proc.stderr

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import genlab
+from conftest import genlab_here
 from genlab.experiments.optimizers import Cell, OptimizersConfig, StackedGrid, epoch_order, make_classifier, run
 from genlab.optim import OPTIMIZERS
 from genlab.errors import GenlabError
@@ -152,8 +152,9 @@ def test_resume_continues_exactly(tmp_path):
 @pytest.mark.slow
 def test_cli_smoke_grid_on_real_mnist_with_a_diverging_learning_rate(tmp_path):
     out = tmp_path / "run"
-    proc = genlab("run", "optimizers", "--epochs", "2", "--subset", "256", "--test-subset", "200", "--batch-size", "64",
-                  "--repeats", "2", "--lrs", "1e20", "0.01", "--log-every", "4", "--out", str(out))
+    proc = genlab_here("run", "optimizers", "--epochs", "2", "--subset", "256", "--test-subset", "200",
+                       "--batch-size", "64", "--repeats", "2", "--lrs", "1e20", "0.01", "--log-every", "4",
+                       "--out", str(out))
     assert "run directory" in proc.stdout
     for name in ("config.json", "env.json", "metrics.json", "summary.md", "checkpoints/last.pt", "metrics/epochs.csv",
                  "metrics/runs.csv", "metrics/steps.csv", "figures/loss_lr1e+20.png", "figures/loss_lr0.01.png",

@@ -5,8 +5,12 @@ import math
 import pytest
 import torch
 
+from conftest import genlab_here
 from genlab.data import load_split
+from genlab.errors import ConfigError
+from genlab.experiments.classifier import ClassifierConfig
 from genlab.quality import classifier_outputs, image_quality, load_classifier, to_uint8, top1_accuracy
+from genlab.record import Record
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +27,21 @@ def test_shipped_classifiers_meet_the_spec_on_the_real_test_sets(dataset, spec):
     x = torch.from_numpy(images.copy()).unsqueeze(1).float() / 127.5 - 1
     acc = top1_accuracy(model, x, torch.from_numpy(labels))
     assert acc >= spec and acc == pytest.approx(meta["test_accuracy"], abs=1e-4)
+
+
+def test_classifier_run_measures_the_test_subset_it_is_given(tmp_path):
+    """``--test-subset N`` scores the first N test images (an accuracy in steps of 1/N), says so in
+    the record, and is refused beside ``--export``, which checks SPEC's accuracy on the whole test set."""
+    out = tmp_path / "run"
+    genlab_here("run", "classifier", "--dataset", "mnist", "--max-steps", "2", "--test-subset", "50", "--out", str(out))
+    record = Record.read(out)
+    (metric,) = record.headline()
+    assert record.extra["test_images"] == 50 and "(its first 50 images)" in metric.description
+    assert (record.extra["test_accuracy"] * 50) == pytest.approx(round(record.extra["test_accuracy"] * 50), abs=1e-9)
+    with pytest.raises(ConfigError, match="drop --test-subset"):
+        ClassifierConfig(test_subset=50, export=tmp_path / "w.pt")
+    with pytest.raises(ConfigError, match="--test-subset must be >= 1"):
+        ClassifierConfig(test_subset=0)
 
 
 @pytest.fixture(scope="module")

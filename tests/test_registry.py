@@ -1,11 +1,16 @@
-"""Every registered experiment is reachable through the CLI with documented options."""
+"""Every registered experiment is reachable through the CLI with documented options, refuses a
+resume that does not match, and resumes to the uninterrupted run's numbers.
+
+The CLI runs in the test's process (conftest.genlab_here): these tests are about what the commands
+write, and a new interpreter per command cost about 4 s of imports each, 40 commands here.
+"""
 
 import json
 
 import pytest
 import tyro
 
-from conftest import genlab
+from conftest import genlab_here
 from genlab import experiments
 from genlab.engine import STOP_AFTER_STEPS_ENV, RunConfig, config_from_dict, config_to_dict, load_checkpoint
 from smoke_args import RESUME_ARGS, SMOKE_ARGS
@@ -16,7 +21,7 @@ def test_experiment_is_registered_with_a_documented_config(name):
     exp = experiments.get(name)
     assert exp.name == name
     assert issubclass(exp.config, RunConfig)
-    help_text = genlab("run", name, "--help").stdout
+    help_text = genlab_here("run", name, "--help").stdout
     # options an experiment has no use for (e.g. --epochs of the 2-D WGAN) may be suppressed; these never are
     for option in ("--seed", "--out", "--device"):
         assert option in help_text, (name, option)
@@ -24,7 +29,7 @@ def test_experiment_is_registered_with_a_documented_config(name):
 
 
 def test_list_names_every_experiment():
-    listed = genlab("list").stdout
+    listed = genlab_here("list").stdout
     for name in experiments.REGISTRY:
         assert name in listed
 
@@ -55,16 +60,16 @@ def _files(path):
 def test_resume_is_validated_before_the_run_directory_changes(tmp_path):
     out = tmp_path / "run"
     args = [*SMOKE_ARGS["minimax"], "--device", "cpu", "--out", str(out)]
-    genlab("run", "minimax", *args)
+    genlab_here("run", "minimax", *args)
     before = _files(out)
-    proc = genlab("run", "bandit", "--resume", "--out", str(out), check=False)
+    proc = genlab_here("run", "bandit", "--resume", "--out", str(out), check=False)
     assert proc.returncode == 2 and "holds a minimax run, not a bandit run" in proc.stderr
     changed = [*args, "--iterations", "31", "--resume"]  # the last --iterations wins
-    proc = genlab("run", "minimax", *changed, check=False)
+    proc = genlab_here("run", "minimax", *changed, check=False)
     assert proc.returncode == 2 and "--iterations saved 30, given 31" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert _files(out) == before
-    proc = genlab("run", "minimax", *args, "--resume")  # same options, no checkpoint yet: from the start
+    proc = genlab_here("run", "minimax", *args, "--resume")  # same options, no checkpoint yet: from the start
     assert "no checkpoint yet; starting the run from the beginning" in proc.stdout
 
 
@@ -76,11 +81,11 @@ def test_interrupted_and_resumed_equals_uninterrupted(name, tmp_path, request):
     args, k, compared = RESUME_ARGS[name]
     args = [*_with_pairs(args, request), "--device", "cpu"]
     straight, part = tmp_path / "straight", tmp_path / "part"
-    genlab("run", name, *args, "--out", str(straight))
-    proc = genlab("run", name, *args, "--out", str(part), check=False, env_extra={STOP_AFTER_STEPS_ENV: str(k)})
+    genlab_here("run", name, *args, "--out", str(straight))
+    proc = genlab_here("run", name, *args, "--out", str(part), check=False, env_extra={STOP_AFTER_STEPS_ENV: str(k)})
     assert proc.returncode == 130 and f"interrupted at step {k}" in proc.stdout, proc.stderr
     assert load_checkpoint(part / "checkpoints" / "last.pt")["step"] == k
-    assert "resuming" in genlab("run", name, *args, "--out", str(part), "--resume").stdout
+    assert "resuming" in genlab_here("run", name, *args, "--out", str(part), "--resume").stdout
     assert (part / compared).read_bytes() == (straight / compared).read_bytes()
 
 
@@ -88,8 +93,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(name, tmp_path, request):
 def test_one_shot_experiments_refuse_epochs_and_data_dir(name, tmp_path):
     """They read no data and have no epochs: the options do not exist, rather than being ignored."""
     assert not {"epochs", "data_dir"} & set(experiments.get(name).config.__dataclass_fields__)
-    proc = genlab("run", name, "--epochs", "3", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"),
-                  check=False)
+    proc = genlab_here("run", name, "--epochs", "3", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"),
+                       check=False)
     assert proc.returncode == 2 and "--epochs" in proc.stderr and "--data-dir" in proc.stderr
     assert not (tmp_path / "run").exists()
 

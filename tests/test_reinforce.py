@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import genlab
+from conftest import genlab_here
 from genlab.experiments.reinforce import (Classifier, Gradient, ReinforceConfig, RunningMean, Task, ZeroOneLoss,
                                           gradient_variance, load_task, sample_labels, score_function_surrogate,
                                           threshold_target, train)
@@ -184,7 +184,7 @@ def test_cli_smoke_on_real_mnist_writes_every_output_and_resumes(tmp_path):
     out = tmp_path / "run"
     args = ["run", "reinforce", "--steps", "20", "--seeds", "2", "--subset", "512", "--eval-every", "5",
             "--variance-every", "10", "--variance-estimates", "4", "--samples-per-input", "2", "--out", str(out)]
-    genlab(*args)
+    genlab_here(*args)
     for name in ("config.json", "env.json", "metrics.json", "summary.md", "metrics/curves.csv",
                  "checkpoints/last.pt", "figures/accuracy.png", "figures/objective.png", "figures/grad_variance.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
@@ -199,16 +199,16 @@ def test_cli_smoke_on_real_mnist_writes_every_output_and_resumes(tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 * 2 * 5  # methods x seeds x evaluations (0, 5, 10, 15, 20)
     assert "steps to 75 %" in (out / "summary.md").read_text()
-    assert genlab(*args, check=False).returncode == 2  # refuses to overwrite a run
-    resumed = genlab(*args, "--resume")
+    assert genlab_here(*args, check=False).returncode == 2  # refuses to overwrite a run
+    resumed = genlab_here(*args, "--resume")
     assert "6 of 6 trainings already done" in resumed.stdout
 
 
 @pytest.mark.slow
 def test_cli_smoke_threshold_task(tmp_path):
     out = tmp_path / "toy"
-    genlab("run", "reinforce", "--task", "threshold", "--estimator", "plain", "--no-supervised", "--steps", "30",
-           "--seeds", "1", "--variance-every", "15", "--variance-estimates", "3", "--out", str(out))
+    genlab_here("run", "reinforce", "--task", "threshold", "--estimator", "plain", "--no-supervised", "--steps", "30",
+                "--seeds", "1", "--variance-every", "15", "--variance-estimates", "3", "--out", str(out))
     record = Record.read(out)
     metrics = record.extra
     assert record.metric("final_accuracy_reinforce-plain").reference is None  # SPEC §8's 75 % is MNIST's

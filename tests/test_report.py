@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import genlab
+from conftest import genlab_here
 from genlab import report
 from genlab.record import Figure, Metric, Record, Reference, Table
 
@@ -179,15 +179,16 @@ def test_missing_figure_is_reported_not_fatal(tmp_path):
 
 def test_report_cli_and_its_errors(runs, tmp_path):
     vae, reinforce = runs
-    proc = genlab("report", str(vae), str(reinforce), "--out", str(tmp_path / "x" / "r.html"))
+    proc = genlab_here("report", str(vae), str(reinforce), "--out", str(tmp_path / "x" / "r.html"))
     assert "2 runs, 2 with a record" in proc.stdout
-    assert (tmp_path / "x" / "r.md").is_file() and Page((tmp_path / "x" / "r.html").read_text()).rows[1][0] == "reinforce"
-    proc = genlab("report", str(tmp_path / "nope"), "--out", str(tmp_path / "r.html"), check=False)
+    assert (tmp_path / "x" / "r.md").is_file()
+    assert Page((tmp_path / "x" / "r.html").read_text()).rows[1][0] == "reinforce"
+    proc = genlab_here("report", str(tmp_path / "nope"), "--out", str(tmp_path / "r.html"), check=False)
     assert proc.returncode == 2 and "nope: no such directory" in proc.stderr
-    proc = genlab("report", str(vae), "--out", str(tmp_path / "r.pdf"), check=False)
+    proc = genlab_here("report", str(vae), "--out", str(tmp_path / "r.pdf"), check=False)
     assert proc.returncode == 2 and "name it FILE.html" in proc.stderr
     (tmp_path / "empty").mkdir()
-    proc = genlab("report", str(tmp_path / "empty"), "--out", str(tmp_path / "r.html"), check=False)
+    proc = genlab_here("report", str(tmp_path / "empty"), "--out", str(tmp_path / "r.html"), check=False)
     assert proc.returncode == 2 and "neither a run directory" in proc.stderr
 
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import genlab
+from conftest import genlab_here
 from genlab.record import Record
 from genlab.summaries import (DataError, Pair, constant_sentence, distinct_n, hash_split, lead_1, load_pairs,
                               rouge_scores, shared_data_dir, split_pairs, split_sentences, unique_share)
@@ -326,9 +326,9 @@ def test_cli_smoke_on_real_pairs(tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(line for line in XSUM.read_text().splitlines(keepends=True)[:200]))
     out = tmp_path / "run"
-    genlab("run", "summarize", "--data", str(data), "--max-steps", "3", "--epochs", "1", "--test-limit", "3",
-           "--d-model", "32", "--d-ff", "64", "--n-layers", "1", "--batch-size", "8", "--max-source-len", "64",
-           "--max-target-len", "12", "--precision", "fp32", "--out", str(out))
+    genlab_here("run", "summarize", "--data", str(data), "--max-steps", "3", "--epochs", "1", "--test-limit", "3",
+                "--d-model", "32", "--d-ff", "64", "--n-layers", "1", "--batch-size", "8", "--max-source-len", "64",
+                "--max-target-len", "12", "--precision", "fp32", "--out", str(out))
     for name in ("config.json", "env.json", "metrics.json", "summary.md", "test_summaries.jsonl",
                  "metrics/steps.jsonl", "checkpoints/last.pt", "figures/loss_steps.png", "figures/rouge.png"):
         assert (out / name).exists(), name

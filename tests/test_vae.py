@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
-from conftest import genlab
+from conftest import genlab_here
 from genlab.data import load_binarised, load_pixels
 from genlab.experiments import vae
 from genlab.experiments.vae import VAE, StackedLinear, kl_normal, log_normal, sample_gaussian
@@ -288,7 +288,7 @@ def test_smoke_resume_sample_and_eval_through_the_cli(tmp_path):
     small = ["--seeds", "2", "--iterations", "20", "--batch-size", "50", "--subset", "1000", "--test-subset", "100",
              "--iw-samples", "5", "--eval-every", "10", "--log-every", "5", "--checkpoint-every", "10"]
     straight = tmp_path / "straight"
-    genlab("run", "vae", *small, "--out", str(straight))
+    genlab_here("run", "vae", *small, "--out", str(straight))
     for name in ("config.json", "env.json", "metrics.json", "summary.md", "metrics/steps.jsonl", "metrics/eval.jsonl",
                  "checkpoints/last.pt", "figures/samples_seed42.png", "figures/samples_seed43.png",
                  "figures/reconstructions.png", "figures/training_curves.png", "figures/test_curves.png"):
@@ -302,13 +302,13 @@ def test_smoke_resume_sample_and_eval_through_the_cli(tmp_path):
         np.mean([metrics["per_seed"][s]["kl"] + metrics["per_seed"][s]["rec"] for s in ("42", "43")]), rel=1e-6)
 
     resumed = tmp_path / "resumed"
-    genlab("run", "vae", *small, "--max-steps", "10", "--out", str(resumed))
-    genlab("run", "vae", *small, "--resume", "--out", str(resumed))
+    genlab_here("run", "vae", *small, "--max-steps", "10", "--out", str(resumed))
+    genlab_here("run", "vae", *small, "--resume", "--out", str(resumed))
     assert (resumed / "metrics/steps.jsonl").read_text() == (straight / "metrics/steps.jsonl").read_text()
     assert Record.read(resumed).extra["per_seed"] == metrics["per_seed"]
 
-    genlab("sample", str(straight), "--n", "7", "--out", str(tmp_path / "s.npy"))
+    genlab_here("sample", str(straight), "--n", "7", "--out", str(tmp_path / "s.npy"))
     images = np.load(tmp_path / "s.npy")
     assert images.dtype == np.uint8 and images.shape == (7, 28, 28) and images.max() > 0
-    out = genlab("eval", str(straight)).stdout
+    out = genlab_here("eval", str(straight)).stdout
     assert json.loads(out)["per_seed"]["42"]["nelbo"] == pytest.approx(metrics["per_seed"]["42"]["nelbo"], rel=1e-6)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import genlab
+from conftest import genlab_here
 from genlab.experiments.wgan import (MLP, WGANConfig, mode_centres, mode_statistics,
                                      target_distribution, wasserstein1)
 from genlab.record import Record
@@ -181,10 +181,9 @@ def test_config_validation():
 @pytest.mark.slow
 def test_cli_smoke_all_methods(tmp_path):
     out = tmp_path / "run"
-    genlab("run", "wgan", "--lipschitz", "spectral-norm", "weight-clip", "gradient-penalty",
-           "spectral-regularization", "--iterations", "60", "--w1-every", "30", "--log-every", "10",
-           "--eval-samples", "300", "--curve-samples", "100", "--target-samples", "1000", "--out", str(out),
-           timeout=300)
+    genlab_here("run", "wgan", "--lipschitz", "spectral-norm", "weight-clip", "gradient-penalty",
+                "spectral-regularization", "--iterations", "60", "--w1-every", "30", "--log-every", "10",
+                "--eval-samples", "300", "--curve-samples", "100", "--target-samples", "1000", "--out", str(out))
     for name in ("config.json", "env.json", "metrics.json", "summary.md", "metrics/steps.jsonl",
                  "checkpoints/last.pt", "figures/snapshots.png", "figures/wasserstein.png"):
         assert (out / name).is_file(), name
@@ -199,10 +198,10 @@ def test_cli_smoke_all_methods(tmp_path):
     assert "| spectral-norm |" in (out / "summary.md").read_text()
     steps = (out / "metrics" / "steps.jsonl").read_bytes()
     # resume: every method is already in the checkpoint, nothing retrains, the table is rewritten
-    genlab("run", "wgan", "--lipschitz", "spectral-norm", "weight-clip", "gradient-penalty",
-           "spectral-regularization", "--iterations", "60", "--w1-every", "30", "--log-every", "10",
-           "--eval-samples", "300", "--curve-samples", "100", "--target-samples", "1000", "--out", str(out),
-           "--resume", timeout=300)
+    genlab_here("run", "wgan", "--lipschitz", "spectral-norm", "weight-clip", "gradient-penalty",
+                "spectral-regularization", "--iterations", "60", "--w1-every", "30", "--log-every", "10",
+                "--eval-samples", "300", "--curve-samples", "100", "--target-samples", "1000", "--out", str(out),
+                "--resume")
     again = Record.read(out).extra
     assert [m["w1"] for m in again["methods"]] == [m["w1"] for m in metrics["methods"]]
     assert (out / "metrics" / "steps.jsonl").read_bytes() == steps

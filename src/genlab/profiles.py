@@ -36,7 +36,7 @@ PROFILES: dict[str, dict[str, list[str]]] = {
     "classifier": {  # never --export: that would overwrite the shipped weights
         "full": ["--dataset", "fashion-mnist"],
         "quick": ["--dataset", "fashion-mnist", "--epochs", "2"],
-        "smoke": ["--dataset", "fashion-mnist", "--epochs", "1", "--max-steps", "20"],
+        "smoke": ["--dataset", "fashion-mnist", "--epochs", "1", "--max-steps", "20", "--test-subset", "1000"],
     },
     "minimax": {
         "full": [],

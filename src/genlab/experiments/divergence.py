@@ -150,24 +150,27 @@ def reverse_kl_loss(mean: torch.Tensor, log_std: torch.Tensor, p: MixtureSameFam
 
 def kl_quadrature(p: MixtureSameFamily, mean: float, std: float) -> tuple[float, float]:
     """(KL(P‖Q), KL(Q‖P)) for Q = N(mean, std²) by scipy quad on a wide interval, nats."""
+    return kl_quadrature_one(p, mean, std, reverse=False), kl_quadrature_one(p, mean, std, reverse=True)
+
+
+def kl_quadrature_one(p: MixtureSameFamily, mean: float, std: float, reverse: bool) -> float:
+    """KL(P‖Q), or KL(Q‖P) with ``reverse``, for Q = N(mean, std²) by scipy quad on a wide interval, nats."""
     q = Normal(torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64))
     comps = p.component_distribution
     lo = min(comps.mean.min().item() - 12 * comps.stddev.max().item(), mean - 12 * std)
     hi = max(comps.mean.max().item() + 12 * comps.stddev.max().item(), mean + 12 * std)
 
-    def integrand(x: float, reverse: bool) -> float:  # p log(p/q), or q log(q/p) with ``reverse``
+    def integrand(x: float) -> float:  # p log(p/q), or q log(q/p) with ``reverse``
         t = torch.tensor(x, dtype=torch.float64)
         lp, lq = p.log_prob(t).item(), q.log_prob(t).item()
         return math.exp(lq) * (lq - lp) if reverse else math.exp(lp) * (lp - lq)
 
-    kl_pq, kl_qp = (integrate.quad(integrand, lo, hi, args=(reverse,), points=[*comps.mean.tolist(), mean],
-                                   limit=200)[0] for reverse in (False, True))
-    return kl_pq, kl_qp
+    return integrate.quad(integrand, lo, hi, points=[*comps.mean.tolist(), mean], limit=200)[0]
 
 
 def reverse_kl_reference(p: MixtureSameFamily, init_mean: float, init_std: float) -> tuple[float, float]:
     """The reverse-KL optimum from the same start by L-BFGS-B on the quadrature objective."""
-    result = optimize.minimize(lambda v: kl_quadrature(p, v[0], math.exp(v[1]))[1],
+    result = optimize.minimize(lambda v: kl_quadrature_one(p, v[0], math.exp(v[1]), reverse=True),
                                x0=[init_mean, math.log(init_std)], method="L-BFGS-B")
     return float(result.x[0]), float(math.exp(result.x[1]))
 
