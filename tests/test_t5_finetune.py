@@ -135,15 +135,43 @@ def test_span_corruption_inputs_and_targets_rebuild_the_text():
     assert [x for t in inputs[:-1] for x in (spans[t] if t >= 32000 else [t])] == tokens
 
 
+def test_corpus_documents_cuts_the_corpus_before_tokenising():
+    """--corpus-documents N keeps the first N documents (XSum, then BBC) and their pieces; default: all
+    (3,764 XSum + 2,225 BBC documents); N < 1 is refused. A whitespace "tokenizer" stands in for t5-small's,
+    so that the whole corpus is cheap to cut."""
+    from types import SimpleNamespace
+
+    from genlab.errors import ConfigError
+    from genlab.experiments.t5_pretrain import T5PretrainConfig, corpus_chunks
+
+    def words(texts, add_special_tokens):
+        return SimpleNamespace(input_ids=[[len(w) for w in text.split()] for text in texts])
+
+    full_pieces, full = corpus_chunks(T5PretrainConfig(input_length=32), words)
+    assert full["xsum_documents"] > 3000 and full["bbc_articles"] > 2000
+    pieces, counts = corpus_chunks(T5PretrainConfig(input_length=32, corpus_documents=5), words)
+    assert counts["xsum_documents"] == 5 and counts["bbc_articles"] == 0 and pieces == full_pieces[:len(pieces)]
+    assert 0 < counts["tokens"] < full["tokens"] and all(16 <= len(p) <= 32 for p in pieces)
+    n = full["xsum_documents"] + 3
+    _, counts = corpus_chunks(T5PretrainConfig(input_length=32, corpus_documents=n), words)
+    assert (counts["xsum_documents"], counts["bbc_articles"]) == (full["xsum_documents"], 3)
+    _, counts = corpus_chunks(T5PretrainConfig(input_length=32, corpus_documents=10 ** 9), words)
+    assert counts == full
+    for bad in (0, -1):
+        with pytest.raises(ConfigError, match="--corpus-documents"):
+            T5PretrainConfig(corpus_documents=bad)
+
+
 def test_pretrained_model_is_fine_tuned_through_init(tmp_path):
     """t5-pretrain saves with save_pretrained; t5-finetune --init loads those weights."""
     from safetensors.torch import load_file
 
     out = tmp_path / "pt"
     genlab("run", "t5-pretrain", "--epochs", "1", "--max-steps", "2", "--d-model", "32", "--d-ff", "64", "--d-kv", "8",
-           "--num-layers", "1", "--batch-size", "4", "--input-length", "32", "--out", str(out))
+           "--num-layers", "1", "--batch-size", "4", "--input-length", "32", "--corpus-documents", "50",
+           "--out", str(out))
     record = Record.read(out)
-    assert 2e6 < record.metric("corpus_tokens").value < 5e6  # 3,764 XSum + 2,225 BBC documents
+    assert record.tables[0].rows[0][:2] == [50, 0] and 0 < record.metric("corpus_tokens").value < 1e5
     trained, initial = load_file(out / "model" / "model.safetensors"), load_file(out / "model_init" / "model.safetensors")
     assert not torch.equal(trained["shared.weight"], initial["shared.weight"])
     from genlab.experiments.t5_finetune import T5FinetuneConfig, load_model, load_tokenizer

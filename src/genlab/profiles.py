@@ -102,7 +102,7 @@ PROFILES: dict[str, dict[str, list[str]]] = {
         "full": [],  # 2 epochs of span corruption on the non-test XSum and BBC News articles
         "quick": ["--epochs", "1", "--max-steps", "100"],
         "smoke": ["--epochs", "1", "--max-steps", "3", "--d-model", "32", "--d-ff", "64", "--d-kv", "8",
-                  "--num-layers", "1", "--batch-size", "8", "--input-length", "32"],
+                  "--num-layers", "1", "--batch-size", "8", "--input-length", "32", "--corpus-documents", "50"],
     },
     "t5-finetune": {
         # SPEC fine-tunes the pretrained t5-small, which cannot be had offline: the full profile

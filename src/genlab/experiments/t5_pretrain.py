@@ -3,9 +3,10 @@
 No pretrained T5 weights can be had offline, so this pretrains a small Hugging Face
 ``T5ForConditionalGeneration`` (the real t5-small vocabulary) with T5's objective, span corruption
 (Raffel et al. 2020, §3.1.4, :func:`corrupt`), on every article text held here that is not an
-official XSum test document (:func:`corpus_chunks`); the corpus size is reported beside T5's C4
-pretraining, 2^35 tokens (ibid., §3.1.2). A 2 % slice of the pieces (by a seeded shuffle)
-measures the validation loss, with fixed corruption.
+official XSum test document (:func:`corpus_chunks`; ``--corpus-documents N``: the first N of them,
+for quick looks and tests); the corpus size is reported beside T5's C4 pretraining, 2^35 tokens
+(ibid., §3.1.2). A 2 % slice of the pieces (by a seeded shuffle) measures the validation loss,
+with fixed corruption.
 
 The model and tokenizer are saved (``save_pretrained``) in the run's ``model/`` folder, and the
 same model's random initial weights in ``model_init/``, for the comparison:
@@ -42,6 +43,9 @@ class T5PretrainConfig(EpochsConfig):
     """Shared data folder holding xsum/, bbc-news-summary/, t5-small-tokenizer/ (default: <repo>/../shared/data)."""
     tokenizer: Path | None = None
     """The t5-small tokenizer folder (spiece.model); default <data-dir>/t5-small-tokenizer."""
+    corpus_documents: int | None = None
+    """Use only the first N corpus documents (after the test-set exclusion, in corpus order: XSum
+    train, XSum validation, BBC), cut before tokenising (quick looks and tests); default: all."""
     input_length: int = 128
     """Tokens per corpus piece before corruption."""
     noise_density: float = 0.15
@@ -69,6 +73,8 @@ class T5PretrainConfig(EpochsConfig):
             raise ConfigError("--noise-density must be in (0, 1) and --mean-noise-span-length >= 1")
         if self.input_length < 8 or self.batch_size < 1:
             raise ConfigError("--input-length must be >= 8 and --batch-size >= 1")
+        if self.corpus_documents is not None and self.corpus_documents < 1:
+            raise ConfigError(f"--corpus-documents must be >= 1 (or left out: all), got {self.corpus_documents}")
 
 
 def random_spans_noise_mask(length: int, noise_density: float, mean_span: float,
@@ -107,13 +113,18 @@ def corrupt(tokens: list[int], mask: np.ndarray, sentinel_0: int, eos_id: int) -
 def corpus_chunks(config: T5PretrainConfig, tokenizer) -> tuple[list[list[int]], dict]:
     """The pretraining pieces: every non-test XSum document and every BBC News Summary article
     not equal to an XSum test document, tokenised (no EOS) and cut into ``input_length`` pieces
-    (a last piece shorter than 16 tokens is dropped). Returns (pieces, counts of documents and tokens)."""
+    (a last piece shorter than 16 tokens is dropped); only the first ``config.corpus_documents`` of
+    these documents (XSum, then BBC) when it is set. Returns (pieces, counts of the documents used and
+    their tokens)."""
     xsum_files, _ = default_data_files("xsum", config.data_dir)
     parts = split_pairs([p for f in xsum_files for p in load_pairs(f)], official=True)
     test_docs = {p.document.strip() for p in parts["test"]}
     xsum = [p.document for p in parts["train"] + parts["validation"]]
     bbc = [p.document for p in load_pairs(shared_data_dir(config.data_dir) / "bbc-news-summary/bbc_news_summary.jsonl")
            if p.document.strip() not in test_docs]
+    if config.corpus_documents is not None:  # cut before tokenising, the costly part
+        xsum = xsum[:config.corpus_documents]
+        bbc = bbc[:config.corpus_documents - len(xsum)]
     ids = tokenizer(xsum + bbc, add_special_tokens=False).input_ids
     n = config.input_length
     pieces = [doc[i:i + n] for doc in ids for i in range(0, len(doc), n) if len(doc[i:i + n]) >= 16]

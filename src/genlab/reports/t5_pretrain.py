@@ -13,7 +13,8 @@ C4_TOKENS = 2 ** 35  # Raffel et al. 2020, §3.1.2: 2^19 steps x 2^16 tokens (ab
 
 def make_record(run: Run, config: EpochsConfig, counts: dict, n_pieces: int, n_params: int,
                 selected: int | None) -> Record:
-    """The loss curves, the corpus size against T5's C4 tokens, the final losses."""
+    """The loss curves, the corpus size against T5's C4 tokens (of the documents used: all, or the
+    first ``--corpus-documents``), the final losses."""
     steps, epochs = run.dir.read_rows("steps.jsonl"), run.dir.read_epochs()
     if steps:
         plots.plot_curves([r["step"] for r in steps], {"span-corruption loss": [r["loss"] for r in steps]},
@@ -35,6 +36,9 @@ def make_record(run: Run, config: EpochsConfig, counts: dict, n_pieces: int, n_p
     notes = [f"{n_params:,} parameters (d_model {config.d_model}, {config.num_layers} + {config.num_layers} layers); "
              f"noise density {config.noise_density}, mean span {config.mean_noise_span_length}; saved in model/ "
              f"(epoch {selected} of the lowest validation loss)" if selected else "saved in model/."]
+    if config.corpus_documents is not None:
+        notes.append(f"corpus cut to its first {config.corpus_documents} documents (--corpus-documents; "
+                     f"the table counts those); the full corpus is every non-test document")
     return Record("t5-pretrain", "T5 pretraining by span corruption", "§10", metrics=metrics, tables=[table],
                   figures=run.dir.figures({"loss_steps": "span-corruption training loss per step"}),
                   train_seconds=run.elapsed_s, notes=notes, extra={"corpus": counts, "epochs": epochs})
