@@ -5,7 +5,7 @@ expects, one step lowers the loss, and a CLI smoke run on real pairs writes ever
 import pytest
 import torch
 
-from conftest import genlab
+from conftest import genlab_here
 from genlab.errors import NotFoundError
 from genlab.record import Record
 from genlab.summaries import Pair, SentencePieceTokenizer, shared_data_dir, tokenizer_dir
@@ -87,9 +87,9 @@ def test_cli_smoke_on_real_pairs(tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(XSUM.read_text().splitlines(keepends=True)[:200]))
     out = tmp_path / "run"
-    genlab("run", "t5-finetune", "--random-init", "--data", str(data), "--max-steps", "2", "--test-limit", "3",
-           "--batch-size", "4", "--max-source-len", "64", "--max-target-len", "12", "--beam-size", "2",
-           "--out", str(out))
+    genlab_here("run", "t5-finetune", "--random-init", "--data", str(data), "--max-steps", "2", "--test-limit", "3",
+                "--batch-size", "4", "--max-source-len", "64", "--max-target-len", "12", "--beam-size", "2",
+                "--out", str(out))
     for name in ("config.json", "env.json", "metrics.json", "summary.md", "test_summaries.jsonl",
                  "metrics/steps.jsonl", "checkpoints/last.pt", "figures/loss_steps.png", "figures/rouge.png",
                  "model/config.json"):
@@ -167,9 +167,9 @@ def test_pretrained_model_is_fine_tuned_through_init(tmp_path):
     from safetensors.torch import load_file
 
     out = tmp_path / "pt"
-    genlab("run", "t5-pretrain", "--epochs", "1", "--max-steps", "2", "--d-model", "32", "--d-ff", "64", "--d-kv", "8",
-           "--num-layers", "1", "--batch-size", "4", "--input-length", "32", "--corpus-documents", "50",
-           "--out", str(out))
+    genlab_here("run", "t5-pretrain", "--epochs", "1", "--max-steps", "2", "--d-model", "32", "--d-ff", "64",
+                "--d-kv", "8", "--num-layers", "1", "--batch-size", "4", "--input-length", "32",
+                "--corpus-documents", "50", "--out", str(out))
     record = Record.read(out)
     assert record.tables[0].rows[0][:2] == [50, 0] and 0 < record.metric("corpus_tokens").value < 1e5
     trained, initial = load_file(out / "model" / "model.safetensors"), load_file(out / "model_init" / "model.safetensors")

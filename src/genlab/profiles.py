@@ -31,7 +31,7 @@ PROFILES: dict[str, dict[str, list[str]]] = {
     "dcgan": {
         "full": [],  # 50 epochs, batch 64, FID on 10,000 samples
         "quick": ["--epochs", "2", "--subset", "12000", "--grid-epochs", "1", "2", "--fid-samples", "2000"],
-        "smoke": ["--epochs", "1", "--max-steps", "20", "--grid-epochs", "1", "--fid-samples", "200"],
+        "smoke": ["--epochs", "1", "--max-steps", "5", "--grid-epochs", "1", "--fid-samples", "200"],
     },
     "classifier": {  # never --export: that would overwrite the shipped weights
         "full": ["--dataset", "fashion-mnist"],
