@@ -42,10 +42,15 @@ def pytest_itemcollected(item):
 
 
 def pytest_collection_modifyitems(config, items):
-    # Longest first: the slow tests that are free to go to any worker start before the quick ones, so
-    # that the last minute of a 2-worker run is not one worker finishing a slow test alone. Grouped
-    # tests (a shared module fixture) keep their order, so that each fixture is still built once.
-    items.sort(key=lambda item: not (item.get_closest_marker("slow") and not item.get_closest_marker("xdist_group")))
+    # Longest first: the slow tests, and the groups (a shared module fixture, one worker) that hold
+    # one, start before the quick ones, so that the last minute of a 2-worker run is not one worker
+    # finishing a slow test alone. The sort is stable: a group's tests keep their order.
+    def group(item):
+        marker = item.get_closest_marker("xdist_group")
+        return marker.args[0] if marker else None
+
+    slow_groups = {group(item) for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: not (item.get_closest_marker("slow") or group(item) in slow_groups - {None}))
     if torch.cuda.is_available():
         return
     reason = ("needs a CUDA GPU; run with GENLAB_TEST_CUDA=1 on a GPU host" if os.environ.get("GENLAB_TEST_CUDA") == "1"

@@ -91,6 +91,7 @@ def test_resume_gives_the_same_run(tmp_path):
 
 
 @pytest.mark.parity
+@pytest.mark.slow
 def test_fid_over_epochs_leaves_the_training_run_unchanged_and_resumes(tmp_path):
     """FID and KID after epochs 1 and 3 of 3: the per-step losses are byte for byte those of a run
     that does not evaluate (epoch 2 and 3 draw z and dropout masks from the global RNG after an

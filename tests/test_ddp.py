@@ -105,6 +105,7 @@ def test_ddp_gives_the_one_process_losses_at_the_same_global_batch(ddp_run, tmp_
     assert abs(first["loss_g"] - one[0]["loss_g"]) + abs(first["loss_d"] - one[0]["loss_d"]) > 5e-3
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_ddp_run_equals_the_uninterrupted_one(ddp_run, tmp_path):
     run = tmp_path / "run"
     proc = torchrun(2, "run", "dcgan", *TINY, "--out", str(run), check=False, env_extra={STOP_AFTER_STEPS_ENV: "3"})
@@ -207,6 +208,7 @@ def _epochs_without_timing(run: Path) -> list[dict]:
 
 
 @pytest.mark.parity
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["summarize", "t5-finetune"])
 def test_summariser_ddp_gives_the_one_process_losses_at_the_same_global_batch(name, pairs, tmp_path):
     """2 processes of 16 pairs against 1 process of 32, dropout 0 (dropout masks are drawn per rank).
@@ -244,6 +246,7 @@ def test_summariser_ddp_gives_the_one_process_losses_at_the_same_global_batch(na
     assert (ddp / "metrics.json").is_file() and len((ddp / "test_summaries.jsonl").read_text().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_summarize_ddp_run_equals_the_uninterrupted_one(pairs, tmp_path):
     """With dropout (each rank its own random stream), stopped at step 3 inside the first epoch
     and resumed: the same losses, epoch means and weights, bit for bit."""
