@@ -22,8 +22,10 @@ NAMES = list(experiments.REGISTRY)
 @pytest.fixture(scope="module")
 def smoke_course(tmp_path_factory):
     out = tmp_path_factory.mktemp("course")
-    proc = genlab("reproduce", "all", "--profile", "smoke", "--device", "cpu", "--out", str(out), check=False,
-                  timeout=900)
+    # one thread per run: the default, cores // jobs = 2, would have each run's OpenMP team spin
+    # against the other xdist worker on a 2-core machine
+    proc = genlab("reproduce", "all", "--profile", "smoke", "--device", "cpu", "--threads", "1", "--out", str(out),
+                  check=False, timeout=900)
     assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 1: some run failed or wrote no record (reported)
     return out
 

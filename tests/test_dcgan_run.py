@@ -93,18 +93,18 @@ def test_resume_gives_the_same_run(tmp_path):
 @pytest.mark.parity
 @pytest.mark.slow
 def test_fid_over_epochs_leaves_the_training_run_unchanged_and_resumes(tmp_path):
-    """FID and KID after epochs 1 and 3 of 3: the per-step losses are byte for byte those of a run
-    that does not evaluate (epoch 2 and 3 draw z and dropout masks from the global RNG after an
+    """FID and KID after epochs 1 and 2 of 2: the per-step losses are byte for byte those of a run
+    that does not evaluate (epoch 2 draws z and dropout masks from the global RNG after an
     evaluation, so an evaluation that drew from it would change them), the last one is the end of
     the run's FID, and a run stopped inside epoch 2 and resumed writes the same rows."""
-    small = {**SMALL, "fid_samples": 200, "epochs": 3}
+    small = {**SMALL, "fid_samples": 200, "epochs": 2}
     fid_reference_features.cache_clear()  # the first evaluation builds the classifier, as in a fresh run
-    with_eval = dcgan.run(dcgan.DCGANConfig(out=tmp_path / "eval", eval_epochs=(1, 3, 7), **small))
+    with_eval = dcgan.run(dcgan.DCGANConfig(out=tmp_path / "eval", eval_epochs=(1, 2, 7), **small))
     without = dcgan.run(dcgan.DCGANConfig(out=tmp_path / "plain", eval_epochs=(), **small))
     assert (with_eval / "metrics/steps.jsonl").read_bytes() == (without / "metrics/steps.jsonl").read_bytes()
     assert not (without / "metrics" / QUALITY_FILE).exists()
     rows = [{k: float(v) for k, v in r.items()} for r in read_csv(with_eval / "metrics" / QUALITY_FILE)]
-    assert [(r["epoch"], r["step"]) for r in rows] == [(1, 5), (3, 15)]  # epoch 7 is past --epochs
+    assert [(r["epoch"], r["step"]) for r in rows] == [(1, 5), (2, 10)]  # epoch 7 is past --epochs
     assert all(r["fid"] > 0 and r["kid_std"] > 0 and r["seconds"] > 0 for r in rows)
     assert rows[0]["fid"] != rows[1]["fid"]
     record = Record.read(with_eval)
@@ -114,8 +114,8 @@ def test_fid_over_epochs_leaves_the_training_run_unchanged_and_resumes(tmp_path)
     assert record.metric("fid").value == rows[1]["fid"] == Record.read(without).metric("fid").value
 
     part = tmp_path / "part"
-    dcgan.run(dcgan.DCGANConfig(out=part, eval_epochs=(1, 3), max_steps=7, **small))  # stops inside epoch 2
-    dcgan.run(dcgan.DCGANConfig(out=part, eval_epochs=(1, 3), resume=True, **small))
+    dcgan.run(dcgan.DCGANConfig(out=part, eval_epochs=(1, 2), max_steps=7, **small))  # stops inside epoch 2
+    dcgan.run(dcgan.DCGANConfig(out=part, eval_epochs=(1, 2), resume=True, **small))
     assert (part / "metrics/steps.jsonl").read_bytes() == (with_eval / "metrics/steps.jsonl").read_bytes()
     resumed = [{k: float(v) for k, v in r.items()} for r in read_csv(part / "metrics" / QUALITY_FILE)]
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed] == \

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import tyro
 
-from conftest import genlab
+from conftest import genlab, genlab_here
 from genlab import experiments, profiles, reproduce
 from genlab.record import Metric, Record
 
@@ -58,7 +58,7 @@ def test_a_run_that_reads_another_runs_output_comes_after_it_and_is_refused_with
         reproduce.plan(["minimax"], "smoke", out)
     # what it needs fails: it is not started, and says why
     monkeypatch.setitem(profiles.PROFILES["bandit"], "smoke", ["--no-such-option", "1"])
-    by_name = {r.experiment: r for r in reproduce.reproduce(["minimax", "bandit"], "smoke", out, live=False)}
+    by_name = {r.experiment: r for r in reproduce.reproduce(["minimax", "bandit"], "smoke", out, live=False, threads=1)}
     assert by_name["bandit"].status == "failed" and by_name["minimax"].status == "failed"
     assert by_name["minimax"].message == "not run: it needs the run of bandit, which failed"
     assert by_name["minimax"].returncode is None and not (out / "logs" / "minimax.log").exists()
@@ -78,7 +78,7 @@ def test_finished_runs_are_skipped_and_a_failure_does_not_stop_the_others(tmp_pa
     before = (out / "bandit" / "metrics.json").read_text()
     # a real failure of the real CLI: an option minimax does not have
     monkeypatch.setitem(profiles.PROFILES["minimax"], "smoke", ["--no-such-option", "1"])
-    results = reproduce.reproduce(["minimax", "bandit", "divergence"], "smoke", out, live=False)
+    results = reproduce.reproduce(["minimax", "bandit", "divergence"], "smoke", out, live=False, threads=1)
     by_name = {r.experiment: r for r in results}
     assert list(by_name) == ["minimax", "bandit", "divergence"]
     assert by_name["bandit"].status == "skipped" and (out / "bandit" / "metrics.json").read_text() == before
@@ -104,10 +104,10 @@ def test_interrupted_run_is_resumed(tmp_path):
     out = tmp_path / "course"
     args = profiles.profile_args("vae", "smoke")
     # an interrupted run: a checkpoint, and (after this test's tampering) no valid record
-    genlab("run", "vae", *args, "--max-steps", "10", "--out", str(out / "vae"))
+    genlab_here("run", "vae", *args, "--max-steps", "10", "--out", str(out / "vae"))
     assert (out / "vae" / "checkpoints" / "last.pt").is_file()
     (out / "vae" / "metrics.json").unlink(missing_ok=True)
-    proc = genlab("reproduce", "vae", "--profile", "smoke", "--out", str(out), check=False)
+    proc = genlab("reproduce", "vae", "--profile", "smoke", "--threads", "1", "--out", str(out), check=False)
     state = json.loads((out / "reproduce.json").read_text())["runs"]["vae"]
     assert state["resumed"] is True and state["command"][-1] == "--resume"
     assert "--resume" in (out / "logs" / "vae.log").read_text()
