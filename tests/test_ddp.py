@@ -135,7 +135,10 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path):
 
 
 def test_an_experiment_without_data_parallel_support_is_refused(tmp_path):
-    proc = torchrun(2, "run", "vae", "--out", str(tmp_path / "run"), check=False)
+    """Refused from the environment torchrun sets (WORLD_SIZE), before any process group exists: the
+    command in this process with torchrun's variables (the refusals above go through torchrun itself)."""
+    torchrun_env = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}
+    proc = genlab_here("run", "vae", "--out", str(tmp_path / "run"), check=False, env_extra=torchrun_env)
     assert proc.returncode != 0
     assert "error: vae does not train data-parallel, but torchrun started 2 processes" in proc.stderr
     assert "data-parallel experiments: dcgan, summarize, t5-finetune" in proc.stderr

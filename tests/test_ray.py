@@ -58,6 +58,12 @@ ip link set lo up
 HEAD=$!
 up=0
 deadline=$(( $(date +%s) + 300 ))  # generous: a loaded 2-core machine starts Ray slowly
+# first the head's own word (cheap to poll; each client probe below imports Ray, seconds of CPU)
+quiet=$(( $(date +%s) + 120 ))
+while [ "$(date +%s)" -lt "$quiet" ] && ! grep -q "Ray runtime started" {tmp_path}/head.log 2>/dev/null; do
+  kill -0 $HEAD 2>/dev/null || break
+  sleep 1
+done
 while [ "$(date +%s)" -lt "$deadline" ]; do
   if timeout 60 {sys.executable} -c "import ray; ray.init(address='127.0.0.1:{port}', log_to_driver=False); ray.shutdown()" \\
       >/dev/null 2>&1; then up=1; break; fi
