@@ -136,10 +136,15 @@ def test_top1_accuracy_counts_the_argmax_hits_over_ragged_batches():
     assert top1_accuracy(model, x, y, batch_size=2) == 3 / 5 == top1_accuracy(model, x, y)
 
 
-def test_precomputed_real_features_give_the_same_scores_and_the_test_features_are_cached(test_images):
+def test_precomputed_real_features_give_the_same_scores_and_the_test_features_are_cached(test_images, tmp_path,
+                                                                                          monkeypatch):
     """image_quality(real_features=...) is image_quality(real) bit for bit, and dcgan_nets.fid_reference_features,
-    which every FID evaluation of a run scores against, is computed once per process."""
+    which every FID evaluation of a run scores against, is computed once per process and once per
+    machine: a later process reads the same floats from the cache folder, and an unreadable file there
+    is computed again."""
     from genlab.dcgan_nets import fid_reference_features
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
 
     fake = torch.from_numpy(load_split("fashion-mnist", "train")[0][:600].copy()).unsqueeze(1)
     real = test_images[:1500]
@@ -152,3 +157,10 @@ def test_precomputed_real_features_give_the_same_scores_and_the_test_features_ar
     assert cached.shape == (10000, 128) and cached.dtype == torch.float64
     assert fid_reference_features("fashion-mnist", None, torch.device("cpu")) is cached
     assert torch.equal(cached[:1000], classifier_outputs(load_classifier("fashion-mnist")[0], real[:1000])[0])
+    (file,) = (tmp_path / "genlab").glob("fid_features_fashion-mnist_*.pt")
+    fid_reference_features.cache_clear()  # as a new process: read from the file
+    assert torch.equal(fid_reference_features("fashion-mnist", None, torch.device("cpu")), cached)
+    file.write_bytes(file.read_bytes()[:1000])  # truncated: computed again and rewritten
+    fid_reference_features.cache_clear()
+    assert torch.equal(fid_reference_features("fashion-mnist", None, torch.device("cpu")), cached)
+    assert torch.equal(torch.load(file, weights_only=True), cached)

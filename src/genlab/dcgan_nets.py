@@ -16,8 +16,10 @@ fixed-noise sample grids, the loss figures, the FID/KID/IS evaluation, and ``gen
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +34,8 @@ from tqdm.auto import tqdm
 
 from genlab import distributed, plots
 from genlab.data import load_split
-from genlab.engine import EpochsConfig, Run, RunDir, config_from_dict, cpu_isa, read_checkpoint, resolve_device
+from genlab.engine import (EpochsConfig, Run, RunDir, cache_dir, config_from_dict, cpu_isa, machine_key, read_checkpoint,
+                           resolve_device)
 from genlab.errors import ConfigError
 from genlab.layers import FastDropout, SampleNoise
 
@@ -411,12 +414,36 @@ def plot_losses(run_dir: RunDir, title: str, generator_label: str, g_equilibrium
 def fid_reference_features(dataset: str, data_dir: Path | None, device: torch.device) -> torch.Tensor:
     """float64 (10000, 128): the domain classifier's features (:func:`genlab.quality.classifier_outputs`)
     of the 10,000 test images of ``dataset`` on ``device``, computed once per process: every FID
-    evaluation of a run (``--eval-epochs``) scores against the same ones. Building the classifier
-    draws from the global RNG: callers inside a training run call it under ``torch.random.fork_rng``."""
-    from genlab.quality import classifier_outputs, load_classifier
+    evaluation of a run (``--eval-epochs``) scores against the same ones. On the CPU they are also
+    kept in :func:`genlab.engine.cache_dir` (``fid_features_<dataset>_<key>.pt``) and read back by
+    later runs and ``genlab eval``; the key hashes the classifier's weights, the images, the thread
+    count and :func:`genlab.engine.machine_key`, everything the computed floats depend on, so a read
+    gives the floats a computation would (tested). An unreadable file is computed again and rewritten.
+    Building the classifier draws from the global RNG: callers inside a training run call it under
+    ``torch.random.fork_rng``."""
+    from genlab.quality import classifier_outputs, load_classifier, weights_path
 
-    real = torch.from_numpy(load_split(dataset, "test", data_dir)[0].copy()).unsqueeze(1)  # (10000, 1, 28, 28)
-    return classifier_outputs(load_classifier(dataset)[0].to(device), real.to(device))[0]
+    images = load_split(dataset, "test", data_dir)[0]
+    file = None
+    if device.type == "cpu":
+        key = hashlib.sha256(weights_path(dataset).read_bytes() + images.tobytes())
+        key.update(f"{images.shape}|threads {torch.get_num_threads()}|{machine_key(device)}".encode())
+        file = cache_dir() / f"fid_features_{dataset}_{key.hexdigest()[:20]}.pt"
+        try:
+            return torch.load(file, weights_only=True)
+        except Exception:  # noqa: BLE001 - absent, truncated or not a tensor file: compute it again
+            pass
+    real = torch.from_numpy(images.copy()).unsqueeze(1)  # (10000, 1, 28, 28)
+    features = classifier_outputs(load_classifier(dataset)[0].to(device), real.to(device))[0]
+    if file is not None:
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = file.with_suffix(f".{os.getpid()}.tmp")
+            torch.save(features, tmp)
+            os.replace(tmp, file)  # atomic: a process reading it sees the whole file or none
+        except OSError:  # no writable cache directory: this process keeps its copy
+            pass
+    return features
 
 
 def evaluate_quality(generator: Generator, config: DCGANTrainingConfig, device: torch.device, dataset: str

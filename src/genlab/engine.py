@@ -887,8 +887,10 @@ def gemm_flops(dtype: torch.dtype, device: torch.device, n: int = 1024, repeats:
 BF16_MIN_SPEEDUP = 1.2
 
 
-def _speedup_key(device: torch.device) -> str:
-    """What the bf16 / float32 ratio depends on: the device model, the ISA, torch and the kernel caps."""
+def machine_key(device: torch.device) -> str:
+    """What a kernel's speed and its floating-point summation order depend on: the device model, the
+    ISA, torch and the kernel caps (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``); the key of
+    genlab's per-machine caches (:func:`cache_dir`)."""
     if device.type == "cuda":
         model = torch.cuda.get_device_name(device)
     else:
@@ -910,10 +912,15 @@ def _measure_bf16_speedup(device: torch.device) -> float:
         return gemm_flops(torch.bfloat16, device, n, repeats=10, give_up_after_s=20 * 2 * n**3 / fp32) / fp32
 
 
+def cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/genlab`` (default ``~/.cache/genlab``): what genlab computes once per machine
+    (:func:`machine_key`) and reads back in every later process; safe to delete."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "genlab"
+
+
 def speedup_cache_file() -> Path:
-    """``$XDG_CACHE_HOME/genlab/bf16_speedup.json`` (default ``~/.cache/...``): one measured ratio per
-    machine key; delete it to measure again."""
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "genlab" / "bf16_speedup.json"
+    """``<cache_dir>/bf16_speedup.json``: one measured ratio per machine key; delete it to measure again."""
+    return cache_dir() / "bf16_speedup.json"
 
 
 @functools.lru_cache(maxsize=None)
@@ -928,7 +935,7 @@ def bf16_speedup(device: torch.device) -> float:
     ``torch.cuda.is_bf16_supported`` counts emulated bf16 on a T4 or V100 as supported), else the
     measured ratio.
     """
-    key, path = _speedup_key(device), speedup_cache_file()
+    key, path = machine_key(device), speedup_cache_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path.with_suffix(".lock"), "w") as lock:
