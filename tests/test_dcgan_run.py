@@ -92,13 +92,16 @@ def test_resume_gives_the_same_run(tmp_path):
 
 @pytest.mark.parity
 @pytest.mark.slow
-def test_fid_over_epochs_leaves_the_training_run_unchanged_and_resumes(tmp_path):
+def test_fid_over_epochs_leaves_the_training_run_unchanged_and_resumes(tmp_path, monkeypatch):
     """FID and KID after epochs 1 and 2 of 2: the per-step losses are byte for byte those of a run
     that does not evaluate (epoch 2 draws z and dropout masks from the global RNG after an
     evaluation, so an evaluation that drew from it would change them), the last one is the end of
     the run's FID, and a run stopped inside epoch 2 and resumed writes the same rows."""
     small = {**SMALL, "fid_samples": 200, "epochs": 2}
-    fid_reference_features.cache_clear()  # the first evaluation builds the classifier, as in a fresh run
+    # the first evaluation builds the classifier for the test features, as in a fresh run on a machine
+    # whose cache folder (fid_reference_features keeps them there) does not hold them yet
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    fid_reference_features.cache_clear()
     with_eval = dcgan.run(dcgan.DCGANConfig(out=tmp_path / "eval", eval_epochs=(1, 2, 7), **small))
     without = dcgan.run(dcgan.DCGANConfig(out=tmp_path / "plain", eval_epochs=(), **small))
     assert (with_eval / "metrics/steps.jsonl").read_bytes() == (without / "metrics/steps.jsonl").read_bytes()
