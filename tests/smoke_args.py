@@ -32,9 +32,9 @@ SMOKE_ARGS: dict[str, list[str]] = {
 # Experiments whose lifecycle is genlab.engine.Run, with options under which the test hook's
 # step (STOP_AFTER) falls inside the run, and the per-step metrics file compared after resuming.
 RESUME_ARGS: dict[str, tuple[list[str], int, str]] = {
-    "dcgan": (["--subset", "320", "--epochs", "2", "--fid-samples", "0", "--log-every", "1"], 7,
+    "dcgan": (["--subset", "40", "--batch-size", "8", "--epochs", "2", "--fid-samples", "0", "--log-every", "1"], 7,
               "metrics/steps.jsonl"),
-    "gan": (["--subset", "192", "--batch-size", "32", "--epochs", "2", "--fid-samples", "0", "--log-every", "2",
+    "gan": (["--subset", "48", "--batch-size", "8", "--epochs", "2", "--fid-samples", "0", "--log-every", "2",
              "--probe-steps", "3"], 8, "metrics/steps.jsonl"),
     "vae": (["--iterations", "20", "--batch-size", "50", "--subset", "1000", "--test-subset", "100",
              "--iw-samples", "5", "--eval-every", "10", "--log-every", "5", "--checkpoint-every", "10"], 15,

@@ -18,13 +18,13 @@ from genlab.experiments import dcgan
 from genlab.record import Record
 from genlab.reports.dcgan import QUALITY_FILE
 
-SMALL = dict(subset=160, batch_size=32, fid_samples=0, log_every=1)  # 5 steps per epoch
+SMALL = dict(subset=40, batch_size=8, fid_samples=0, log_every=1)  # 5 steps per epoch
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("smoke") / "run"
-    genlab_here("run", "dcgan", "--epochs", "1", "--max-steps", "20", "--fid-samples", "2000", "--out", str(out))
+    genlab_here("run", "dcgan", "--epochs", "1", "--max-steps", "8", "--fid-samples", "2000", "--out", str(out))
     return out
 
 
@@ -39,7 +39,7 @@ def test_smoke_run_writes_every_output(smoke_run):
     env = json.loads((smoke_run / "env.json").read_text())
     assert env["seed"] == 42 and env["device"] == "cpu" and env["versions"]["torch"]
     steps = read_steps(smoke_run)
-    assert [r["step"] for r in steps] == list(range(1, 21))
+    assert [r["step"] for r in steps] == list(range(1, 9))
     assert all(0 < r["d_real"] < 1 and 0 < r["d_fake"] < 1 for r in steps)
     # at initialisation D outputs about 1/2, so the losses start near 2 log 2 and log 2
     assert abs(steps[0]["loss_d"] - 2 * np.log(2)) < 0.3 and abs(steps[0]["loss_g"] - np.log(2)) < 0.3
@@ -50,7 +50,7 @@ def test_smoke_run_writes_every_output(smoke_run):
     assert record.train_seconds > 0 and record.eval_seconds > 0 and record.environment["seed"] == 42
     assert {f.path for f in record.figures} >= {"figures/losses_steps.png", "figures/grid_final.png"}
     ckpt = load_checkpoint(smoke_run / "checkpoints" / "last.pt")
-    assert ckpt["step"] == 20 and ckpt["epoch"] == 0 and ckpt["progress"]["batch"] == 20
+    assert ckpt["step"] == 8 and ckpt["epoch"] == 0 and ckpt["progress"]["batch"] == 8
     assert "| **fid** |" in (smoke_run / "summary.md").read_text()
 
 
@@ -133,7 +133,7 @@ def test_eval_epochs_below_one_are_refused_with_the_fix():
 def test_an_interrupt_keeps_the_previous_checkpoint_beside_the_latest(tmp_path):
     """Stopped by the Run's test hook at step 7 (inside epoch 2): exit status 130, last.pt at
     step 7 with its position in the epoch, previous.pt at the end of epoch 1."""
-    args = ["--subset", "320", "--epochs", "2", "--fid-samples", "0", "--device", "cpu"]
+    args = ["--subset", "40", "--batch-size", "8", "--epochs", "2", "--fid-samples", "0", "--device", "cpu"]
     run = tmp_path / "run"
     proc = genlab("run", "dcgan", *args, "--out", str(run), check=False, env_extra={STOP_AFTER_STEPS_ENV: "7"})
     assert proc.returncode == 130 and "--resume" in proc.stdout, proc.stderr
@@ -167,9 +167,9 @@ def test_existing_run_is_not_overwritten(smoke_run):
 def test_bad_options_are_refused_with_the_fix():
     proc = genlab("run", "dcgan", "--batch-size", "1", check=False)
     assert proc.returncode == 2 and "--batch-size must be >= 2" in proc.stderr
-    proc = genlab("run", "no-such-experiment", check=False)
+    proc = genlab_here("run", "no-such-experiment", check=False)
     assert proc.returncode == 2 and "unknown experiment" in proc.stderr and "dcgan" in proc.stderr
-    assert "dcgan" in genlab("list").stdout
+    assert "dcgan" in genlab_here("list").stdout
 
 
 def test_cuda_graph_is_refused_off_cuda_with_the_fix(tmp_path):

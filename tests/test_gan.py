@@ -80,7 +80,7 @@ def test_config_validation():
 @pytest.mark.slow
 def test_cli_smoke_minimax_resume_and_sample(tmp_path):
     out = tmp_path / "run"
-    common = ["--generator-loss", "minimax", "--subset", "192", "--batch-size", "32", "--log-every", "2",
+    common = ["--generator-loss", "minimax", "--subset", "48", "--batch-size", "8", "--log-every", "2",
               "--out", str(out)]
     genlab_here("run", "gan", *common, "--epochs", "1", "--fid-samples", "0")
     genlab_here("run", "gan", *common, "--epochs", "2", "--fid-samples", "200", "--resume")
