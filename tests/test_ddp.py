@@ -127,7 +127,12 @@ def test_resuming_with_another_number_of_processes_is_refused(ddp_run):
     assert "torchrun --nproc-per-node 2" in proc.stderr
 
 
+# what torchrun sets in rank 0 of 2 processes, for the refusals that come before the process group is joined
+TORCHRUN_ENV = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}
+
+
 def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path):
+    """Through torchrun itself: each process refuses before the rendezvous, so none is left waiting."""
     proc = torchrun(2, "run", "dcgan", *TINY, "--batch-size", "63", "--out", str(tmp_path / "run"), check=False)
     assert proc.returncode != 0
     assert "error: --batch-size 63 does not split over 2 processes" in proc.stderr
@@ -136,9 +141,8 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path):
 
 def test_an_experiment_without_data_parallel_support_is_refused(tmp_path):
     """Refused from the environment torchrun sets (WORLD_SIZE), before any process group exists: the
-    command in this process with torchrun's variables (the refusals above go through torchrun itself)."""
-    torchrun_env = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}
-    proc = genlab_here("run", "vae", "--out", str(tmp_path / "run"), check=False, env_extra=torchrun_env)
+    command in this process with torchrun's variables (the dcgan refusal above goes through torchrun)."""
+    proc = genlab_here("run", "vae", "--out", str(tmp_path / "run"), check=False, env_extra=TORCHRUN_ENV)
     assert proc.returncode != 0
     assert "error: vae does not train data-parallel, but torchrun started 2 processes" in proc.stderr
     assert "data-parallel experiments: dcgan, summarize, t5-finetune" in proc.stderr
@@ -270,8 +274,9 @@ def test_interrupted_and_resumed_summarize_ddp_run_equals_the_uninterrupted_one(
 
 
 def test_a_summary_batch_that_does_not_split_over_the_processes_is_refused(pairs, tmp_path):
-    proc = torchrun(2, *_summary_args("t5-finetune", pairs, "--batch-size", "31", "--out", str(tmp_path / "run")),
-                    check=False)
+    """Before the process group is joined, as dcgan's (whose test goes through torchrun): in this process."""
+    proc = genlab_here(*_summary_args("t5-finetune", pairs, "--batch-size", "31", "--out", str(tmp_path / "run")),
+                       check=False, env_extra=TORCHRUN_ENV)
     assert proc.returncode != 0
     assert "error: --batch-size 31 does not split over 2 processes" in proc.stderr
     assert not (tmp_path / "run").exists()

@@ -158,16 +158,18 @@ def all_mean(tensor: torch.Tensor, world: World) -> torch.Tensor:
     return out / world.size
 
 
-def split_batch(batch_size: int, world: World, unit: str = "examples") -> int:
-    """The per-rank batch of a global ``batch_size``: batch_size / world size.
+def split_batch(batch_size: int, world_size: int, unit: str = "examples") -> int:
+    """The per-rank batch of a global ``batch_size``: batch_size / ``world_size``. Called with
+    :func:`launched_world_size` before :func:`init`, every rank refuses on its own and none is left
+    waiting in the rendezvous.
 
     Raises:
         ConfigError: ``batch_size`` is not a multiple of the world size (naming both).
     """
-    if batch_size % world.size:
-        raise ConfigError(f"--batch-size {batch_size} does not split over {world.size} processes: each process "
-                          f"trains on batch / processes {unit}; use a multiple of {world.size}")
-    return batch_size // world.size
+    if batch_size % world_size:
+        raise ConfigError(f"--batch-size {batch_size} does not split over {world_size} processes: each process "
+                          f"trains on batch / processes {unit}; use a multiple of {world_size}")
+    return batch_size // world_size
 
 
 def shard(items: list[T], world: World) -> list[T]:

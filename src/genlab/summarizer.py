@@ -106,12 +106,11 @@ def start(config: SummaryConfig) -> torch.device:
     (:func:`genlab.distributed.init`: ``cuda:LOCAL_RANK`` on GPUs).
 
     Raises:
-        ConfigError: ``--batch-size`` not a multiple of the number of processes (before anything
-            is written).
+        ConfigError: ``--batch-size`` not a multiple of the number of processes (before the
+            process group is joined and anything is written).
     """
-    device = distributed.init(resolve_device(config.device))
-    distributed.split_batch(config.batch_size, distributed.World.current(), "pairs")
-    return device
+    distributed.split_batch(config.batch_size, distributed.launched_world_size(), "pairs")
+    return distributed.init(resolve_device(config.device))
 
 
 # ---------------------------------------------------------------------------------------

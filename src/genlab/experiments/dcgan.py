@@ -217,19 +217,17 @@ def run(config: DCGANConfig) -> Path:
         ConfigError: ``--batch-size`` not a multiple of the number of processes (naming both);
             ``--noise stream`` or ``--cuda-graph`` under torchrun; ``--cuda-graph`` off CUDA.
     """
+    world_size = distributed.launched_world_size()  # refused before joining: no rank left waiting
+    local_batch = distributed.split_batch(config.batch_size, world_size, "images")
+    if world_size > 1 and (config.noise == "stream" or config.cuda_graph):
+        raise ConfigError(f"{'--cuda-graph' if config.cuda_graph else '--noise stream'} draws from each "
+                          f"process's own RNG, so {world_size} processes would not train the one-process "
+                          f"run; use --noise per-sample (or auto)")
     device = distributed.init(resolve_device(config.device))  # under torchrun: joins; cuda:LOCAL_RANK on GPUs
     world = distributed.World.current()
     if config.cuda_graph and device.type != "cuda":
         raise ConfigError(f"--cuda-graph needs a CUDA device, and this run is on {device}: drop --cuda-graph "
                           f"or use --device cuda")
-    if world.size > 1:
-        if config.batch_size % world.size:
-            raise ConfigError(f"--batch-size {config.batch_size} does not split over {world.size} processes: each "
-                              f"process trains on batch / processes images; use a multiple of {world.size}")
-        if config.noise == "stream" or config.cuda_graph:
-            raise ConfigError(f"{'--cuda-graph' if config.cuda_graph else '--noise stream'} draws from each "
-                              f"process's own RNG, so {world.size} processes would not train the one-process "
-                              f"run; use --noise per-sample (or auto)")
     per_sample = config.noise == "per-sample" or (config.noise == "auto" and world.size > 1)
     autocast = autocast_for(device, config.precision)  # may time GEMMs (global RNG): before seeding
     seed_everything(config.seed)
@@ -237,7 +235,7 @@ def run(config: DCGANConfig) -> Path:
     with Run("dcgan", config, device, generator=generator, discriminator=discriminator, opt_g=opt_g,
              opt_d=opt_d) as run:
         data = load_images(DATASET, "train", config.data_dir, device)[:config.subset]  # (60000, 1, 28, 28)
-        n_data, local_batch = data.shape[0], config.batch_size // world.size
+        n_data = data.shape[0]
         # the epoch's last, partial batch is trained when it has at least one image per process
         steps_per_epoch = n_data // config.batch_size + (1 if n_data % config.batch_size >= world.size else 0)
         # DDP averages gradients over the ranks at each backward. The generator's running batch-norm
