@@ -116,6 +116,38 @@ def test_interrupted_run_is_resumed(tmp_path):
     assert (out / "report.html").is_file() and (out / "report.md").is_file()
 
 
+def _without_timing(path: Path) -> dict:
+    import re
+
+    def strip(o):
+        if isinstance(o, dict):
+            return {k: strip(v) for k, v in o.items() if not re.search(r"seconds|git_commit|^out$", k)}
+        return [strip(v) for v in o] if isinstance(o, list) else o
+    return strip(json.loads(path.read_text()))
+
+
+def test_a_run_forked_from_the_preloaded_interpreter_equals_a_fresh_one(tmp_path):
+    """The same run as a fresh ``python -m genlab`` and as a fork of the forkserver (which imported
+    torch under this process's thread count): the same record and metrics, its own thread count
+    and environment, and a failing run's exit status and error line."""
+    args = ["--steps", "10", "--seeds", "2", "--estimator-samples", "200"]
+    reproduce._start_forkserver([experiments.REGISTRY["bandit"]])
+    specs = {preload: reproduce.RunSpec("bandit", args, tmp_path / str(preload) / "bandit",
+                                        tmp_path / str(preload) / "bandit.log", "cpu", 1, preload=preload)
+             for preload in (False, True)}
+    results = {preload: reproduce.run_one(spec) for preload, spec in specs.items()}
+    assert [r.status for r in results.values()] == ["done", "done"], [r.message for r in results.values()]
+    fresh, forked = (specs[p].run_dir for p in (False, True))
+    assert _without_timing(fresh / "metrics.json") == _without_timing(forked / "metrics.json")
+    assert json.loads((forked / "env.json").read_text())["torch_threads"] == 1
+    assert _without_timing(fresh / "env.json") == _without_timing(forked / "env.json")
+    assert "$ " in specs[True].log.read_text() and "run directory:" in specs[True].log.read_text()
+    bad = reproduce.RunSpec("bandit", ["--steps", "0"], tmp_path / "bad" / "bandit", tmp_path / "bad.log", "cpu",
+                            preload=True)
+    result = reproduce.run_one(bad)
+    assert result.status == "failed" and result.returncode == 2 and "--steps" in result.message
+
+
 def test_reproduce_cli_errors(tmp_path):
     proc = genlab("reproduce", "dcgan", "--profile", "huge", "--out", str(tmp_path), check=False)
     assert proc.returncode == 2 and "invalid choice: 'huge'" in proc.stderr

@@ -15,7 +15,12 @@ stopping the others. At the end ``DIR/report.html`` and ``DIR/report.md`` are wr
 Execution:
 
 - ``--jobs 1`` without ``--address`` (the default) runs the subprocesses one after another in
-  this process; Ray is not imported.
+  this process; Ray is not imported. Two or more runs on the CPU start from one interpreter that
+  has already imported torch and the planned experiments (:mod:`multiprocessing`'s forkserver):
+  each is a fork of it, a process of its own with its own environment, log and exit status, that
+  does not pay the seconds of imports again (most of a smoke run); its outputs are those of a
+  fresh interpreter. A run that may use CUDA starts a fresh interpreter, since CUDA does not
+  survive a fork.
 - ``--jobs N`` (N > 1) starts a local Ray instance and keeps N runs in flight; ``--address
   auto|HOST:PORT`` connects to a running cluster instead. Each run is one Ray task that declares
   ``num_cpus`` = its threads (``--threads``, default cores / jobs) and, on ``--device cuda``,
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
 import re
 import socket
@@ -71,6 +77,8 @@ class RunSpec:
         threads: intra-op CPU threads of the run (``OMP_NUM_THREADS``); the Ray task's ``num_cpus``.
         gpu_fraction: share of one GPU the Ray task declares (0 on CPU).
         needs: experiments of the same reproduction whose runs must be done before this one starts.
+        preload: start the run as a fork of the preloaded interpreter (:func:`_run_forked`) rather
+            than as a fresh ``python -m genlab``; only for runs on the CPU.
     """
 
     experiment: str
@@ -81,6 +89,7 @@ class RunSpec:
     threads: int = 1
     gpu_fraction: float = 0.0
     needs: list[str] = field(default_factory=list)
+    preload: bool = False
 
     def command(self, resume: bool) -> list[str]:
         """The ``python -m genlab run`` command line of this run."""
@@ -157,6 +166,58 @@ def _error_line(log: Path, limit: int = 400) -> str:
     return lines[-1][:limit] if lines else "no output"
 
 
+# The preloaded interpreter: torch and genlab's command line, then each planned experiment's module.
+_PRELOAD = ("torch", "genlab.cli")
+
+
+def _start_forkserver(experiment_modules: list[str]) -> None:
+    """Set what the forkserver imports once (:data:`_PRELOAD`, then ``experiment_modules``) before it
+    starts, at the first forked run.
+
+    The server is one per process: a later reproduction in the same process reuses it, and the
+    modules it did not preload are imported by each run itself (the preload saves time; it
+    changes no result). The server never touches CUDA, and runs that may use it are not forked
+    (:func:`reproduce`).
+    """
+    multiprocessing.get_context("forkserver").set_forkserver_preload([*_PRELOAD, *experiment_modules])
+
+
+def _forked_main(argv: list[str], env: dict[str, str], log: str, threads: int) -> None:
+    """``genlab ARGV`` in a fork of the preloaded interpreter, as ``python -m genlab ARGV`` would run
+    it: the run's environment, stdin from /dev/null, stdout and stderr to ``log``, ``threads``
+    intra-op threads; the exit status is :func:`genlab.cli.main`'s (130 after Ctrl-C)."""
+    import torch
+
+    from genlab.cli import main
+
+    os.environ.clear()
+    os.environ.update(env)
+    out = os.open(log, os.O_WRONLY | os.O_APPEND)
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    sys.stdin = open(0, closefd=False)
+    sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
+    sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
+    torch.set_num_threads(threads)  # the server imported torch before OMP_NUM_THREADS of this run was set
+    try:
+        code = main(argv)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def _run_forked(spec: RunSpec, argv: list[str], env: dict[str, str]) -> int:
+    """Run ``genlab ARGV`` as a fork of the preloaded interpreter; its exit status (negative: the
+    signal that ended it, as :class:`subprocess.Popen` gives)."""
+    proc = multiprocessing.get_context("forkserver").Process(
+        target=_forked_main, args=(argv, env, str(spec.log), spec.threads), name=f"genlab-{spec.experiment}")
+    proc.start()
+    proc.join()
+    return proc.exitcode
+
+
 def run_one(spec: RunSpec) -> RunResult:
     """Run (or resume) one experiment in a subprocess and say what became of it.
 
@@ -175,8 +236,11 @@ def run_one(spec: RunSpec) -> RunResult:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
         try:
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-            returncode = proc.returncode
+            if spec.preload:
+                returncode = _run_forked(spec, cmd[3:], env)  # cmd without `python -m genlab`
+            else:
+                returncode = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env=env).returncode
         except OSError as err:
             log.write(f"error: could not start {cmd[0]}: {err}\n")
             returncode = 127
@@ -336,6 +400,16 @@ def _ray_module():
     return ray
 
 
+def _runs_on_cpu(device: str) -> bool:
+    """Whether runs on ``device`` (``auto``, ``cpu``, ``cuda``) stay on the CPU: ``cpu``, or ``auto`` on
+    a machine where torch sees no CUDA device."""
+    if device != "auto":
+        return device == "cpu"
+    import torch
+
+    return not torch.cuda.is_available()
+
+
 def _execute_local(specs: list[RunSpec], on_start: Callable, on_done: Callable,
                    blocked_by: Callable[[RunSpec], RunResult | None]) -> None:
     """One run after another, in subprocesses of this process (no Ray)."""
@@ -478,6 +552,10 @@ def reproduce(names: list[str], profile: str, out: str | Path, jobs: int = 1, ad
         if use_ray and todo:  # nothing left to run: no Ray to start
             _execute_ray(todo, jobs, address, on_start, on_done, blocked_by, finished)
         elif todo:
+            if len(todo) > 1 and _runs_on_cpu(device):  # the preload pays from the second run
+                for spec in todo:
+                    spec.preload = True
+                _start_forkserver([experiments.REGISTRY[spec.experiment] for spec in todo])
             _execute_local(todo, on_start, on_done, blocked_by)
     except KeyboardInterrupt:
         interrupted = True
