@@ -183,12 +183,12 @@ def _start_forkserver(experiment_modules: list[str]) -> None:
 
 
 def _forked_main(argv: list[str], env: dict[str, str], log: str, threads: int) -> None:
-    """``genlab ARGV`` in a fork of the preloaded interpreter, as ``python -m genlab ARGV`` would run
-    it: the run's environment, stdin from /dev/null, stdout and stderr to ``log``, ``threads``
-    intra-op threads; the exit status is :func:`genlab.cli.main`'s (130 after Ctrl-C)."""
-    import torch
+    """``python -m genlab ARGV`` in a fork of the preloaded interpreter (:mod:`runpy`, as ``-m`` runs
+    it): the run's environment, stdin from /dev/null, stdout and stderr to ``log``, ``threads``
+    intra-op threads; the exit status is the command's (130 after Ctrl-C)."""
+    import runpy
 
-    from genlab.cli import main
+    import torch
 
     os.environ.clear()
     os.environ.update(env)
@@ -200,12 +200,12 @@ def _forked_main(argv: list[str], env: dict[str, str], log: str, threads: int) -
     sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
     sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
     torch.set_num_threads(threads)  # the server imported torch before OMP_NUM_THREADS of this run was set
+    sys.argv = [sys.executable, *argv]
     try:
-        code = main(argv)
+        runpy.run_module("genlab", run_name="__main__", alter_sys=True)  # raises SystemExit(status)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-    raise SystemExit(code)
 
 
 def _run_forked(spec: RunSpec, argv: list[str], env: dict[str, str]) -> int:
