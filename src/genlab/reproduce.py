@@ -166,8 +166,9 @@ def _error_line(log: Path, limit: int = 400) -> str:
     return lines[-1][:limit] if lines else "no output"
 
 
-# The preloaded interpreter: torch and genlab's command line, then each planned experiment's module.
-_PRELOAD = ("torch", "genlab.cli")
+# The preloaded interpreter: torch, torch._dynamo (every torch.optim optimiser imports it when built:
+# seconds), genlab's command line, then each planned experiment's module.
+_PRELOAD = ("torch", "torch._dynamo", "genlab.cli")
 
 
 def _start_forkserver(experiment_modules: list[str]) -> None:
