@@ -71,7 +71,7 @@ while [ "$(date +%s)" -lt "$deadline" ]; do
   sleep 1
 done
 echo "head-up=$up"
-[ "$up" = 1 ] && timeout 300 {sys.executable} -m genlab reproduce minimax divergence --profile smoke --jobs 2 \\
+[ "$up" = 1 ] && timeout 300 {sys.executable} -m genlab reproduce bandit optimizers --profile smoke --jobs 2 \\
     --threads 1 --address 127.0.0.1:{port} --out {out}
 echo "reproduce-rc=$?"
 kill -TERM $HEAD
@@ -88,7 +88,7 @@ echo "head-stopped"
     assert "head-stopped" in proc.stdout, log
     rc = int(proc.stdout.split("reproduce-rc=")[1].split()[0])
     state = json.loads((out / "reproduce.json").read_text())["runs"]
-    assert sorted(state) == ["divergence", "minimax"]
+    assert sorted(state) == ["bandit", "optimizers"]
     for name, run in state.items():
         assert run["status"] in ("done", "no record"), (name, run["message"])
         assert run["returncode"] == 0
@@ -97,7 +97,7 @@ echo "head-stopped"
         assert (out / name / "config.json").is_file()
     assert rc == (0 if all(r["status"] == "done" for r in state.values()) else 1)
     html = (out / "report.html").read_text()
-    assert 'data-experiment="minimax"' in html and 'data-experiment="divergence"' in html
+    assert 'data-experiment="bandit"' in html and 'data-experiment="optimizers"' in html
 
 
 @pytest.mark.slow
@@ -107,7 +107,7 @@ def test_jobs_start_a_local_ray(tmp_path):
     temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
     script = f"""
 ip link set lo up
-RAY_TMPDIR={temp} timeout 300 {sys.executable} -m genlab reproduce minimax bandit --profile smoke --jobs 2 --threads 1 --out {out}
+RAY_TMPDIR={temp} timeout 300 {sys.executable} -m genlab reproduce bandit reinforce --profile smoke --jobs 2 --threads 1 --out {out}
 echo "reproduce-rc=$?"
 """
     try:
@@ -116,7 +116,7 @@ echo "reproduce-rc=$?"
         shutil.rmtree(temp, ignore_errors=True)
     assert "reproduce-rc=" in proc.stdout, proc.stdout + proc.stderr
     state = json.loads((out / "reproduce.json").read_text())["runs"]
-    assert sorted(state) == ["bandit", "minimax"]
+    assert sorted(state) == ["bandit", "reinforce"]
     for run in state.values():
         assert run["returncode"] == 0 and run["status"] in ("done", "no record"), run
         assert len(run["ray_task"]) > 8 and run["resources"] == {"CPU": 1.0}, run

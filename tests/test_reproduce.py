@@ -148,6 +148,16 @@ def test_a_run_forked_from_the_preloaded_interpreter_equals_a_fresh_one(tmp_path
     assert result.status == "failed" and result.returncode == 2 and "--steps" in result.message
 
 
+@pytest.mark.parametrize("name", sorted(experiments.REGISTRY))
+def test_what_an_experiment_asks_to_preload_exists(name):
+    """The forkserver skips a module it cannot import without a word: a misspelt preload would only
+    make reproduce slower, so it is checked here."""
+    import importlib.util
+
+    for module in (*reproduce._PRELOAD, experiments.REGISTRY[name], *experiments.get(name).preload):
+        assert importlib.util.find_spec(module) is not None, (name, module)
+
+
 def test_reproduce_cli_errors(tmp_path):
     proc = genlab("reproduce", "dcgan", "--profile", "huge", "--out", str(tmp_path), check=False)
     assert proc.returncode == 2 and "invalid choice: 'huge'" in proc.stderr

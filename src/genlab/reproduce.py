@@ -167,13 +167,14 @@ def _error_line(log: Path, limit: int = 400) -> str:
 
 
 # The preloaded interpreter: torch, torch._dynamo (every torch.optim optimiser imports it when built:
-# seconds), genlab's command line, then each planned experiment's module.
+# seconds), genlab's command line, then each planned experiment's module and its preload.
 _PRELOAD = ("torch", "torch._dynamo", "genlab.cli")
 
 
 def _start_forkserver(experiment_modules: list[str]) -> None:
-    """Set what the forkserver imports once (:data:`_PRELOAD`, then ``experiment_modules``) before it
-    starts, at the first forked run.
+    """Set what the forkserver imports once (:data:`_PRELOAD`, then ``experiment_modules``: the planned
+    experiments' modules and their :attr:`~genlab.experiments.Experiment.preload`) before it starts,
+    at the first forked run.
 
     The server is one per process: a later reproduction in the same process reuses it, and the
     modules it did not preload are imported by each run itself (the preload saves time; it
@@ -556,7 +557,8 @@ def reproduce(names: list[str], profile: str, out: str | Path, jobs: int = 1, ad
             if len(todo) > 1 and _runs_on_cpu(device):  # the preload pays from the second run
                 for spec in todo:
                     spec.preload = True
-                _start_forkserver([experiments.REGISTRY[spec.experiment] for spec in todo])
+                _start_forkserver([module for spec in todo for module in (
+                    experiments.REGISTRY[spec.experiment], *experiments.get(spec.experiment).preload)])
             _execute_local(todo, on_start, on_done, blocked_by)
     except KeyboardInterrupt:
         interrupted = True

@@ -298,4 +298,5 @@ EXPERIMENT = Experiment(
     evaluate=evaluate,
     sample=sample,
     data_parallel=True,
+    preload=("torchmetrics.image.fid", "torchmetrics.image.kid", "torchmetrics.image.inception"),
 )

@@ -160,4 +160,5 @@ EXPERIMENT = Experiment(
     run=run,
     evaluate=evaluate,
     sample=sample,
+    preload=("torchmetrics.image.fid", "torchmetrics.image.kid", "torchmetrics.image.inception"),
 )

@@ -227,4 +227,5 @@ EXPERIMENT = Experiment(
     run=run,
     evaluate=evaluate,
     data_parallel=True,
+    preload=("rouge_score.rouge_scorer",),
 )

@@ -163,4 +163,6 @@ EXPERIMENT = Experiment(
     config=T5FinetuneConfig,
     run=run,
     data_parallel=True,
+    preload=("transformers.models.t5.modeling_t5", "transformers.models.auto.tokenization_auto",
+             "rouge_score.rouge_scorer"),
 )

@@ -211,4 +211,5 @@ EXPERIMENT = Experiment(
             "for t5-finetune --init",
     config=T5PretrainConfig,
     run=run,
+    preload=("transformers.models.t5.modeling_t5", "transformers.models.auto.tokenization_auto"),
 )
