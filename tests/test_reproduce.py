@@ -107,11 +107,16 @@ def test_interrupted_run_is_resumed(tmp_path):
     genlab_here("run", "vae", *args, "--max-steps", "10", "--out", str(out / "vae"))
     assert (out / "vae" / "checkpoints" / "last.pt").is_file()
     (out / "vae" / "metrics.json").unlink(missing_ok=True)
-    proc = genlab("reproduce", "vae", "--profile", "smoke", "--threads", "1", "--out", str(out), check=False)
-    state = json.loads((out / "reproduce.json").read_text())["runs"]["vae"]
+    # two runs on the CPU: forks of the preloaded interpreter (the resumed one among them)
+    proc = genlab("reproduce", "vae", "bandit", "--profile", "smoke", "--device", "cpu", "--threads", "1",
+                  "--out", str(out), check=False)
+    runs = json.loads((out / "reproduce.json").read_text())["runs"]
+    state = runs["vae"]
     assert state["resumed"] is True and state["command"][-1] == "--resume"
-    assert "--resume" in (out / "logs" / "vae.log").read_text()
+    log = (out / "logs" / "vae.log").read_text()
+    assert "--resume" in log and "resuming" in log
     assert state["status"] in ("done", "no record") and state["returncode"] == 0
+    assert runs["bandit"]["status"] == "done" and runs["bandit"]["resumed"] is False
     assert proc.returncode == (0 if state["status"] == "done" else 1)
     assert (out / "report.html").is_file() and (out / "report.md").is_file()
 

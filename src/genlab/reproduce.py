@@ -554,7 +554,8 @@ def reproduce(names: list[str], profile: str, out: str | Path, jobs: int = 1, ad
         if use_ray and todo:  # nothing left to run: no Ray to start
             _execute_ray(todo, jobs, address, on_start, on_done, blocked_by, finished)
         elif todo:
-            if len(todo) > 1 and _runs_on_cpu(device):  # the preload pays from the second run
+            # the preload pays from the second run; no forkserver on Windows
+            if len(todo) > 1 and "forkserver" in multiprocessing.get_all_start_methods() and _runs_on_cpu(device):
                 for spec in todo:
                     spec.preload = True
                 _start_forkserver([module for spec in todo for module in (
