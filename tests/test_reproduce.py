@@ -159,7 +159,8 @@ def test_what_an_experiment_asks_to_preload_exists(name):
     make reproduce slower, so it is checked here."""
     import importlib.util
 
-    for module in (*reproduce._PRELOAD, experiments.REGISTRY[name], *experiments.get(name).preload):
+    assert set(profiles.PRELOAD) <= set(experiments.REGISTRY)
+    for module in (*reproduce._PRELOAD, experiments.REGISTRY[name], *profiles.PRELOAD.get(name, ())):
         assert importlib.util.find_spec(module) is not None, (name, module)
 
 

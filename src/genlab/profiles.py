@@ -116,6 +116,20 @@ PROFILES: dict[str, dict[str, list[str]]] = {
 }
 
 
+_FID = ("torchmetrics.image.fid", "torchmetrics.image.kid", "torchmetrics.image.inception")
+_T5 = ("transformers.models.t5.modeling_t5", "transformers.models.auto.tokenization_auto")
+
+# Modules a run imports on the way (not at the top of its module) that take seconds to import:
+# ``reproduce``'s forkserver imports them once for all its runs (genlab.reproduce).
+PRELOAD: dict[str, tuple[str, ...]] = {
+    "dcgan": _FID,
+    "gan": _FID,
+    "summarize": ("rouge_score.rouge_scorer",),
+    "t5-pretrain": _T5,
+    "t5-finetune": (*_T5, "rouge_score.rouge_scorer"),
+}
+
+
 def profile_args(experiment: str, profile: str) -> list[str]:
     """The ``genlab run experiment`` arguments of ``profile``.
 

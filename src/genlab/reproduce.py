@@ -55,7 +55,7 @@ from typing import Any
 
 from genlab import experiments
 from genlab.errors import ConfigError, MissingDependencyError, UnknownNameError
-from genlab.profiles import OUT_PLACEHOLDER, PROFILE_NAMES, profile_args, profile_needs
+from genlab.profiles import OUT_PLACEHOLDER, PRELOAD, PROFILE_NAMES, profile_args, profile_needs
 from genlab.record import Record, RecordError
 
 __all__ = ["RunSpec", "RunResult", "plan", "run_one", "reproduce", "STATE_FILE", "RAY_INSTALL"]
@@ -173,7 +173,7 @@ _PRELOAD = ("torch", "torch._dynamo", "genlab.cli")
 
 def _start_forkserver(experiment_modules: list[str]) -> None:
     """Set what the forkserver imports once (:data:`_PRELOAD`, then ``experiment_modules``: the planned
-    experiments' modules and their :attr:`~genlab.experiments.Experiment.preload`) before it starts,
+    experiments' modules and what :data:`genlab.profiles.PRELOAD` lists for them) before it starts,
     at the first forked run.
 
     The server is one per process: a later reproduction in the same process reuses it, and the
@@ -559,7 +559,7 @@ def reproduce(names: list[str], profile: str, out: str | Path, jobs: int = 1, ad
                 for spec in todo:
                     spec.preload = True
                 _start_forkserver([module for spec in todo for module in (
-                    experiments.REGISTRY[spec.experiment], *experiments.get(spec.experiment).preload)])
+                    experiments.REGISTRY[spec.experiment], *PRELOAD.get(spec.experiment, ()))])
             _execute_local(todo, on_start, on_done, blocked_by)
     except KeyboardInterrupt:
         interrupted = True

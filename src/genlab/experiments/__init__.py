@@ -49,8 +49,6 @@ class Experiment:
         sample: ``genlab sample RUN_DIR --n N`` -> uint8 (N, 28, 28) (optional).
         data_parallel: trains one model on several processes when launched by ``torchrun``
             (:mod:`genlab.distributed`); a ``torchrun`` launch of any other experiment is refused.
-        preload: modules a run imports on the way (not at the module's top) that take seconds to
-            import; ``genlab reproduce`` imports them once for all its runs (:mod:`genlab.reproduce`).
 
     ``genlab bench NAME`` runs ``genlab.benchmarks.<NAME>.main`` (the benchmark imports the experiment).
     """
@@ -62,7 +60,6 @@ class Experiment:
     evaluate: Callable[[Path], dict] | None = None
     sample: Callable[[Path, int, int], Any] | None = None
     data_parallel: bool = False
-    preload: tuple[str, ...] = ()
 
 
 def get(name: str) -> Experiment:

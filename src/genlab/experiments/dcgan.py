@@ -285,18 +285,13 @@ def run(config: DCGANConfig) -> Path:
     return run.path
 
 
-def evaluate(run_path: Path) -> dict:
-    """``genlab eval RUN_DIR``: FID/KID/IS written into metrics.json and summary.md."""
-    return evaluate_run(run_path, "dcgan", DCGANConfig, partial(finish, dataset=DATASET))
-
-
 EXPERIMENT = Experiment(
     name="dcgan",
     summary="SPEC §1: DCGAN on FashionMNIST (50 epochs, batch 64, Adam 1e-4), FID/KID at the end",
     config=DCGANConfig,
     run=run,
-    evaluate=evaluate,
+    evaluate=partial(evaluate_run, experiment="dcgan", config_cls=DCGANConfig,
+                     finish_fn=partial(finish, dataset=DATASET)),  # genlab eval: FID/KID/IS, record rewritten
     sample=sample,
     data_parallel=True,
-    preload=("torchmetrics.image.fid", "torchmetrics.image.kid", "torchmetrics.image.inception"),
 )

@@ -148,12 +148,7 @@ def reverse_kl_loss(mean: torch.Tensor, log_std: torch.Tensor, p: MixtureSameFam
     return (q.log_prob(x) - p.log_prob(x)).mean()
 
 
-def kl_quadrature(p: MixtureSameFamily, mean: float, std: float) -> tuple[float, float]:
-    """(KL(P‖Q), KL(Q‖P)) for Q = N(mean, std²) by scipy quad on a wide interval, nats."""
-    return kl_quadrature_one(p, mean, std, reverse=False), kl_quadrature_one(p, mean, std, reverse=True)
-
-
-def kl_quadrature_one(p: MixtureSameFamily, mean: float, std: float, reverse: bool) -> float:
+def kl_quadrature(p: MixtureSameFamily, mean: float, std: float, reverse: bool = False) -> float:
     """KL(P‖Q), or KL(Q‖P) with ``reverse``, for Q = N(mean, std²) by scipy quad on a wide interval, nats."""
     q = Normal(torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64))
     comps = p.component_distribution
@@ -170,7 +165,7 @@ def kl_quadrature_one(p: MixtureSameFamily, mean: float, std: float, reverse: bo
 
 def reverse_kl_reference(p: MixtureSameFamily, init_mean: float, init_std: float) -> tuple[float, float]:
     """The reverse-KL optimum from the same start by L-BFGS-B on the quadrature objective."""
-    result = optimize.minimize(lambda v: kl_quadrature_one(p, v[0], math.exp(v[1]), reverse=True),
+    result = optimize.minimize(lambda v: kl_quadrature(p, v[0], math.exp(v[1]), reverse=True),
                                x0=[init_mean, math.log(init_std)], method="L-BFGS-B")
     return float(result.x[0]), float(math.exp(result.x[1]))
 
@@ -220,8 +215,8 @@ def compute(config: DivergenceConfig, out: Path) -> Record:
     reference = reverse_kl_reference(p, config.init_mean, config.init_std)
 
     def entry(mean: float, std: float) -> dict:
-        kl_pq, kl_qp = kl_quadrature(p, mean, std)
-        return {"mean": mean, "std": std, "kl_pq": kl_pq, "kl_qp": kl_qp}
+        return {"mean": mean, "std": std, "kl_pq": kl_quadrature(p, mean, std),
+                "kl_qp": kl_quadrature(p, mean, std, reverse=True)}
 
     nearest = int(np.argmin(np.abs(np.array(config.modes) - final["reverse"][0])))
     gaussian = {

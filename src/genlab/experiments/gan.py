@@ -78,11 +78,6 @@ def minimax_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 GENERATOR_LOSSES = {"non-saturating": non_saturating_generator_loss, "minimax": minimax_generator_loss}
 
 
-def gradient_norm(grads) -> torch.Tensor:
-    """Euclidean norm of the concatenation of ``grads`` (a sequence of tensors), float32 scalar."""
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-
-
 # ---------------------------------------------------------------------------------------
 # Training (the epoch loop: genlab.dcgan_nets.EpochLoop)
 # ---------------------------------------------------------------------------------------
@@ -113,10 +108,10 @@ def train_step(generator: Generator, discriminator: Discriminator, opt_g: torch.
     if probe:  # the other loss's gradient at the same parameters, same batch
         other = next(name for name in GENERATOR_LOSSES if name != loss_name)
         grads = torch.autograd.grad(GENERATOR_LOSSES[other](fake_logits_g), params, retain_graph=True)
-        norms[other] = gradient_norm(grads)
+        norms[other] = torch.nn.utils.get_total_norm(grads, foreach=False)  # of the concatenation
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
-    norms[loss_name] = gradient_norm([p.grad for p in params])
+    norms[loss_name] = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=False)
     opt_g.step()
     discriminator.requires_grad_(True)
     d_fake_g = torch.sigmoid(fake_logits_g.detach().float()).mean()
@@ -148,17 +143,12 @@ def run(config: GANConfig) -> Path:
     return run.path
 
 
-def evaluate(run_path: Path) -> dict:
-    """``genlab eval RUN_DIR``: FID/KID/IS on 10,000 samples, rewritten into metrics.json."""
-    return evaluate_run(run_path, "gan", GANConfig, partial(finish, dataset=DATASET))
-
-
 EXPERIMENT = Experiment(
     name="gan",
     summary="SPEC §2: non-saturating vs minimax GAN on MNIST, generator gradient norms, FID/KID",
     config=GANConfig,
     run=run,
-    evaluate=evaluate,
+    evaluate=partial(evaluate_run, experiment="gan", config_cls=GANConfig,
+                     finish_fn=partial(finish, dataset=DATASET)),  # genlab eval: FID/KID/IS, record rewritten
     sample=sample,
-    preload=("torchmetrics.image.fid", "torchmetrics.image.kid", "torchmetrics.image.inception"),
 )

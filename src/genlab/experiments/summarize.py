@@ -227,5 +227,4 @@ EXPERIMENT = Experiment(
     run=run,
     evaluate=evaluate,
     data_parallel=True,
-    preload=("rouge_score.rouge_scorer",),
 )

@@ -163,6 +163,4 @@ EXPERIMENT = Experiment(
     config=T5FinetuneConfig,
     run=run,
     data_parallel=True,
-    preload=("transformers.models.t5.modeling_t5", "transformers.models.auto.tokenization_auto",
-             "rouge_score.rouge_scorer"),
 )

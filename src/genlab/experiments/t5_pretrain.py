@@ -122,13 +122,11 @@ def corpus_chunks(config: T5PretrainConfig, tokenizer) -> tuple[list[list[int]],
     xsum = [p.document for p in parts["train"] + parts["validation"]]
     bbc = [p.document for p in load_pairs(shared_data_dir(config.data_dir) / "bbc-news-summary/bbc_news_summary.jsonl")
            if p.document.strip() not in test_docs]
-    if config.corpus_documents is not None:  # cut before tokenising, the costly part
-        xsum = xsum[:config.corpus_documents]
-        bbc = bbc[:config.corpus_documents - len(xsum)]
-    ids = tokenizer(xsum + bbc, add_special_tokens=False).input_ids
-    n = config.input_length
+    documents = (xsum + bbc)[:config.corpus_documents]  # cut before tokenising, the costly part (None: all)
+    ids = tokenizer(documents, add_special_tokens=False).input_ids
+    n, n_xsum = config.input_length, min(len(xsum), len(documents))
     pieces = [doc[i:i + n] for doc in ids for i in range(0, len(doc), n) if len(doc[i:i + n]) >= 16]
-    return pieces, {"xsum_documents": len(xsum), "bbc_articles": len(bbc), "tokens": sum(map(len, ids))}
+    return pieces, {"xsum_documents": n_xsum, "bbc_articles": len(documents) - n_xsum, "tokens": sum(map(len, ids))}
 
 
 class SpanCorruption:
@@ -211,5 +209,4 @@ EXPERIMENT = Experiment(
             "for t5-finetune --init",
     config=T5PretrainConfig,
     run=run,
-    preload=("transformers.models.t5.modeling_t5", "transformers.models.auto.tokenization_auto"),
 )
