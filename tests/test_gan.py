@@ -48,11 +48,15 @@ def test_train_step_probe_measures_both_losses_at_the_same_parameters(loss_name)
                      probe=False)
     other = "grad_norm_minimax" if loss_name == "non-saturating" else "grad_norm_non_saturating"
     assert torch.isnan(out[STEP_KEYS.index(other)]) and torch.isfinite(out[:5]).all()
-    # the trained loss's norm is that of the generator's whole gradient, all parameters concatenated (in
-    # float64 here; the step's float32 sums over 2.3 M squares differ from it by 3e-6 relative, measured)
-    trained = "grad_norm_" + loss_name.replace("-", "_")
-    concatenated = torch.cat([p.grad.flatten() for p in generator.parameters()]).double().norm()
-    assert out[STEP_KEYS.index(trained)].item() == pytest.approx(concatenated.item(), rel=1e-5)
+    # the trained loss's norm is that of the generator's whole gradient, every parameter's included: the
+    # float32 norm of the per-tensor norms exactly, and within float32 summation error (2.3 M squares; 3e-6
+    # relative with the AVX-512 and AVX2 kernels, 5.6e-6 with the x86-64 baseline ones, measured) of the
+    # float64 norm of all of them concatenated
+    trained = out[STEP_KEYS.index("grad_norm_" + loss_name.replace("-", "_"))]
+    grads = [p.grad for p in generator.parameters()]
+    assert torch.equal(trained, torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+    concatenated = torch.cat([g.flatten() for g in grads]).double().norm()
+    assert trained.item() == pytest.approx(concatenated.item(), rel=1e-4)
 
 
 @pytest.mark.parity
